@@ -1,0 +1,69 @@
+"""Tiny random models in the real key layout, for tests, demos, benchmarks and workflow checks (no blobs shipped)."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .variants import SV3D_P, SV3D_U, SVD_IMAGE_DECODER, SVD_XT, TINY, ModelSpec, get_variant
+
+
+def _tiny(parent: ModelSpec, name: str, **changes) -> ModelSpec:
+    """A released variant's structure (vector inputs, VAE kind, guider) at TINY's widths."""
+    adm = sum(d for _, d in parent.vector_inputs)
+    sizes = dict(num_frames=TINY.num_frames, height=TINY.height, width=TINY.width, steps=TINY.steps,
+                 decode_t=TINY.decode_t)
+    sizes.update(changes)
+    return replace(parent, name=name, unet=replace(TINY.unet, adm_in_channels=adm), vae=replace(
+        TINY.vae, decoder=parent.vae.decoder, first_stage_encoder=parent.vae.first_stage_encoder,
+        first_stage_quant=parent.vae.first_stage_quant), clip=TINY.clip, custom=True, **sizes)
+
+
+TINY_XT = _tiny(SVD_XT, "tiny_xt", num_frames=6)
+TINY_IMAGE_DECODER = _tiny(SVD_IMAGE_DECODER, "tiny_image_decoder")
+TINY_SV3D_U = _tiny(SV3D_U, "tiny_sv3d_u", num_frames=5)
+TINY_SV3D_P = _tiny(SV3D_P, "tiny_sv3d_p", num_frames=5)
+TINY_VARIANTS = {s.name: s for s in (TINY, TINY_XT, TINY_IMAGE_DECODER, TINY_SV3D_U, TINY_SV3D_P)}
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0, scale: float = 1.0) -> nn.Module:
+    """Fill every parameter (zero-initialised output layers and mix factors too) with seeded random values.
+
+    Weights get N(0, 1/fan_in) so activations keep unit scale through deep stacks; norms get 1 + noise.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if p.ndim >= 2:
+            fan_in = math.prod(p.shape[1:])
+            p.copy_(torch.randn(p.shape, generator=gen) * (scale / math.sqrt(fan_in)))
+        elif name.endswith("mix_factor"):
+            p.copy_(torch.randn(p.shape, generator=gen))
+        elif name.endswith("weight"):  # 1-D weights are GroupNorm / LayerNorm gains
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+        else:
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return module
+
+
+def tiny_model(variant: "str | ModelSpec" = TINY, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A randomised tiny model (structure of `variant`, default the TINY SVD)."""
+    from .model import build
+
+    spec = TINY_VARIANTS.get(variant, None) if isinstance(variant, str) else variant
+    spec = spec or get_variant(variant)
+    model = build(spec, device="cpu")
+    randomize_(model, seed)
+    return model.to(dtype)
+
+
+def make_tiny_checkpoint(path: "str | Path", spec: "str | ModelSpec" = TINY, seed: int = 0,
+                         dtype: torch.dtype = torch.float32) -> Path:
+    """Write a tiny random checkpoint in the released layout, its spec in the safetensors metadata."""
+    from .loading import save
+
+    model = tiny_model(spec, seed=seed, dtype=dtype)
+    return save(model, path)

@@ -1,0 +1,106 @@
+"""The video UNet (reference `VideoUNet`; paper Sec. 3 and App. D.1): spatial layers interleaved with temporal ones."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import SpatialVideoTransformer, attention_heads
+from .layers import Downsample, GroupNorm32, Upsample, VideoResBlock, timestep_embedding
+from .variants import UNetSpec
+
+
+class TimestepEmbedSequential(nn.ModuleList):
+    """Runs a level's modules, giving each the inputs it needs (ResBlocks: emb; transformers: context)."""
+
+    def forward(self, x, emb, context, num_frames, image_only_indicator, time_context=None):
+        for layer in self:
+            if isinstance(layer, VideoResBlock):
+                x = layer(x, emb, num_frames, image_only_indicator)
+            elif isinstance(layer, SpatialVideoTransformer):
+                x = layer(x, context, num_frames, image_only_indicator, time_context)
+            else:
+                x = layer(x)
+        return x
+
+
+class VideoUNet(nn.Module):
+    """`forward(x, timesteps, context, y, num_video_frames, image_only_indicator)` as in the reference."""
+
+    def __init__(self, spec: UNetSpec):
+        super().__init__()
+        self.spec = spec
+        mc, groups = spec.model_channels, spec.norm_groups
+        emb_dim = mc * 4
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Sequential(
+            nn.Sequential(nn.Linear(spec.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+
+        def res(cin, cout):
+            return VideoResBlock(cin, emb_dim, cout, spec.video_kernel_size, groups=groups)
+
+        def attn(ch):
+            heads, d_head = attention_heads(ch, spec.num_head_channels)
+            return SpatialVideoTransformer(ch, heads, d_head, spec.context_dim, groups=groups)
+
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential([nn.Conv2d(spec.in_channels, mc, 3, padding=1)])])
+        skip_chans, ch, ds = [mc], mc, 1
+        for level, mult in enumerate(spec.channel_mult):
+            for _ in range(spec.num_res_blocks):
+                layers = [res(ch, mult * mc)]
+                ch = mult * mc
+                if ds in spec.attention_resolutions:
+                    layers.append(attn(ch))
+                self.input_blocks.append(TimestepEmbedSequential(layers))
+                skip_chans.append(ch)
+            if level != len(spec.channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential([Downsample(ch)]))
+                skip_chans.append(ch)
+                ds *= 2
+        self.middle_block = TimestepEmbedSequential([res(ch, ch), attn(ch), res(ch, ch)])
+        self.output_blocks = nn.ModuleList()
+        for level, mult in list(enumerate(spec.channel_mult))[::-1]:
+            for i in range(spec.num_res_blocks + 1):
+                layers = [res(ch + skip_chans.pop(), mult * mc)]
+                ch = mult * mc
+                if ds in spec.attention_resolutions:
+                    layers.append(attn(ch))
+                if level and i == spec.num_res_blocks:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(layers))
+        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), nn.Conv2d(mc, spec.out_channels, 3, padding=1))
+        self.gradient_checkpointing = False
+
+    def set_ff_chunk_size(self, chunk_size: int | None) -> None:
+        """Run transformer feed-forwards on slices of `chunk_size` rows: lower peak memory, same result."""
+        for m in self.modules():
+            if hasattr(m, "ff_chunk_size"):
+                m.ff_chunk_size = chunk_size
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
+                y: torch.Tensor | None = None, num_video_frames: int | None = None,
+                image_only_indicator: torch.Tensor | None = None, time_context: torch.Tensor | None = None):
+        """x: (b t) c h w; timesteps, y: per (b t); context: (b t) n c; image_only_indicator: b t."""
+        if num_video_frames is None or x.shape[0] % num_video_frames:
+            raise ValueError(f"num_video_frames={num_video_frames} must divide the batch of {x.shape[0]} frames")
+        if image_only_indicator is None:
+            image_only_indicator = torch.zeros(x.shape[0] // num_video_frames, num_video_frames, device=x.device)
+        emb = self.time_embed(timestep_embedding(timesteps, self.spec.model_channels).to(x.dtype))
+        emb = emb + self.label_emb(y.to(emb.dtype))
+        args = (emb, context, num_video_frames, image_only_indicator, time_context)
+        if self.gradient_checkpointing and self.training:  # recompute each block's activations in backward
+            def run(module, h):
+                return checkpoint(module, h, *args, use_reentrant=False)
+        else:
+            def run(module, h):
+                return module(h, *args)
+        hs, h = [], x
+        for module in self.input_blocks:
+            h = run(module, h)
+            hs.append(h)
+        h = run(self.middle_block, h)
+        for module in self.output_blocks:
+            h = run(module, torch.cat([h, hs.pop()], dim=1))
+        return self.out(h.to(x.dtype))
+

@@ -1,0 +1,372 @@
+"""KL autoencoder of SVD: image `Encoder`, image `Decoder`, temporal `VideoDecoder` (paper Sec. 4, App. D.1).
+
+Same maths and state-dict key names as the reference (Stability-AI/generative-models,
+`sgm/modules/diffusionmodules/model.py` and `sgm/modules/autoencoding/temporal_ae.py`, time_mode "conv-only"),
+so released checkpoints load with the `first_stage_model.` / `conditioner.embedders.N.encoder.` prefix stripped.
+
+Frames of a video are contiguous along the batch axis: a latent batch is "(b t) c h w".
+Every module builds under `with torch.device("meta"):` (no init work beyond allocation).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .variants import VAESpec
+
+__all__ = [
+    "ResnetBlock",
+    "AttnBlock",
+    "Downsample",
+    "Upsample",
+    "TimeStackBlock",
+    "VideoResBlock",
+    "AE3DConv",
+    "Encoder",
+    "Decoder",
+    "FirstStage",
+    "CondEncoder",
+    "LOGVAR_RANGE",
+]
+
+# DiagonalGaussianDistribution clamps the log-variance to this range (reference `distributions.py`).
+LOGVAR_RANGE = (-30.0, 20.0)
+
+
+def normalize(channels: int, groups: int) -> nn.GroupNorm:
+    """Encoder/Decoder `Normalize`: GroupNorm with eps 1e-6 (reference `model.py`)."""
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """openaimodel `GroupNorm32`: statistics computed in float32, result cast back (eps 1e-5)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+class ResnetBlock(nn.Module):
+    """Pre-activation residual block without timestep embedding: GN-SiLU-conv twice, 1x1 `nin_shortcut` if widths differ."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 32):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.norm1 = normalize(in_channels, groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.norm2 = normalize(out_channels, groups)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))  # dropout is 0 in every released config
+        if self.in_channels != self.out_channels:
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention with 1x1-conv q/k/v/proj_out, residual (reference `AttnBlock`)."""
+
+    def __init__(self, channels: int, groups: int = 32):
+        super().__init__()
+        self.norm = normalize(channels, groups)
+        self.q = nn.Conv2d(channels, channels, kernel_size=1)
+        self.k = nn.Conv2d(channels, channels, kernel_size=1)
+        self.v = nn.Conv2d(channels, channels, kernel_size=1)
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h_ = self.norm(x)
+        height, width = x.shape[-2:]
+        # b c h w -> b 1 (h w) c: one head, every pixel a token
+        q, k, v = (rearrange(m(h_), "b c h w -> b 1 (h w) c").contiguous() for m in (self.q, self.k, self.v))
+        h_ = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(c)) v
+        h_ = rearrange(h_, "b 1 (h w) c -> b c h w", h=height, w=width)
+        return x + self.proj_out(h_)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv after asymmetric zero padding (0, 1, 0, 1) (reference `Downsample`, with_conv)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then 3x3 conv (reference `Upsample`, with_conv)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class TimeStackBlock(nn.Module):
+    """openaimodel 3-D `ResBlock` with `skip_t_emb`: GN32-SiLU-Conv3d twice over "b c t h w", identity skip."""
+
+    def __init__(self, channels: int, kernel_size: tuple[int, int, int] = (3, 1, 1), groups: int = 32):
+        super().__init__()
+        padding = tuple(k // 2 for k in kernel_size)
+        self.in_layers = nn.Sequential(
+            GroupNorm32(groups, channels), nn.SiLU(), nn.Conv3d(channels, channels, kernel_size, padding=padding)
+        )
+        self.out_layers = nn.Sequential(
+            GroupNorm32(groups, channels),
+            nn.SiLU(),
+            nn.Dropout(0.0),
+            nn.Conv3d(channels, channels, kernel_size, padding=padding),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out_layers(self.in_layers(x))
+
+
+class VideoResBlock(ResnetBlock):
+    """Spatial `ResnetBlock` then a temporal `time_stack`, blended by alpha = sigmoid(mix_factor) (paper Sec. 3, App. D.1)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int = 32,
+        video_kernel_size: tuple[int, int, int] = (3, 1, 1),
+        alpha: float = 0.0,
+    ):
+        super().__init__(in_channels, out_channels, groups)
+        self.time_stack = TimeStackBlock(out_channels, tuple(video_kernel_size), groups)
+        self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))  # merge_strategy "learned"
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        x = super().forward(x)
+        x_spatial = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
+        x_temporal = self.time_stack(x_spatial)
+        alpha = torch.sigmoid(self.mix_factor).to(x.dtype)
+        x = alpha * x_temporal + (1.0 - alpha) * x_spatial
+        return rearrange(x, "b c t h w -> (b t) c h w")
+
+
+class AE3DConv(nn.Conv2d):
+    """Decoder `conv_out`: a 3x3 Conv2d per frame followed by `time_mix_conv`, a Conv3d over "b c t h w"."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, video_kernel_size: tuple[int, int, int] = (3, 1, 1), **kwargs
+    ):
+        super().__init__(in_channels, out_channels, **kwargs)
+        padding = tuple(k // 2 for k in video_kernel_size)
+        self.time_mix_conv = nn.Conv3d(out_channels, out_channels, tuple(video_kernel_size), padding=padding)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]
+        x = super().forward(x)
+        x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
+        x = self.time_mix_conv(x)
+        return rearrange(x, "b c t h w -> (b t) c h w")
+
+
+class Encoder(nn.Module):
+    """Image encoder to the 2*z_channels Gaussian moments (reference `Encoder`, double_z, no attn_resolutions)."""
+
+    def __init__(self, spec: VAESpec):
+        super().__init__()
+        ch, mult, g = spec.ch, tuple(spec.ch_mult), spec.norm_groups
+        self.num_resolutions, self.num_res_blocks = len(mult), spec.num_res_blocks
+        self.conv_in = nn.Conv2d(spec.in_channels, ch, kernel_size=3, stride=1, padding=1)
+        in_mult = (1,) + mult
+        self.down = nn.ModuleList()
+        block_in = ch
+        for level in range(self.num_resolutions):
+            block_in, block_out = ch * in_mult[level], ch * mult[level]
+            stage = nn.Module()
+            stage.block = nn.ModuleList()
+            for _ in range(self.num_res_blocks):
+                stage.block.append(ResnetBlock(block_in, block_out, g))
+                block_in = block_out
+            if level != self.num_resolutions - 1:
+                stage.downsample = Downsample(block_in)
+            self.down.append(stage)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, g)
+        self.mid.attn_1 = AttnBlock(block_in, g)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, g)
+        self.norm_out = normalize(block_in, g)
+        self.conv_out = nn.Conv2d(block_in, 2 * spec.z_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level, stage in enumerate(self.down):
+            for block in stage.block:
+                h = block(h)
+            if level != self.num_resolutions - 1:
+                h = stage.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """Latent to image decoder; `temporal=True` builds the `VideoDecoder` ("conv-only": VideoResBlock + AE3DConv)."""
+
+    def __init__(self, spec: VAESpec, temporal: bool):
+        super().__init__()
+        ch, mult, g = spec.ch, tuple(spec.ch_mult), spec.norm_groups
+        self.temporal = temporal
+        self.num_resolutions, self.num_res_blocks = len(mult), spec.num_res_blocks
+        kernel = tuple(spec.video_kernel_size)
+
+        def resblock(cin: int, cout: int) -> nn.Module:
+            return VideoResBlock(cin, cout, g, kernel) if temporal else ResnetBlock(cin, cout, g)
+
+        block_in = ch * mult[-1]
+        self.conv_in = nn.Conv2d(spec.z_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.mid = nn.Module()
+        self.mid.block_1 = resblock(block_in, block_in)
+        self.mid.attn_1 = AttnBlock(block_in, g)  # "conv-only": the mid attention stays spatial
+        self.mid.block_2 = resblock(block_in, block_in)
+        up: list[nn.Module] = []
+        for level in reversed(range(self.num_resolutions)):
+            block_out = ch * mult[level]
+            stage = nn.Module()
+            stage.block = nn.ModuleList()
+            for _ in range(self.num_res_blocks + 1):
+                stage.block.append(resblock(block_in, block_out))
+                block_in = block_out
+            if level != 0:
+                stage.upsample = Upsample(block_in)
+            up.insert(0, stage)  # up[0] is the full-resolution stage, as in the reference
+        self.up = nn.ModuleList(up)
+        self.norm_out = normalize(block_in, g)
+        if temporal:
+            self.conv_out = AE3DConv(block_in, spec.out_channels, kernel, kernel_size=3, stride=1, padding=1)
+        else:
+            self.conv_out = nn.Conv2d(block_in, spec.out_channels, kernel_size=3, stride=1, padding=1)
+
+    def _res(self, block: nn.Module, h: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return block(h, num_frames) if self.temporal else block(h)
+
+    def forward(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        h = self.conv_in(z)
+        h = self._res(self.mid.block_1, h, num_frames)
+        h = self.mid.attn_1(h)
+        h = self._res(self.mid.block_2, h, num_frames)
+        for level in reversed(range(self.num_resolutions)):
+            stage = self.up[level]
+            for block in stage.block:
+                h = self._res(block, h, num_frames)
+            if level != 0:
+                h = stage.upsample(h)
+        h = F.silu(self.norm_out(h))
+        return self.conv_out(h, num_frames) if self.temporal else self.conv_out(h)
+
+
+def _check_image(x: torch.Tensor, spec: VAESpec, what: str) -> None:
+    if x.ndim != 4 or x.shape[1] != spec.in_channels:
+        raise ValueError(
+            f"{what} expects images of shape (N, {spec.in_channels}, H, W) in [-1, 1], got {tuple(x.shape)}"
+        )
+    factor = 2 ** (len(spec.ch_mult) - 1)
+    if x.shape[-1] % factor or x.shape[-2] % factor:
+        raise ValueError(
+            f"{what}: image size {tuple(x.shape[-2:])} must be divisible by {factor} (the VAE downsampling factor); "
+            "resize or crop the input image"
+        )
+
+
+def _split_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiagonalGaussian moments (N, 2z, h, w) -> mean, clamped logvar (reference `DiagonalGaussianDistribution`)."""
+    mean, logvar = torch.chunk(moments, 2, dim=1)  # n (2 z) h w -> 2 x (n z h w)
+    return mean, torch.clamp(logvar, *LOGVAR_RANGE)
+
+
+class FirstStage(nn.Module):
+    """`first_stage_model`: encoder (optional), quant convs (image-AE layout only), temporal or image decoder."""
+
+    def __init__(self, spec: VAESpec):
+        super().__init__()
+        if spec.decoder not in ("temporal", "image"):
+            raise ValueError(f"VAESpec.decoder must be 'temporal' or 'image', got {spec.decoder!r}")
+        self.spec = spec
+        self.encoder = Encoder(spec) if spec.first_stage_encoder else None
+        if spec.first_stage_quant:
+            self.quant_conv = nn.Conv2d(2 * spec.z_channels, 2 * spec.z_channels, kernel_size=1)
+            self.post_quant_conv = nn.Conv2d(spec.z_channels, spec.z_channels, kernel_size=1)
+        else:
+            self.quant_conv = self.post_quant_conv = None
+        self.decoder = Decoder(spec, temporal=spec.decoder == "temporal")
+
+    @property
+    def temporal(self) -> bool:
+        """True for the `VideoDecoder` (its output depends on how many frames are decoded together)."""
+        return self.decoder.temporal
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.spec.ch_mult) - 1)
+
+    def encode_dist(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (N, 3, H, W) in [-1, 1] -> posterior (mean, logvar), each (N, z, H/f, W/f), for training."""
+        if self.encoder is None:
+            raise ValueError(
+                "this first stage has no encoder (decoder-only layout, e.g. sv3d): encode images with the "
+                "conditioner's VAE copy (CondEncoder) or load a checkpoint whose first_stage_model has an encoder"
+            )
+        _check_image(x, self.spec, "FirstStage.encode")
+        moments = self.encoder(x)
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        return _split_moments(moments)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] -> unscaled latent mode (N, z, H/f, W/f)."""
+        return self.encode_dist(x)[0]
+
+    def decode(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        """Unscaled latents "(b t) c h w" -> images "(b t) 3 H W"; the image decoder ignores `num_frames`."""
+        if z.ndim != 4 or z.shape[1] != self.spec.z_channels:
+            raise ValueError(f"FirstStage.decode expects latents (N, {self.spec.z_channels}, h, w), got {tuple(z.shape)}")
+        if self.temporal:
+            if not isinstance(num_frames, int) or num_frames < 1:
+                raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+            if z.shape[0] % num_frames:
+                raise ValueError(
+                    f"latent batch {z.shape[0]} is not a multiple of num_frames={num_frames}: the temporal decoder "
+                    "needs whole videos laid out as (b t) c h w"
+                )
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z, num_frames)
+
+
+class CondEncoder(nn.Module):
+    """Conditioner's `AutoencoderKLModeOnly` copy (`conditioner.embedders.N.encoder.`): encode = quant_conv(encoder(x)) mode."""
+
+    def __init__(self, spec: VAESpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder = Encoder(spec)
+        self.decoder = Decoder(spec, temporal=False)  # carried by the files, never used at inference
+        self.quant_conv = nn.Conv2d(2 * spec.z_channels, 2 * spec.z_channels, kernel_size=1)
+        self.post_quant_conv = nn.Conv2d(spec.z_channels, spec.z_channels, kernel_size=1)
+
+    def drop_decoder(self, include_post_quant_conv: bool = True) -> "CondEncoder":
+        """Remove the unused decoder (and by default post_quant_conv): released files may omit them; returns self."""
+        self.decoder = None
+        if include_post_quant_conv:
+            self.post_quant_conv = None
+        return self
+
+    def encode_dist(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (N, 3, H, W) in [-1, 1] -> posterior (mean, logvar)."""
+        _check_image(x, self.spec, "CondEncoder.encode")
+        return _split_moments(self.quant_conv(self.encoder(x)))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] -> unscaled latent mode (N, z, H/f, W/f) (the concat-frame latent)."""
+        return self.encode_dist(x)[0]

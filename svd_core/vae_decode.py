@@ -1,0 +1,148 @@
+"""Chunked video decoding and encoding with the first stage (reference `DiffusionEngine.decode_first_stage`).
+
+The temporal decoder mixes frames, so its output depends on how many frames are decoded together: `decode_t`
+(reference `decoding_t`, default 14) is a user-visible setting, never derived from free memory, so a seed gives
+the same video on every machine. Chunks are cut per video (frames of a video are contiguous: "(b t) c h w");
+the last chunk of a video may be shorter and is decoded with its own length, as the reference does.
+`overlap` > 0 decodes overlapping windows and cross-fades the shared frames with linear weights to hide seams.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from einops import rearrange
+
+from .vae import FirstStage
+
+__all__ = ["decode_video", "encode_video", "chunk_windows"]
+
+
+def chunk_windows(num_frames: int, decode_t: int, overlap: int = 0) -> list[tuple[int, int]]:
+    """Frame windows [start, end) covering 0..num_frames, each at most `decode_t` long, neighbours sharing `overlap`."""
+    windows, start = [], 0
+    while True:
+        end = min(start + decode_t, num_frames)
+        windows.append((start, end))
+        if end == num_frames:
+            return windows
+        start = end - overlap
+
+
+def _blend_weights(windows: list[tuple[int, int]], index: int) -> torch.Tensor:
+    """Per-frame weights of window `index`: linear ramps over the frames shared with its neighbours, 1 elsewhere.
+
+    In a shared run of o frames the incoming window weighs (k+1)/(o+1) and the outgoing one (o-k)/(o+1), k = 0..o-1:
+    the two sum to one on every frame.
+    """
+    start, end = windows[index]
+    w = torch.ones(end - start, dtype=torch.float64)
+    if index > 0:
+        shared = windows[index - 1][1] - start
+        if shared > 0:
+            w[:shared] = torch.arange(1, shared + 1, dtype=torch.float64) / (shared + 1)
+    if index + 1 < len(windows):
+        shared = end - windows[index + 1][0]
+        if shared > 0:
+            w[-shared:] = w[-shared:] * torch.arange(shared, 0, -1, dtype=torch.float64) / (shared + 1)
+    return w
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def decode_video(
+    first_stage: FirstStage,
+    z: torch.Tensor,
+    num_frames: int,
+    decode_t: int = 14,
+    overlap: int = 0,
+    scale_factor: float = 0.18215,
+    image_decoder: bool = False,
+    clamp: bool = True,
+    callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Scaled latents "(b t) 4 h w" -> frames "(b t) 3 H W" in [-1, 1], decoding `decode_t` frames at a time per video.
+
+    `image_decoder=True` (or an image-decoder first stage) decodes every frame on its own, ignoring time.
+    `clamp=False` returns the raw decoder output. `callback(done, total)` reports decoded frames after every chunk.
+    """
+    _check_int("num_frames", num_frames, 1)
+    _check_int("decode_t", decode_t, 1)
+    _check_int("overlap", overlap, 0)
+    if overlap >= decode_t:
+        raise ValueError(
+            f"overlap must be smaller than decode_t (0 <= overlap < decode_t), got overlap={overlap}, decode_t={decode_t}"
+        )
+    if not scale_factor or scale_factor <= 0:
+        raise ValueError(f"scale_factor must be > 0, got {scale_factor!r}")
+    if z.ndim != 4:
+        raise ValueError(f"decode_video expects latents (N, C, h, w) with N = batch*frames, got shape {tuple(z.shape)}")
+    if z.shape[0] % num_frames:
+        raise ValueError(
+            f"latent batch N={z.shape[0]} is not divisible by num_frames={num_frames}: pass the frames of every "
+            "video contiguously ((b t) c h w) and the matching num_frames"
+        )
+    if image_decoder and first_stage.temporal:
+        raise ValueError(
+            "image_decoder=True but this first stage has the temporal VideoDecoder: load an image-decoder checkpoint "
+            "(svd_image_decoder) or decode with image_decoder=False"
+        )
+    z = z / scale_factor
+    total = z.shape[0]
+    if image_decoder or not first_stage.temporal:
+        # per-frame decoder: chunks only bound memory, the result does not depend on them
+        pieces = []
+        for start in range(0, total, decode_t):
+            pieces.append(first_stage.decode(z[start:start + decode_t], 1))
+            if callback is not None:
+                callback(min(start + decode_t, total), total)
+        out = torch.cat(pieces, dim=0)
+    else:
+        videos = rearrange(z, "(b t) c h w -> b t c h w", t=num_frames)
+        windows = chunk_windows(num_frames, decode_t, overlap)
+        work = videos.shape[0] * sum(end - start for start, end in windows)  # frames decoded, overlaps included
+        outs, done = [], 0
+        for video in videos:  # t c h w
+            frames = None
+            weight_sum = torch.zeros(num_frames, dtype=torch.float64)
+            for index, (start, end) in enumerate(windows):
+                decoded = first_stage.decode(video[start:end], end - start)  # t 3 H W, t = window length
+                if frames is None:
+                    frames = decoded.new_zeros((num_frames,) + tuple(decoded.shape[1:]))
+                if overlap == 0:
+                    frames[start:end] = decoded
+                else:
+                    w = _blend_weights(windows, index)
+                    weight_sum[start:end] += w
+                    frames[start:end] += decoded * w.to(decoded)[:, None, None, None]  # t -> t 1 1 1
+                done += end - start
+                if callback is not None:
+                    callback(done, work)
+            if overlap:
+                # the ramps already sum to one on every frame; dividing only guards against rounding
+                frames = frames / weight_sum.to(frames)[:, None, None, None]  # t -> t 1 1 1
+            outs.append(frames)
+        out = rearrange(torch.stack(outs), "b t c h w -> (b t) c h w")
+    return out.clamp(-1.0, 1.0) if clamp else out
+
+
+def encode_video(
+    first_stage,
+    x: torch.Tensor,
+    scale_factor: float = 0.18215,
+    encode_t: int = 14,
+) -> torch.Tensor:
+    """Frames "(b t) 3 H W" in [-1, 1] -> scaled latent modes "(b t) 4 h w" (video-to-video); per-frame, `encode_t` at a time.
+
+    `first_stage` is a `FirstStage` with an encoder or a `CondEncoder`.
+    """
+    _check_int("encode_t", encode_t, 1)
+    if not scale_factor or scale_factor <= 0:
+        raise ValueError(f"scale_factor must be > 0, got {scale_factor!r}")
+    if x.ndim != 4:
+        raise ValueError(f"encode_video expects frames (N, 3, H, W) with N = batch*frames, got shape {tuple(x.shape)}")
+    latents = [first_stage.encode(x[start:start + encode_t]) for start in range(0, x.shape[0], encode_t)]
+    return torch.cat(latents, dim=0) * scale_factor

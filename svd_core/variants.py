@@ -1,0 +1,178 @@
+"""Model variants as data: frozen specs derived from each other (paper Sec. 4, reference `configs/*.yaml`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+# Per-frame vector conditioning: (input name, sinusoidal embedding width). The UNet's adm width is the sum.
+SVD_VECTOR = (("fps_id", 256), ("motion_bucket_id", 256), ("cond_aug", 256))
+SV3D_U_VECTOR = (("cond_aug", 256),)
+SV3D_P_VECTOR = (("cond_aug", 256), ("polars_rad", 512), ("azimuths_rad", 512))
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """VideoUNet hyper-parameters (reference `VideoUNet`, paper App. D.1)."""
+
+    in_channels: int = 8
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (4, 2, 1)
+    num_head_channels: int = 64
+    transformer_depth: int = 1
+    context_dim: int = 1024
+    adm_in_channels: int = 768
+    video_kernel_size: tuple[int, int, int] = (3, 1, 1)
+    norm_groups: int = 32
+
+
+@dataclass(frozen=True)
+class VAESpec:
+    """KL autoencoder: encoder, temporal `VideoDecoder` or per-frame image decoder (reference `model.py`)."""
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 4
+    in_channels: int = 3
+    out_channels: int = 3
+    norm_groups: int = 32
+    # "temporal": VideoDecoder with time_stack/mix_factor/time_mix_conv; "image": plain per-frame Decoder.
+    decoder: str = "temporal"
+    # first_stage_model has an encoder (SVD) or is decoder-only (SV3D: encoder is nn.Identity in the reference).
+    first_stage_encoder: bool = True
+    # first_stage_model has quant_conv / post_quant_conv (AutoencoderKL legacy layout: svd_image_decoder).
+    first_stage_quant: bool = False
+    video_kernel_size: tuple[int, int, int] = (3, 1, 1)
+
+
+@dataclass(frozen=True)
+class CLIPSpec:
+    """open_clip image tower (ViT-H-14 for every released variant) plus the text-tower leftovers kept in files."""
+
+    embed_dim: int = 1024
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1280
+    layers: int = 32
+    head_width: int = 80
+    mlp_ratio: float = 4.0
+    # leftovers of the deleted text tower that the released files still carry
+    text_context_length: int = 77
+    text_vocab_size: int = 49408
+    text_width: int = 1024
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One SVD-family model: architecture plus the reference's sampling defaults."""
+
+    name: str = "svd"
+    unet: UNetSpec = field(default_factory=UNetSpec)
+    vae: VAESpec = field(default_factory=VAESpec)
+    clip: CLIPSpec = field(default_factory=CLIPSpec)
+    vector_inputs: tuple[tuple[str, int], ...] = SVD_VECTOR
+    # index N of the conditioner's VAE-encoder copy (`conditioner.embedders.N.encoder.`)
+    cond_encoder_index: int = 3
+    scale_factor: float = 0.18215
+    # sampling defaults (reference scripts/sampling/simple_video_sample.py and configs)
+    num_frames: int = 14
+    height: int = 576
+    width: int = 1024
+    steps: int = 25
+    sigma_min: float = 0.002
+    sigma_max: float = 700.0
+    guider: str = "linear"  # "linear" | "triangle" | "vanilla" | "trapezoid"
+    min_cfg: float = 1.0
+    max_cfg: float = 2.5
+    fps: int = 7  # frames per second; embedded as fps_id = fps - 1 (reference default fps_id 6)
+    motion_bucket_id: int = 127
+    cond_aug: float = 0.02
+    decode_t: int = 14
+    # True where a custom (non-released) spec must travel in the file's metadata to be reloaded.
+    custom: bool = False
+
+    @property
+    def adm_in_channels(self) -> int:
+        return sum(d for _, d in self.vector_inputs)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        return spec_from_dict(json.loads(text))
+
+
+def _coerce(dc_type: type, data: dict[str, Any]):
+    """Build a (nested) frozen dataclass from JSON, turning lists back into tuples."""
+    kwargs = {}
+    known = {f.name: f for f in fields(dc_type)}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"unknown field {key!r} for {dc_type.__name__} in the model spec metadata")
+        sub = {"unet": UNetSpec, "vae": VAESpec, "clip": CLIPSpec}.get(key) if dc_type is ModelSpec else None
+        if sub is not None:
+            value = _coerce(sub, value)
+        elif isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[key] = value
+    return dc_type(**kwargs)
+
+
+def spec_from_dict(data: dict[str, Any]) -> ModelSpec:
+    return _coerce(ModelSpec, data)
+
+
+SVD = ModelSpec()
+SVD_XT = replace(SVD, name="svd_xt", num_frames=25, min_cfg=1.5, max_cfg=3.0)
+SVD_IMAGE_DECODER = replace(SVD, name="svd_image_decoder", vae=replace(SVD.vae, decoder="image", first_stage_quant=True))
+SV3D_U = replace(
+    SVD,
+    name="sv3d_u",
+    unet=replace(SVD.unet, adm_in_channels=256),
+    vae=replace(SVD.vae, decoder="image", first_stage_encoder=False),
+    vector_inputs=SV3D_U_VECTOR,
+    cond_encoder_index=1,
+    num_frames=21,
+    height=576,
+    width=576,
+    guider="triangle",
+    min_cfg=1.0,
+    max_cfg=2.5,
+    cond_aug=1e-5,
+)
+SV3D_P = replace(SV3D_U, name="sv3d_p", unet=replace(SVD.unet, adm_in_channels=1280), vector_inputs=SV3D_P_VECTOR)
+
+# A tiny model that keeps every structural feature of the real one (used by tests, demos and benchmarks).
+TINY = replace(
+    SVD,
+    name="tiny",
+    unet=replace(SVD.unet, model_channels=32, num_head_channels=32, context_dim=64),
+    vae=replace(SVD.vae, ch=32, norm_groups=32),
+    clip=CLIPSpec(embed_dim=64, image_size=56, patch_size=14, width=64, layers=2, head_width=32,
+                  text_context_length=8, text_vocab_size=16, text_width=64),
+    num_frames=4,
+    height=128,
+    width=128,
+    steps=4,
+    decode_t=4,
+    custom=True,
+)
+
+VARIANTS: dict[str, ModelSpec] = {s.name: s for s in (SVD, SVD_XT, SVD_IMAGE_DECODER, SV3D_U, SV3D_P, TINY)}
+# svd_xt_1_1 has the svd_xt layout and defaults
+VARIANTS["svd_xt_1_1"] = replace(SVD_XT, name="svd_xt_1_1")
+RELEASED = ("svd", "svd_xt", "svd_xt_1_1", "svd_image_decoder", "sv3d_u", "sv3d_p")
+
+
+def get_variant(name_or_spec: "str | ModelSpec") -> ModelSpec:
+    if isinstance(name_or_spec, ModelSpec):
+        return name_or_spec
+    try:
+        return VARIANTS[name_or_spec]
+    except KeyError:
+        raise ValueError(f"unknown variant {name_or_spec!r}; expected one of {sorted(VARIANTS)} or a ModelSpec") from None

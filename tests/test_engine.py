@@ -1,0 +1,269 @@
+"""Engine: exact released layouts (meta device), variant detection, loading, parity with diffusers / open_clip."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import svd_core
+from svd_core.loading import CheckpointError, TensorDict, assign_weights, detect_spec, optional_keys
+from svd_core.model import LoadReport, SVDModel
+from svd_core.testing import TINY_SV3D_P, TINY_XT, make_tiny_checkpoint, randomize_, tiny_model
+from svd_core.variants import TINY
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+LAYOUT_FILE = {"svd": "svd_xt", "svd_xt": "svd_xt", "svd_xt_1_1": "svd_xt", "svd_image_decoder": "svd_image_decoder",
+               "sv3d_u": "sv3d_u", "sv3d_p": "sv3d_p"}
+
+
+def reference_keys(variant: str) -> dict[str, list[int]]:
+    return json.loads((REFERENCE / f"{LAYOUT_FILE[variant]}.keys.json").read_text())["keys"]
+
+
+@pytest.mark.parametrize("variant", list(LAYOUT_FILE))
+def test_full_size_layout_matches_reference_key_by_key(variant):
+    model = svd_core.build(variant, device="meta")
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    ref = reference_keys(variant)
+    assert sorted(set(ref) - set(ours)) == []
+    assert sorted(set(ours) - set(ref)) == []
+    assert [k for k in ref if ours[k] != ref[k]] == []
+    assert all(p.is_meta for p in model.parameters())
+    if variant.startswith("svd"):
+        n = sum(p.numel() for p in model.unet.parameters())
+        assert 1.5e9 < n < 1.55e9  # ~1.52 B UNet parameters (reference README)
+
+
+@pytest.mark.parametrize("variant,filename,expected", [
+    ("svd", "svd.safetensors", "svd"), ("svd_xt", "svd_xt.safetensors", "svd_xt"),
+    ("svd_xt", "svd_xt_1_1.safetensors", "svd_xt_1_1"), ("svd_image_decoder", "svd_image_decoder.safetensors",
+                                                         "svd_image_decoder"),
+    ("sv3d_u", "sv3d_u.safetensors", "sv3d_u"), ("sv3d_p", "sv3d_p.safetensors", "sv3d_p")])
+def test_variant_detected_from_shapes_and_full_layout_assigns_on_meta(variant, filename, expected):
+    shapes = {k: tuple(v) for k, v in reference_keys(variant).items()}
+    spec, how = detect_spec(shapes, {}, filename)
+    assert spec.name == expected, how
+    # the whole released layout is consumed key by key (shapes only: meta tensors, no memory)
+    source = TensorDict({k: torch.empty(s, device="meta") for k, s in shapes.items()})
+    with torch.device("meta"):
+        model = SVDModel(spec)
+    assign_weights(model, source, LoadReport(source=filename), device="meta")
+    assert model.load_report.unexpected == [] and model.load_report.missing_optional == []
+
+
+def test_released_file_may_omit_unused_parts_and_reports_them():
+    shapes = {k: tuple(v) for k, v in reference_keys("svd_xt").items()}
+    spec, _ = detect_spec(shapes, {}, "svd_xt.safetensors")
+    kept = {k: s for k, s in shapes.items() if not k.startswith(optional_keys(spec))}
+    assert len(kept) < len(shapes)
+    with torch.device("meta"):
+        model = SVDModel(spec)
+    kept["model.diffusion_model.some_new_thing.weight"] = (3,)
+    assign_weights(model, TensorDict({k: torch.empty(s, device="meta") for k, s in kept.items()}),
+                   LoadReport(source="x"), device="meta")
+    report = model.load_report
+    assert report.unexpected == ["model.diffusion_model.some_new_thing.weight"]
+    assert "conditioner.embedders.3.encoder.decoder.conv_in.weight" in report.missing_optional
+    assert "conditioner.embedders.0.open_clip.model.token_embedding.weight" in report.missing_optional
+    assert not hasattr(model.conditioner.vae_encoder.encoder, "decoder") or model.conditioner.vae_encoder.encoder.decoder is None
+    assert "unexpected keys (1)" in report.summary()
+
+
+def test_unknown_adm_width_without_metadata_is_a_clear_error():
+    shapes = {k: tuple(v) for k, v in reference_keys("svd_xt").items()}
+    shapes["model.diffusion_model.label_emb.0.0.weight"] = (1280, 512)
+    with pytest.raises(CheckpointError, match="adm width 512 matches no released variant"):
+        detect_spec(shapes, {}, "odd.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_tiny_checkpoint_round_trip_in_every_dtype(tmp_path, dtype):
+    path = make_tiny_checkpoint(tmp_path / "t.safetensors", dtype=dtype, seed=3)
+    model = svd_core.load(path)
+    ref = tiny_model(seed=3, dtype=dtype)
+    assert model.spec == ref.spec and model.load_report.detected_from == "spec in the file's metadata"
+    for k, v in ref.state_dict().items():
+        got = model.state_dict()[k]
+        assert got.dtype == dtype and torch.equal(got, v), k
+    as32 = svd_core.load(path, dtype=torch.float32)
+    assert all(p.dtype == torch.float32 for p in as32.parameters())
+
+
+def test_other_tiny_variants_round_trip(tmp_path):
+    for spec in (TINY_XT, TINY_SV3D_P):
+        model = svd_core.load(make_tiny_checkpoint(tmp_path / f"{spec.name}.safetensors", spec=spec))
+        assert model.spec == spec and model.load_report.unexpected == []
+
+
+def test_not_a_safetensors_file(tmp_path):
+    bad = tmp_path / "notes.safetensors"
+    bad.write_text("this is not a checkpoint at all, just text")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        svd_core.load(bad)
+
+
+def test_truncated_file_names_the_key(tmp_path, tiny_ckpt):
+    data = tiny_ckpt.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CheckpointError, match=r"truncated: tensor '.+' ends at byte \d+ but the file has \d+ bytes"):
+        svd_core.load(cut)
+
+
+def test_wrong_shape_names_key_expected_and_found(tmp_path, tiny_ckpt):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tiny_ckpt))
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    expected = list(sd[key].shape)
+    sd[key] = torch.zeros(expected[0], expected[1] + 1, 3, 3)
+    bad = tmp_path / "bad.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_ckpt), "pt") as f:
+        meta = f.metadata()
+    save_file(sd, str(bad), metadata=meta)
+    found = [expected[0], expected[1] + 1, 3, 3]
+    with pytest.raises(CheckpointError, match=rf"'{key}': expected \[{', '.join(map(str, expected))}\], "
+                                              rf"found \[{', '.join(map(str, found))}\]"):
+        svd_core.load(bad)
+
+
+def test_pickled_checkpoints_refused_unless_opted_in(tmp_path):
+    model = tiny_model(seed=1)
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    with pytest.raises(CheckpointError, match="pickled checkpoints .* refused.*allow_pickle=True"):
+        svd_core.load(ckpt, variant=TINY)
+    loaded = svd_core.load(ckpt, variant=TINY, allow_pickle=True)
+    assert torch.equal(loaded.unet.out[2].weight, model.unet.out[2].weight)
+
+
+def test_missing_file_and_non_svd_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        svd_core.load(tmp_path / "nope.safetensors")
+    from safetensors.torch import save_file
+
+    other = tmp_path / "sd15.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(CheckpointError, match="no SVD UNet in this file"):
+        svd_core.load(other)
+
+
+def test_load_is_memory_mapped_when_dtype_matches(tiny_ckpt):
+    model = svd_core.load(tiny_ckpt)
+    # zero-copy: parameters are views of the file mapping, not fresh allocations of their own
+    w = model.unet.input_blocks[0][0].weight
+    assert not w.untyped_storage().resizable()
+
+
+def test_save_is_atomic_and_keeps_spec(tmp_path):
+    from svd_core.loading import save
+
+    model = tiny_model(seed=2)
+    out = save(model, tmp_path / "sub" / "m.safetensors")
+    assert out.exists() and not list(out.parent.glob("*.tmp"))
+    assert svd_core.load(out).spec == model.spec
+
+
+# ----------------------------------------------------------------------------------------------- parity
+
+
+def _diffusers_unet(spec, num_frames):
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    mc = spec.model_channels
+    return UNetSpatioTemporalConditionModel(
+        sample_size=16, in_channels=spec.in_channels, out_channels=spec.out_channels,
+        block_out_channels=tuple(mc * c for c in spec.channel_mult), addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=spec.adm_in_channels, layers_per_block=spec.num_res_blocks,
+        cross_attention_dim=spec.context_dim,
+        num_attention_heads=tuple(mc * c // spec.num_head_channels for c in spec.channel_mult), num_frames=num_frames)
+
+
+@pytest.mark.parametrize("frames", [4, 8])
+def test_unet_matches_diffusers(frames):
+    from svd_core.convert import state_dict_sgm_to_diffusers, unet_layout
+
+    model = tiny_model(seed=0)
+    spec = model.spec.unet
+    ref = _diffusers_unet(spec, frames).eval()
+    ref.load_state_dict(state_dict_sgm_to_diffusers(model.unet.state_dict(), "unet", **unet_layout(spec)), strict=True)
+    g = torch.Generator().manual_seed(1)
+    b = 2
+    x = torch.randn(b, frames, 8, 16, 16, generator=g)
+    c_noise = 0.25 * torch.tensor([3.0, 0.05]).log()
+    ctx = torch.randn(b, 1, spec.context_dim, generator=g)
+    ids = torch.tensor([[6.0, 127.0, 0.02], [10.0, 30.0, 0.5]])
+    with torch.no_grad():
+        expected = ref(x, c_noise, encoder_hidden_states=ctx, added_time_ids=ids).sample.flatten(0, 1)
+        y = model.conditioner.vector({"fps_id": ids[:, 0], "motion_bucket_id": ids[:, 1], "cond_aug": ids[:, 2]})
+        got = model.unet(x.flatten(0, 1), c_noise.repeat_interleave(frames), context=ctx.repeat_interleave(frames, 0),
+                         y=y.repeat_interleave(frames, 0), num_video_frames=frames)
+    err = (got - expected).abs().max().item()
+    print(f"UNet vs diffusers, {frames} frames: max abs {err:.2e}")
+    assert expected.abs().mean() > 0.1  # a meaningful signal, not zeros
+    assert err < 1e-4
+
+
+def _tiny_open_clip():
+    import open_clip
+
+    cfg = TINY.clip
+    vision = dict(image_size=cfg.image_size, layers=cfg.layers, width=cfg.width, head_width=cfg.head_width,
+                  patch_size=cfg.patch_size)
+    text = dict(context_length=cfg.text_context_length, vocab_size=cfg.text_vocab_size, width=cfg.text_width,
+                heads=2, layers=1)
+    return open_clip.CLIP(cfg.embed_dim, vision, text)
+
+
+def test_clip_image_embedding_matches_open_clip():
+    from svd_core.conditioner import clip_preprocess
+
+    oc = randomize_(_tiny_open_clip().eval(), seed=5)
+    model = tiny_model(seed=0)
+    embedder = model.conditioner.clip
+    missing, unexpected = embedder.open_clip.model.load_state_dict(
+        {k: v for k, v in oc.state_dict().items() if k.startswith("visual.") or k in (
+            "token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias", "text_projection",
+            "logit_scale")}, strict=True)
+    image = torch.rand(2, 3, 96, 160, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        ours = embedder(image)
+        theirs = oc.encode_image(clip_preprocess(image, TINY.clip.image_size))
+    assert ours.shape == (2, 1, TINY.clip.embed_dim)
+    err = (ours[:, 0] - theirs).abs().max().item()
+    print(f"CLIP vs open_clip: max abs {err:.2e}")
+    assert err < 1e-5
+
+
+def test_clip_preprocess_matches_reference_recipe():
+    """kornia antialiased bicubic resize to 224 (align_corners=True), [-1,1] -> [0,1], CLIP mean/std."""
+    import kornia
+
+    from svd_core.conditioner import CLIP_MEAN, CLIP_STD, clip_preprocess
+
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    resized = kornia.geometry.resize(x, (224, 224), interpolation="bicubic", align_corners=True, antialias=True)
+    manual = ((resized + 1) / 2 - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    assert torch.allclose(clip_preprocess(x, 224), manual, atol=1e-6)
+
+
+def test_vector_conditioning_is_the_sinusoidal_concat():
+    model = tiny_model()
+    vec = model.conditioner.vector({"fps_id": torch.tensor([6.0]), "motion_bucket_id": torch.tensor([127.0]),
+                                    "cond_aug": torch.tensor([0.02])})
+    assert vec.shape == (1, 768)
+    half = torch.arange(128) / 128
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * half)
+    expected_fps = torch.cat([torch.cos(6 * freqs), torch.sin(6 * freqs)])
+    assert torch.allclose(vec[0, :256], expected_fps, atol=1e-6)
+    with pytest.raises(ValueError, match=r"missing vector conditioning \['cond_aug'\]"):
+        model.conditioner.vector({"fps_id": torch.tensor([6.0]), "motion_bucket_id": torch.tensor([127.0])})
