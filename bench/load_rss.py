@@ -33,10 +33,16 @@ def load(path: Path, dtype: str | None = None) -> None:
     model = svd_core.load(path, dtype=getattr(torch, dtype) if dtype else None)
     dt = time.perf_counter() - t0
     n = sum(p.numel() for p in model.parameters())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     size = path.stat().st_size
-    print(f"loaded {model.spec.name}: {n / 1e9:.3f} B params in {dt:.1f} s; file {size / 2**30:.2f} GiB; "
-          f"peak RSS {peak / 2**30:.2f} GiB = {peak / size:.2f}x the file")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"loaded {model.spec.name}: {n / 1e9:.3f} B params ({model_bytes / 2**30:.2f} GiB in memory) in {dt:.1f} s; "
+          f"file {size / 2**30:.2f} GiB; peak RSS after load {peak / 2**30:.2f} GiB = {peak / size:.2f}x the file")
+    # every weight read once (as a forward pass would): the mapped pages become resident
+    checksum = sum(float(p.float().sum()) for p in model.parameters())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"after touching every weight (checksum {checksum:.3e}): peak RSS {peak / 2**30:.2f} GiB = "
+          f"{peak / size:.2f}x the file, {peak / model_bytes:.2f}x the loaded model")
 
 
 if __name__ == "__main__":

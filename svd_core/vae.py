@@ -146,8 +146,10 @@ class VideoResBlock(ResnetBlock):
         self.time_stack = TimeStackBlock(out_channels, tuple(video_kernel_size), groups)
         self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))  # merge_strategy "learned"
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, skip_video: bool = False) -> torch.Tensor:
         x = super().forward(x)
+        if skip_video:  # per-frame decoding: the spatial path alone (reference `skip_video`)
+            return x
         x_spatial = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
         x_temporal = self.time_stack(x_spatial)
         alpha = torch.sigmoid(self.mix_factor).to(x.dtype)
@@ -165,8 +167,10 @@ class AE3DConv(nn.Conv2d):
         padding = tuple(k // 2 for k in video_kernel_size)
         self.time_mix_conv = nn.Conv3d(out_channels, out_channels, tuple(video_kernel_size), padding=padding)
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, num_frames: int, skip_video: bool = False) -> torch.Tensor:  # type: ignore[override]
         x = super().forward(x)
+        if skip_video:
+            return x
         x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
         x = self.time_mix_conv(x)
         return rearrange(x, "b c t h w -> (b t) c h w")
@@ -248,22 +252,23 @@ class Decoder(nn.Module):
         else:
             self.conv_out = nn.Conv2d(block_in, spec.out_channels, kernel_size=3, stride=1, padding=1)
 
-    def _res(self, block: nn.Module, h: torch.Tensor, num_frames: int) -> torch.Tensor:
-        return block(h, num_frames) if self.temporal else block(h)
+    def _res(self, block: nn.Module, h: torch.Tensor, num_frames: int, skip_video: bool) -> torch.Tensor:
+        return block(h, num_frames, skip_video) if self.temporal else block(h)
 
-    def forward(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, num_frames: int = 1, skip_video: bool = False) -> torch.Tensor:
+        """`skip_video`: a temporal decoder decodes each frame on its own through its spatial layers."""
         h = self.conv_in(z)
-        h = self._res(self.mid.block_1, h, num_frames)
+        h = self._res(self.mid.block_1, h, num_frames, skip_video)
         h = self.mid.attn_1(h)
-        h = self._res(self.mid.block_2, h, num_frames)
+        h = self._res(self.mid.block_2, h, num_frames, skip_video)
         for level in reversed(range(self.num_resolutions)):
             stage = self.up[level]
             for block in stage.block:
-                h = self._res(block, h, num_frames)
+                h = self._res(block, h, num_frames, skip_video)
             if level != 0:
                 h = stage.upsample(h)
         h = F.silu(self.norm_out(h))
-        return self.conv_out(h, num_frames) if self.temporal else self.conv_out(h)
+        return self.conv_out(h, num_frames, skip_video) if self.temporal else self.conv_out(h)
 
 
 def _check_image(x: torch.Tensor, spec: VAESpec, what: str) -> None:
@@ -327,8 +332,9 @@ class FirstStage(nn.Module):
         """Images (N, 3, H, W) in [-1, 1] -> unscaled latent mode (N, z, H/f, W/f)."""
         return self.encode_dist(x)[0]
 
-    def decode(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
-        """Unscaled latents "(b t) c h w" -> images "(b t) 3 H W"; the image decoder ignores `num_frames`."""
+    def decode(self, z: torch.Tensor, num_frames: int = 1, skip_video: bool = False) -> torch.Tensor:
+        """Unscaled latents "(b t) c h w" -> images "(b t) 3 H W"; the image decoder ignores `num_frames`,
+        `skip_video` runs a temporal decoder frame by frame (its spatial layers only)."""
         if z.ndim != 4 or z.shape[1] != self.spec.z_channels:
             raise ValueError(f"FirstStage.decode expects latents (N, {self.spec.z_channels}, h, w), got {tuple(z.shape)}")
         if self.temporal:
@@ -341,7 +347,7 @@ class FirstStage(nn.Module):
                 )
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        return self.decoder(z, num_frames)
+        return self.decoder(z, num_frames, skip_video) if self.temporal else self.decoder(z, num_frames)
 
 
 class CondEncoder(nn.Module):

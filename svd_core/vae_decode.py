@@ -85,18 +85,14 @@ def decode_video(
             f"latent batch N={z.shape[0]} is not divisible by num_frames={num_frames}: pass the frames of every "
             "video contiguously ((b t) c h w) and the matching num_frames"
         )
-    if image_decoder and first_stage.temporal:
-        raise ValueError(
-            "image_decoder=True but this first stage has the temporal VideoDecoder: load an image-decoder checkpoint "
-            "(svd_image_decoder) or decode with image_decoder=False"
-        )
     z = z / scale_factor
     total = z.shape[0]
     if image_decoder or not first_stage.temporal:
         # per-frame decoder: chunks only bound memory, the result does not depend on them
         pieces = []
         for start in range(0, total, decode_t):
-            pieces.append(first_stage.decode(z[start:start + decode_t], 1))
+            # a temporal decoder decodes per frame through its spatial layers (reference `skip_video`)
+            pieces.append(first_stage.decode(z[start:start + decode_t], 1, skip_video=first_stage.temporal))
             if callback is not None:
                 callback(min(start + decode_t, total), total)
         out = torch.cat(pieces, dim=0)

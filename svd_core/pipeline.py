@@ -1,0 +1,385 @@
+"""Image-to-video and orbit pipelines (paper Sec. 4.3 / 4.5, reference `scripts/sampling/simple_video_sample.py`):
+conditioning, guided EDM sampling, chunked decoding; each stage callable on its own (the ComfyUI nodes do)."""
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+
+from .denoiser import VideoCond
+from .guidance import Guidance, defaults_for
+from .samplers import SAMPLERS
+from .schedules import get_sigmas
+from .vae_decode import decode_video, encode_video
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+RESIZE_MODES = ("crop", "pad", "stretch")
+
+
+class Cancelled(RuntimeError):
+    """Raised inside sampling or decoding when the cancel hook returns True (nothing is left half-done)."""
+
+
+@dataclass
+class Conditioning:
+    """Both guidance branches for a batch of videos, plus what sampling and decoding need to know."""
+
+    cond: VideoCond
+    uncond: VideoCond
+    num_frames: int
+    batch: int
+    height: int
+    width: int
+    latent_channels: int = 4
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch * self.num_frames, self.latent_channels, self.height // 8, self.width // 8)
+
+
+# --------------------------------------------------------------------------------------------- image handling
+
+
+def prepare_image(image: torch.Tensor, width: int, height: int, resize_mode: str = "crop",
+                  trained: tuple[int, int] | None = None) -> torch.Tensor:
+    """b 3 h w in [0, 1] -> b 3 height width in [-1, 1]: aspect-preserving resize, then center crop or pad."""
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (batch, 3, H, W) or (3, H, W) RGB in [0, 1]; got shape {tuple(image.shape)}")
+    for name, v in (("width", width), ("height", height)):
+        if v < 64 or v % 64:
+            raise ValueError(f"{name}={v} is impossible: it must be a multiple of 64 and at least 64 "
+                             f"(the VAE downsamples 8x and the UNet 8x more); set the {name} input accordingly")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode={resize_mode!r}; expected one of {RESIZE_MODES}")
+    if trained and (height, width) != tuple(trained):
+        warnings.warn(f"generating at {width}x{height}, but this model was trained at {trained[1]}x{trained[0]}: "
+                      f"expect weaker results off the trained resolution", stacklevel=3)
+    image = image.float().clamp(0, 1)
+    h, w = image.shape[-2:]
+    if resize_mode == "stretch":
+        out = F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    else:
+        scale = max(height / h, width / w) if resize_mode == "crop" else min(height / h, width / w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        out = F.interpolate(image, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True) \
+            if (nh, nw) != (h, w) else image
+        if resize_mode == "crop":
+            top, left = (nh - height) // 2, (nw - width) // 2
+            out = out[..., top:top + height, left:left + width]
+        else:  # pad with mid-grey, the image centred
+            canvas = torch.full((out.shape[0], 3, height, width), 0.5, dtype=out.dtype, device=out.device)
+            top, left = (height - nh) // 2, (width - nw) // 2
+            canvas[..., top:top + nh, left:left + nw] = out
+            out = canvas
+    return out.clamp(0, 1) * 2.0 - 1.0
+
+
+# --------------------------------------------------------------------------------------------- conditioning
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _check_frames(num_frames: int) -> int:
+    if not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames={num_frames!r} is impossible: expected an integer >= 1")
+    return num_frames
+
+
+@torch.inference_mode()
+def _frame_conditioning(model, image: torch.Tensor, num_frames: int, cond_aug: float, vector: dict[str, torch.Tensor],
+                        generator: torch.Generator | None) -> Conditioning:
+    """Shared by SVD and SV3D: CLIP token of the clean frame, VAE latent of the noised frame, vector per frame."""
+    conditioner = model.conditioner
+    device = _module_device(conditioner)
+    dtype = next(conditioner.parameters()).dtype
+    b, _, height, width = image.shape
+    # cond_frames = image + cond_aug * noise, in [-1, 1] space (reference); noise drawn first, from the generator
+    noise = torch.randn(image.shape, generator=generator, device=generator.device if generator else "cpu")
+    cond_frames = (image + cond_aug * noise.to(image.device)).to(device, dtype)
+    clip = conditioner.clip(image.to(device, dtype))  # b 1 d, from the clean image
+    latent = conditioner.vae_encoder(cond_frames)  # b 4 h w (mode, unscaled as in the reference)
+    vec = conditioner.vector({k: v.to(device) for k, v in vector.items()})  # (b t) adm
+    crossattn = repeat(clip, "b n d -> (b t) n d", t=num_frames)  # every frame attends to the image token
+    concat = repeat(latent, "b c h w -> (b t) c h w", t=num_frames)  # the frame's latent copied across time
+    cond = VideoCond(crossattn, concat, vec)
+    # unconditional branch: zero CLIP token and zero concat latent (force_uc_zero_embeddings), same vector
+    uncond = VideoCond(torch.zeros_like(crossattn), torch.zeros_like(concat), vec)
+    return Conditioning(cond, uncond, num_frames, b, height, width, latent.shape[1])
+
+
+def _per_frame(values: torch.Tensor | float, batch: int, num_frames: int, name: str) -> torch.Tensor:
+    """A scalar, a per-video (b) or a per-frame (t) / (b t) list -> one value per frame, shape (b t)."""
+    v = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if v.numel() == 1:
+        return v.repeat(batch * num_frames)
+    if v.numel() == batch:
+        return v.repeat_interleave(num_frames)
+    if v.numel() == num_frames:
+        return v.repeat(batch)
+    if v.numel() == batch * num_frames:
+        return v
+    raise ValueError(f"{name} has {v.numel()} values; expected 1, one per video ({batch}) or one per frame "
+                     f"({num_frames})")
+
+
+def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = None, width: int | None = None,
+                       height: int | None = None, fps: float | None = None, motion_bucket_id: float | None = None,
+                       cond_aug: float | None = None, resize_mode: str = "crop", seed: int = 0,
+                       generator: torch.Generator | None = None) -> Conditioning:
+    """SVD / SVD-XT conditioning of `image` (b 3 h w in [0, 1]) with the variant's reference defaults."""
+    spec = model.spec
+    if "fps_id" not in dict(spec.vector_inputs):
+        raise ValueError(f"image_conditioning needs an SVD/SVD-XT model; {spec.name} takes {spec.vector_inputs} "
+                         f"(use orbit_conditioning for SV3D)")
+    num_frames = _check_frames(num_frames or spec.num_frames)
+    fps = spec.fps if fps is None else fps
+    if fps < 1:
+        raise ValueError(f"fps={fps} must be >= 1 (frames per second)")
+    motion = spec.motion_bucket_id if motion_bucket_id is None else motion_bucket_id
+    cond_aug = spec.cond_aug if cond_aug is None else cond_aug
+    if cond_aug < 0:
+        raise ValueError(f"cond_aug={cond_aug} must be >= 0")
+    img = prepare_image(image, width or spec.width, height or spec.height, resize_mode, (spec.height, spec.width))
+    generator = generator or torch.Generator().manual_seed(seed)
+    b = img.shape[0]
+    # fps is given in frames per second; the model was trained on fps_id = fps - 1 (the reference script's default
+    # fps_id 6 is 7 fps, and diffusers embeds fps - 1 too), so convert exactly once, here.
+    vector = {"fps_id": _per_frame(fps - 1, b, num_frames, "fps"),
+              "motion_bucket_id": _per_frame(motion, b, num_frames, "motion_bucket_id"),
+              "cond_aug": _per_frame(cond_aug, b, num_frames, "cond_aug")}
+    return _frame_conditioning(model, img, num_frames, cond_aug, vector, generator)
+
+
+def orbit_angles(num_frames: int, elevations: float | Sequence[float] = 10.0,
+                 azimuths: Sequence[float] | None = None) -> tuple[list[float], list[float]]:
+    """SV3D camera orbit in degrees: default azimuths evenly spaced `linspace(0, 360, n+1)[1:] % 360` (reference)."""
+    elev = [float(elevations)] * num_frames if isinstance(elevations, (int, float)) else [float(e) for e in elevations]
+    if azimuths is None:
+        azimuths = [(360.0 * (i + 1) / num_frames) % 360 for i in range(num_frames)]
+    azim = [float(a) for a in azimuths]
+    if len(elev) != num_frames or len(azim) != num_frames:
+        raise ValueError(f"orbit needs one elevation and one azimuth per frame: {num_frames} frames, got "
+                         f"{len(elev)} elevations and {len(azim)} azimuths")
+    if any(not -90 <= e <= 90 for e in elev):
+        raise ValueError(f"elevations must lie in [-90, 90] degrees, got {elev}")
+    return elev, azim
+
+
+def orbit_conditioning(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 10.0,
+                       azimuths: Sequence[float] | None = None, num_frames: int | None = None,
+                       width: int | None = None, height: int | None = None, cond_aug: float | None = None,
+                       resize_mode: str = "crop", seed: int = 0,
+                       generator: torch.Generator | None = None) -> Conditioning:
+    """SV3D_u / SV3D_p conditioning: cond_aug 1e-5; SV3D_p adds polar = 90 - elevation and the azimuth per frame,
+    made relative to the last view (reference `simple_video_sample.py`), in radians."""
+    spec = model.spec
+    keys = dict(spec.vector_inputs)
+    if "fps_id" in keys:
+        raise ValueError(f"orbit_conditioning needs an SV3D model; {spec.name} is an image-to-video model")
+    num_frames = _check_frames(num_frames or spec.num_frames)
+    elev, azim = orbit_angles(num_frames, elevations, azimuths)
+    cond_aug = spec.cond_aug if cond_aug is None else cond_aug
+    img = prepare_image(image, width or spec.width, height or spec.height, resize_mode, (spec.height, spec.width))
+    generator = generator or torch.Generator().manual_seed(seed)
+    b = img.shape[0]
+    vector = {"cond_aug": _per_frame(cond_aug, b, num_frames, "cond_aug")}
+    if "polars_rad" in keys:
+        polars = [math.radians(90.0 - e) for e in elev]
+        azimuths_rad = [math.radians((a - azim[-1]) % 360) for a in azim]  # relative to the last view
+        vector["polars_rad"] = _per_frame(polars, b, num_frames, "elevations")
+        vector["azimuths_rad"] = _per_frame(azimuths_rad, b, num_frames, "azimuths")
+    return _frame_conditioning(model, img, num_frames, cond_aug, vector, generator)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+class GuidedDenoiser:
+    """k-diffusion style `model(x, sigma) -> D(x; sigma)` with per-frame CFG; both branches in one forward."""
+
+    def __init__(self, model, cond: Conditioning, guidance: Guidance, autocast_dtype: torch.dtype | None = None):
+        self.unet_device = _module_device(model.unet)
+        self.dtype = next(model.unet.parameters()).dtype
+        self.model, self.guidance, self.num_frames = model, guidance, cond.num_frames
+        self.scales = guidance.scales(cond.num_frames)
+        self.cfg = bool((self.scales != 1.0).any())  # all scales 1: the conditional branch alone is exact
+        both = cond.uncond.cat(cond.cond) if self.cfg else cond.cond
+        self.both = both.to(self.unet_device, self.dtype)
+        self.autocast_dtype = autocast_dtype
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+        x_in = x.to(self.unet_device, self.dtype)
+        sigma = sigma.to(self.unet_device)
+        if self.cfg:
+            x_in, sigma = torch.cat([x_in, x_in]), torch.cat([sigma, sigma])  # [uncond; cond]
+        ctx = torch.autocast(self.unet_device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        with ctx:
+            out = self.model.denoise(x_in, sigma, self.both, self.num_frames).to(x.dtype)
+        if not self.cfg:
+            return out.to(x.device)
+        uncond, cond = out.chunk(2)
+        return self.guidance.combine(uncond, cond, self.num_frames).to(x.device)
+
+
+@torch.inference_mode()
+def sample(model, cond: Conditioning, guidance: Guidance | None = None, *, sampler: str = "euler",
+           schedule: str = "karras", steps: int | None = None, seed: int = 0, generator: torch.Generator | None = None,
+           noise: torch.Tensor | None = None, init_latent: torch.Tensor | None = None, denoise: float = 1.0,
+           callback: ProgressFn | None = None, cancel: CancelFn | None = None, autocast_dtype: torch.dtype | None = None,
+           sampler_options: dict | None = None) -> torch.Tensor:
+    """Guided EDM sampling -> latent (b t) 4 h w. `init_latent` + `denoise < 1` is video-to-video."""
+    spec = model.spec
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
+    guidance = guidance or defaults_for(spec)
+    steps = steps or spec.steps
+    sigmas = get_sigmas(schedule, steps, spec.sigma_min, spec.sigma_max, denoise=denoise)
+    generator = generator or torch.Generator().manual_seed(seed)
+    shape = cond.latent_shape
+    if noise is None:
+        noise = torch.randn(shape, generator=generator, device=generator.device)
+    if tuple(noise.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+    if init_latent is not None:
+        if tuple(init_latent.shape) != shape:
+            raise ValueError(f"init_latent has shape {tuple(init_latent.shape)} but the conditioning asks for {shape} "
+                             f"({cond.batch} video(s) x {cond.num_frames} frames at {cond.width}x{cond.height})")
+        x = init_latent.float() + noise.float().to(init_latent.device) * sigmas[0]
+    elif denoise < 1.0:
+        raise ValueError(f"denoise={denoise} < 1 needs an init_latent (an encoded video) to start from")
+    else:
+        # the reference scales unit noise by sqrt(1 + sigma_max^2), not sigma_max (EulerEDMSampler, diffusers alike)
+        x = noise.float() * torch.sqrt(1.0 + sigmas[0] ** 2)
+    denoiser = GuidedDenoiser(model, cond, guidance, autocast_dtype)
+    x = x.to(denoiser.unet_device)  # the loop runs where the UNet is; noise was drawn on the generator's device
+    total = len(sigmas) - 1
+
+    def on_step(info):
+        if cancel is not None and cancel():
+            raise Cancelled(f"sampling cancelled at step {info['i'] + 1}/{total}")
+        if callback is not None:
+            callback(info["i"] + 1, total)
+
+    return SAMPLERS[sampler](denoiser, x, sigmas, callback=on_step, disable=True, generator=generator,
+                             **(sampler_options or {}))
+
+
+# --------------------------------------------------------------------------------------------- decode / encode
+
+
+@torch.inference_mode()
+def decode(model, latent: torch.Tensor, num_frames: int, *, decode_t: int | None = None, overlap: int = 0,
+           image_decoder: bool = False, callback: ProgressFn | None = None,
+           cancel: CancelFn | None = None) -> torch.Tensor:
+    """Latent (b t) 4 h w -> frames b t 3 H W in [0, 1], `decode_t` frames per chunk (never from free memory)."""
+    fs = model.first_stage_model
+    device, dtype = _module_device(fs), next(fs.parameters()).dtype
+    decode_t = decode_t or model.spec.decode_t
+
+    def progress(done, total):
+        if cancel is not None and cancel():
+            raise Cancelled(f"decoding cancelled after {done}/{total} chunks")
+        if callback is not None:
+            callback(done, total)
+
+    frames = decode_video(fs, latent.to(device, dtype), num_frames, decode_t=decode_t, overlap=overlap,
+                          scale_factor=model.spec.scale_factor,
+                          image_decoder=image_decoder and model.spec.vae.decoder == "temporal", callback=progress)
+    frames = (frames.float() + 1.0) / 2.0  # [-1, 1] -> [0, 1]
+    return frames.reshape(-1, num_frames, *frames.shape[1:]).clamp(0, 1).cpu()  # (b t) c h w -> b t c h w
+
+
+@torch.inference_mode()
+def encode(model, frames: torch.Tensor) -> torch.Tensor:
+    """Frames b t 3 H W in [0, 1] -> scaled latents (b t) 4 h w (for video-to-video with denoise < 1)."""
+    if frames.ndim != 5 or frames.shape[2] != 3:
+        raise ValueError(f"frames must be (batch, frames, 3, H, W) in [0, 1]; got {tuple(frames.shape)}")
+    fs = model.first_stage_model
+    device, dtype = _module_device(fs), next(fs.parameters()).dtype
+    x = frames.flatten(0, 1).to(device, dtype) * 2.0 - 1.0  # b t c h w -> (b t) c h w in [-1, 1]
+    return encode_video(fs, x, scale_factor=model.spec.scale_factor).float().cpu()
+
+
+# --------------------------------------------------------------------------------------------- whole pipelines
+
+
+@contextmanager
+def _placed(module: torch.nn.Module, device: torch.device, offload: bool):
+    """Move `module` to the compute device for a stage, and back to the CPU after it when offloading."""
+    if not offload:
+        yield
+        return
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to("cpu")
+
+
+def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t, overlap, image_decoder,
+         callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None):
+    device = torch.device(device) if device is not None else _module_device(model.unet)
+    generator = torch.Generator().manual_seed(seed)
+    with _placed(model.conditioner, device, offload):
+        cond = make_cond(generator)
+    total = steps or model.spec.steps
+
+    def step_progress(i, n):
+        if callback:
+            callback("sampling", i, n)
+
+    with _placed(model.model, device, offload):
+        latent = sample(model, cond, guidance, sampler=sampler, schedule=schedule, steps=total, generator=generator,
+                        noise=noise, callback=step_progress, cancel=cancel, autocast_dtype=autocast_dtype,
+                        sampler_options=sampler_options)
+    with _placed(model.first_stage_model, device, offload):
+        return decode(model, latent, cond.num_frames, decode_t=decode_t, overlap=overlap,
+                      image_decoder=image_decoder, cancel=cancel,
+                      callback=(lambda i, n: callback("decoding", i, n)) if callback else None)
+
+
+def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width: int | None = None,
+            height: int | None = None, fps: float | None = None, motion_bucket_id: float | None = None,
+            cond_aug: float | None = None, resize_mode: str = "crop", guidance: Guidance | None = None,
+            sampler: str = "euler", schedule: str = "karras", steps: int | None = None, seed: int = 0,
+            decode_t: int | None = None, overlap: int = 0, image_decoder: bool = False,
+            callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None,
+            device=None, offload: bool = False, autocast_dtype: torch.dtype | None = None,
+            sampler_options: dict | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant."""
+    def make_cond(gen):
+        return image_conditioning(model, image, num_frames=num_frames, width=width, height=height, fps=fps,
+                                  motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, resize_mode=resize_mode,
+                                  generator=gen)
+    return _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
+                decode_t=decode_t, overlap=overlap, image_decoder=image_decoder, callback=callback, cancel=cancel,
+                device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=sampler_options,
+                noise=noise)
+
+
+def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 10.0,
+          azimuths: Sequence[float] | None = None, num_frames: int | None = None, width: int | None = None,
+          height: int | None = None, cond_aug: float | None = None, resize_mode: str = "crop",
+          guidance: Guidance | None = None, sampler: str = "euler", schedule: str = "karras",
+          steps: int | None = None, seed: int = 0, decode_t: int | None = None, overlap: int = 0,
+          callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None, device=None,
+          offload: bool = False, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """SV3D: one object image -> `num_frames` views around it (b t 3 H W in [0, 1]), triangle CFG by default."""
+    def make_cond(gen):
+        return orbit_conditioning(model, image, elevations=elevations, azimuths=azimuths, num_frames=num_frames,
+                                  width=width, height=height, cond_aug=cond_aug, resize_mode=resize_mode,
+                                  generator=gen)
+    return _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
+                decode_t=decode_t, overlap=overlap, image_decoder=False, callback=callback, cancel=cancel,
+                device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=None)
