@@ -142,7 +142,7 @@ def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = N
     if "fps_id" not in dict(spec.vector_inputs):
         raise ValueError(f"image_conditioning needs an SVD/SVD-XT model; {spec.name} takes {spec.vector_inputs} "
                          f"(use orbit_conditioning for SV3D)")
-    num_frames = _check_frames(num_frames or spec.num_frames)
+    num_frames = _check_frames(spec.num_frames if num_frames is None else num_frames)
     fps = spec.fps if fps is None else fps
     if fps < 1:
         raise ValueError(f"fps={fps} must be >= 1 (frames per second)")
@@ -187,7 +187,7 @@ def orbit_conditioning(model, image: torch.Tensor, *, elevations: float | Sequen
     keys = dict(spec.vector_inputs)
     if "fps_id" in keys:
         raise ValueError(f"orbit_conditioning needs an SV3D model; {spec.name} is an image-to-video model")
-    num_frames = _check_frames(num_frames or spec.num_frames)
+    num_frames = _check_frames(spec.num_frames if num_frames is None else num_frames)
     elev, azim = orbit_angles(num_frames, elevations, azimuths)
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
     img = prepare_image(image, width or spec.width, height or spec.height, resize_mode, (spec.height, spec.width))

@@ -1,0 +1,1 @@
+"""Command-line front ends of svd_core (dispatched by `python -m svd_core`)."""

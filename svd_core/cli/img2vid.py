@@ -1,0 +1,40 @@
+"""`python -m svd_core img2vid`: one image to a video with SVD / SVD-XT (reference defaults per variant)."""
+from __future__ import annotations
+
+import time
+
+from .common import add_common, finish, load_model, progress_printer, read_image
+
+
+def add_arguments(parser) -> None:
+    add_common(parser)
+    parser.add_argument("--fps", type=float, default=None, help="fps conditioning in frames per second (default 7)")
+    parser.add_argument("--motion-bucket", type=float, default=None, help="motion bucket id 0-255 (default 127)")
+    parser.add_argument("--guidance", choices=("linear", "triangle", "trapezoid", "vanilla"), default=None,
+                        help="per-frame guidance shape (default: the variant's)")
+    parser.add_argument("--image-decoder", action="store_true", help="decode frames one by one (no temporal layers)")
+
+
+def run(args) -> int:
+    from ..guidance import Guidance, defaults_for
+    from ..pipeline import img2vid
+
+    started = time.perf_counter()
+    image = read_image(args.image)
+    model, device = load_model(args)
+    if "fps_id" not in dict(model.spec.vector_inputs):
+        raise SystemExit(f"error: {args.checkpoint} is an {model.spec.name} model; use `python -m svd_core orbit`")
+    base = defaults_for(model.spec)
+    guidance = Guidance(args.guidance or base.kind, base.min_scale if args.min_cfg is None else args.min_cfg,
+                        base.max_scale if args.max_cfg is None else args.max_cfg)
+    try:
+        frames = img2vid(model, image, num_frames=args.frames, width=args.width, height=args.height, fps=args.fps,
+                         motion_bucket_id=args.motion_bucket, cond_aug=args.cond_aug, resize_mode=args.resize,
+                         guidance=guidance, sampler=args.sampler, schedule=args.schedule, steps=args.steps,
+                         seed=args.seed, decode_t=args.decode_t, overlap=args.overlap,
+                         image_decoder=args.image_decoder, callback=progress_printer(), device=device,
+                         offload=args.offload)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    fps = args.out_fps or args.fps or model.spec.fps
+    return finish(frames, args, fps, started)
