@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .layers import GroupNorm32  # openaimodel GroupNorm32: float32 statistics (eps 1e-5)
 from .variants import VAESpec
 
 __all__ = [
@@ -38,13 +39,6 @@ LOGVAR_RANGE = (-30.0, 20.0)
 def normalize(channels: int, groups: int) -> nn.GroupNorm:
     """Encoder/Decoder `Normalize`: GroupNorm with eps 1e-6 (reference `model.py`)."""
     return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
-
-
-class GroupNorm32(nn.GroupNorm):
-    """openaimodel `GroupNorm32`: statistics computed in float32, result cast back (eps 1e-5)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
 
 
 class ResnetBlock(nn.Module):
