@@ -1,0 +1,202 @@
+"""`python -m svd_core eval {fvd,elo,mv,serve,prompts}`: FVD, Elo from votes, multi-view metrics, voting page."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="eval_command", required=True, metavar="{fvd,elo,mv,serve,prompts}")
+
+    p = sub.add_parser("fvd", help="FVD between two folders of videos (or cached statistics files)")
+    p.add_argument("dir_a", help="folder of videos / frame folders, or a .safetensors statistics file")
+    p.add_argument("dir_b", help="second set, same forms as DIR_A")
+    p.add_argument("--i3d", default=None, help="I3D TorchScript file (i3d_torchscript.pt of StyleGAN-V)")
+    p.add_argument("--extractor", default="i3d",
+                   help="feature extractor: a registered name (i3d) or MODULE:FACTORY returning a "
+                        "svd_core.eval.features.FeatureExtractor (called with device=...)")
+    p.add_argument("--protocol", default="none", choices=["none", "ucf101"],
+                   help="preset: ucf101 = 16 frames @ 25 fps, antialiased resize to short side 240, crop 240x320")
+    p.add_argument("--num-frames", type=int, default=None, help="frames per clip (overrides the protocol)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cache-dir", default=None, help="folder where feature statistics are cached and reused")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = sub.add_parser("elo", help="bootstrapped Elo ratings from a votes table (paper App. E.1.2)")
+    p.add_argument("votes", help="CSV with columns model_a, model_b, winner (a / b / tie / model name), axis")
+    p.add_argument("--orderings", type=int, default=1000, help="random vote orderings bootstrapped (paper: 1000)")
+    p.add_argument("--k", type=float, default=1.0, help="Elo K factor (paper: 1)")
+    p.add_argument("--initial", type=float, default=1000.0, help="initial rating (paper: 1000)")
+    p.add_argument("--ci", type=float, default=0.95, help="width of the percentile interval")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("mv", help="PSNR / SSIM / LPIPS / CLIP-S between generated and ground-truth views")
+    p.add_argument("gen_dir", help="generated views: a folder of images, a video file, or a folder of such per object")
+    p.add_argument("gt_dir", help="ground-truth views, same layout as GEN_DIR")
+    p.add_argument("--lpips", default=None, help="LPIPS weights (.safetensors/.pth: LPIPS or torchvision backbone)")
+    p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
+    p.add_argument("--clip-model", default="ViT-H-14", help="open_clip model name for CLIP-S")
+    p.add_argument("--clip-weights", default=None, help="open_clip checkpoint file for CLIP-S")
+    p.add_argument("--clip-config", default=None, help="extra open_clip model config (.json) to register")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="voting page for pairwise human preference (standalone server)")
+    p.add_argument("manifest", nargs="?", help="study manifest (.json); or give --model NAME=DIR twice or more")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="one folder of videos per model")
+    p.add_argument("--name", default="study", help="study name (with --model)")
+    p.add_argument("--images", default=None, help="conditioning images STEM.png (with --model)")
+    p.add_argument("--checks", type=int, default=4, help="attention checks generated (with --model)")
+    p.add_argument("--db", required=True, help="SQLite file for the votes (created if missing)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8189)
+
+    p = sub.add_parser("prompts", help="class-balanced UCF-101 prompt list (one 'class<TAB>prompt' per line)")
+    p.add_argument("--num", type=int, default=2048)
+
+
+def _views(path: str) -> dict[str, np.ndarray]:
+    """{object: (v, h, w, 3) uint8} from a video file, a folder of view images, or a folder of those."""
+    from .video_io import VIDEO_EXTS, list_images, read_image, read_video
+
+    if os.path.isfile(path):
+        return {"": read_video(path)}
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path!r} is neither a video file nor a folder of views")
+    images = list_images(path)
+    if images:
+        return {"": np.stack([read_image(f) for f in images])}
+    out = {}
+    for name in sorted(os.listdir(path)):
+        sub = os.path.join(path, name)
+        if os.path.isdir(sub) or name.lower().endswith(VIDEO_EXTS):
+            out[os.path.splitext(name)[0]] = _views(sub)[""]
+    if not out:
+        raise ValueError(f"{path!r} holds no views (images, video files, or per-object folders)")
+    return out
+
+
+def run_mv(args) -> dict:
+    from .multiview import ViewMetrics, load_clip, load_lpips, view_metrics
+
+    gen, gt = _views(args.gen_dir), _views(args.gt_dir)
+    if set(gen) != set(gt):
+        raise ValueError(f"objects differ between {args.gen_dir} and {args.gt_dir}: "
+                         f"only generated {sorted(set(gen) - set(gt))}, only ground truth {sorted(set(gt) - set(gen))}")
+    lp = load_lpips(args.lpips, args.lpips_net, args.device) if args.lpips else None
+    clip = None
+    if args.clip_weights:
+        if args.clip_config:
+            import open_clip
+
+            open_clip.add_model_config(args.clip_config)
+        clip = load_clip(args.clip_model, args.clip_weights, args.device)
+    per_object = {k: view_metrics(gen[k], gt[k], lp, clip) for k in sorted(gen)}
+    # per view: averaged over objects (paper Fig. 9 reports the mean over views and objects)
+    keys = list(next(iter(per_object.values())).per_view)
+    nviews = {len(m.per_view[keys[0]]) for m in per_object.values()}
+    if len(nviews) != 1:
+        raise ValueError(f"objects have different view counts {sorted(nviews)}")
+    avg = ViewMetrics({k: np.mean([m.per_view[k] for m in per_object.values()], axis=0).tolist() for k in keys})
+    return {"objects": {k: m.as_dict() for k, m in per_object.items()}, "average": avg}
+
+
+def _extractor(args):
+    """--extractor i3d (needs --i3d), another registered name, or MODULE:FACTORY."""
+    import importlib
+
+    from .features import get_extractor
+
+    if args.extractor == "i3d":
+        if not args.i3d:
+            raise ValueError("fvd: --i3d PATH is required with the I3D extractor (the i3d_torchscript.pt file)")
+        return get_extractor("i3d", path=args.i3d, device=args.device)
+    if ":" in args.extractor:
+        module, _, factory = args.extractor.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), factory)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"--extractor {args.extractor!r}: cannot import {factory} from {module} ({exc})") from exc
+        return fn(device=args.device)
+    return get_extractor(args.extractor, device=args.device)
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    cmd = args.eval_command
+    if cmd == "fvd":
+        from dataclasses import replace
+
+        from .fvd import fvd_folders
+        from .protocols import get_protocol
+
+        pre = get_protocol(args.protocol).preprocess
+        if args.num_frames is not None:
+            pre = replace(pre, num_frames=args.num_frames)
+        ext = _extractor(args)
+        value = fvd_folders(args.dir_a, args.dir_b, ext, pre, batch_size=args.batch_size, cache_dir=args.cache_dir)
+        print(json.dumps({"fvd": value, "protocol": args.protocol}) if args.json else f"FVD: {value:.4f}")
+        return 0
+    if cmd == "elo":
+        from .elo import elo_by_axis, format_tables, read_votes_csv
+
+        tables = elo_by_axis(read_votes_csv(args.votes), num_orderings=args.orderings, k=args.k,
+                             initial=args.initial, ci=args.ci, seed=args.seed)
+        print(json.dumps({a: t.as_dict() for a, t in tables.items()}, indent=2) if args.json
+              else format_tables(tables), end="" if not args.json else "\n")
+        return 0
+    if cmd == "mv":
+        res = run_mv(args)
+        if args.json:
+            print(json.dumps({"objects": res["objects"], "average": res["average"].as_dict()}, indent=2))
+        else:
+            print(f"{len(res['objects'])} object(s); per view, averaged over objects:")
+            print(res["average"].format(), end="")
+        return 0
+    if cmd == "serve":
+        from .study import load_study, study_from_folders
+        from .voting_server import StandaloneServer, VotingApp
+
+        if args.manifest:
+            study = load_study(args.manifest)
+        elif len(args.model) >= 2:
+            dirs = {}
+            for spec in args.model:
+                name, sep, d = spec.partition("=")
+                if not sep:
+                    raise ValueError(f"--model {spec!r}: expected NAME=DIR")
+                dirs[name] = d
+            study = study_from_folders(args.name, dirs, image_dir=args.images, num_checks=args.checks)
+        else:
+            raise ValueError("serve needs a study manifest or two or more --model NAME=DIR")
+        server = StandaloneServer(VotingApp(study, args.db), args.host, args.port)
+        print(f"voting page: {server.url}  leaderboard: {server.url}leaderboard  (Ctrl+C stops; votes are saved "
+              f"as they are cast in {args.db})", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.httpd.server_close()
+            server.app.close()
+        return 0
+    if cmd == "prompts":
+        from .protocols import ucf101_prompts
+
+        for c, p in ucf101_prompts(args.num):
+            print(f"{c}\t{p}")
+        return 0
+    raise ValueError(f"unknown eval command {cmd!r}")

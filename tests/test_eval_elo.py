@@ -1,0 +1,92 @@
+"""Elo as in the paper's App. E.1.2: expected score, K = 1, start 1000, bootstrapped over random orderings."""
+import numpy as np
+import pytest
+
+from svd_core.eval.elo import (Vote, bootstrap_elo, elo_by_axis, elo_sequential, expected_score, format_tables,
+                               read_votes_csv, write_votes_csv)
+from svd_core.eval.standins import votes_csv
+
+
+def test_expected_score():
+    assert expected_score(1000, 1000) == pytest.approx(0.5)
+    assert expected_score(1400, 1000) == pytest.approx(10 / 11)
+    assert expected_score(1000, 1400) + expected_score(1400, 1000) == pytest.approx(1.0)
+
+
+def test_single_updates_with_k1():
+    r = elo_sequential([Vote("A", "B", "a")])
+    assert r == {"A": pytest.approx(1000.5), "B": pytest.approx(999.5)}
+    r = elo_sequential([Vote("A", "B", "tie")])
+    assert r == {"A": pytest.approx(1000.0), "B": pytest.approx(1000.0)}
+    r = elo_sequential([Vote("A", "B", "a"), Vote("A", "B", "a")])
+    e = 1 / (1 + 10 ** ((999.5 - 1000.5) / 400))
+    assert r["A"] == pytest.approx(1000.5 + (1 - e)) and r["B"] == pytest.approx(999.5 - (1 - e))
+
+
+def test_bootstrap_equals_mean_of_sequential_runs_over_its_orderings():
+    rng = np.random.default_rng(0)
+    votes = [Vote(*rng.choice(["A", "B", "C"], 2, replace=False), winner=str(rng.choice(["a", "b", "tie"])))
+             for _ in range(30)]
+    t = bootstrap_elo(votes, num_orderings=7, seed=3)
+    perm_rng = np.random.default_rng(3)
+    runs = [elo_sequential([votes[i] for i in perm_rng.permutation(len(votes))]) for _ in range(7)]
+    for i, m in enumerate(t.models):
+        assert t.rating[i] == pytest.approx(np.mean([r[m] for r in runs]), abs=1e-9)
+        assert t.low[i] <= t.rating[i] <= t.high[i]
+    # ratings are zero-sum around the initial rating
+    assert t.rating.mean() == pytest.approx(1000.0)
+
+
+def test_synthetic_tournament_recovers_strength_order():
+    strengths = {"A": 300.0, "B": 150.0, "C": 0.0, "D": -150.0}
+    rng = np.random.default_rng(1)
+    votes = []
+    for _ in range(3000):
+        a, b = rng.choice(list(strengths), 2, replace=False)
+        p = expected_score(strengths[a], strengths[b])
+        votes.append(Vote(str(a), str(b), "a" if rng.random() < p else "b", "visual_quality"))
+    t = bootstrap_elo(votes, num_orderings=1000, axis="visual_quality")
+    ranked = t.ranked()
+    assert [m for m, *_ in ranked] == ["A", "B", "C", "D"]
+    # separated 95% intervals over orderings, each containing its mean
+    for (m1, r1, lo1, hi1), (m2, r2, lo2, hi2) in zip(ranked, ranked[1:]):
+        assert lo1 < r1 < hi1 and lo1 > hi2
+    assert t.num_votes == 3000 and t.ci == 0.95
+    assert bootstrap_elo(votes, num_orderings=50, seed=5).rating == pytest.approx(
+        bootstrap_elo(votes, num_orderings=50, seed=5).rating)
+
+
+def test_axes_are_rated_separately(tmp_path):
+    votes = [Vote("A", "B", "a", "visual_quality")] * 20 + [Vote("A", "B", "b", "prompt_following")] * 20
+    tables = elo_by_axis(votes, num_orderings=20)
+    assert list(tables) == ["visual_quality", "prompt_following"]
+    assert tables["visual_quality"].ranked()[0][0] == "A"
+    assert tables["prompt_following"].ranked()[0][0] == "B"
+    text = format_tables(tables)
+    assert "axis: visual_quality" in text and "axis: prompt_following" in text and "[" in text
+
+
+def test_csv_roundtrip_and_winner_forms(tmp_path):
+    p = tmp_path / "v.csv"
+    p.write_text("model_a,model_b,winner,axis\nsvd,xt,svd,visual_quality\nsvd,xt,B,visual_quality\n"
+                 "svd,xt,tie,prompt_following\nsvd,xt,right,prompt_following\nsvd,xt,xt,\n")
+    votes = read_votes_csv(str(p))
+    assert [v.winner for v in votes] == ["a", "b", "tie", "b", "b"]
+    assert votes[-1].axis == "overall"
+    write_votes_csv(votes, str(tmp_path / "w.csv"))
+    assert read_votes_csv(str(tmp_path / "w.csv")) == votes
+    votes_csv(tmp_path / "s.csv", n=60)
+    assert len(read_votes_csv(str(tmp_path / "s.csv"))) == 60
+
+
+def test_csv_errors(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text("model_a,model_b,axis\na,b,x\n")
+    with pytest.raises(ValueError, match="lacks column.*winner"):
+        read_votes_csv(str(p))
+    p.write_text("model_a,model_b,winner\na,b,maybe\n")
+    with pytest.raises(ValueError, match="line 2: winner 'maybe'"):
+        read_votes_csv(str(p))
+    p.write_text("model_a,model_b,winner\na,a,a\n")
+    with pytest.raises(ValueError, match="compared with itself"):
+        read_votes_csv(str(p))

@@ -1,0 +1,391 @@
+"""Evaluation nodes: FVD (folders / IMAGE batches), per-video metrics, Elo from votes, comparison grid, and the
+voting page served by ComfyUI's own server (`/svd/vote/<study>/`). Each node converts types and makes one
+`svd_core.eval` call."""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io, ui
+
+PREFIX = "SVDSuite_"
+CATEGORY = "svd/evaluation"
+# models/svd_eval/: i3d_torchscript.pt, LPIPS weights, open_clip checkpoints for CLIP-S (all user-supplied)
+EVAL_FOLDER = "svd_eval"
+EVAL_EXTS = {".pt", ".pth", ".safetensors", ".bin", ".jit"}
+if EVAL_FOLDER not in folder_paths.folder_names_and_paths:
+    folder_paths.folder_names_and_paths[EVAL_FOLDER] = ([os.path.join(folder_paths.models_dir, EVAL_FOLDER)],
+                                                       EVAL_EXTS)
+NONE = "none"
+
+
+def _eval_files() -> list[str]:
+    return folder_paths.get_filename_list(EVAL_FOLDER)
+
+
+def _eval_path(node: str, name: str, what: str) -> str:
+    path = folder_paths.get_full_path(EVAL_FOLDER, name)
+    if not path:
+        raise ValueError(f"{node}: input '{what}': {name!r} is not in models/{EVAL_FOLDER}/ "
+                         f"(found: {', '.join(_eval_files()) or 'nothing'}); put the file there and refresh")
+    return path
+
+
+def _folder(node: str, what: str, value: str) -> str:
+    """An absolute folder, or one relative to ComfyUI's input directory."""
+    value = (value or "").strip()
+    path = value if os.path.isabs(value) else os.path.join(folder_paths.get_input_directory(), value)
+    if not value or not os.path.isdir(path):
+        raise ValueError(f"{node}: input '{what}': folder {value!r} not found (absolute path, or relative to "
+                         f"ComfyUI's input folder {folder_paths.get_input_directory()})")
+    return path
+
+
+def _file(node: str, what: str, value: str) -> str:
+    value = (value or "").strip()
+    path = value if os.path.isabs(value) else os.path.join(folder_paths.get_input_directory(), value)
+    if not value or not os.path.isfile(path):
+        raise ValueError(f"{node}: input '{what}': file {value!r} not found (absolute path, or relative to "
+                         f"ComfyUI's input folder)")
+    return path
+
+
+def _progress():
+    bar = comfy.utils.ProgressBar(1)
+
+    def cb(done: int, total: int) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, total)
+
+    return cb
+
+
+def _preprocess(protocol: str, num_frames: int):
+    from dataclasses import replace
+
+    from svd_core.eval.protocols import get_protocol
+
+    pre = get_protocol(protocol).preprocess
+    return replace(pre, num_frames=num_frames) if num_frames > 0 else pre
+
+
+def _i3d(node: str, name: str):
+    from svd_core.eval.features import I3DTorchScript
+
+    return I3DTorchScript(_eval_path(node, name, "i3d_name"), device=mm.get_torch_device())
+
+
+def _common_fvd_inputs() -> list:
+    return [
+        io.Combo.Input("i3d_name", options=_eval_files(),
+                       tooltip="I3D TorchScript (StyleGAN-V's i3d_torchscript.pt) in models/svd_eval/"),
+        io.Combo.Input("protocol", options=["none", "ucf101"], default="none",
+                       tooltip="ucf101: the paper's preset (16 frames @ 25 fps, antialiased resize to 240 short side, "
+                               "center crop 240x320); none: clips as they are"),
+        io.Int.Input("num_frames", default=0, min=0, max=1024,
+                     tooltip="frames per clip fed to I3D; 0 keeps the protocol's (ucf101: 16; none: all)"),
+    ]
+
+
+class FVDFolders(io.ComfyNode):
+    """FVD between two folders of videos (I3D features; statistics cached under output/svd_eval/fvd_stats)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "FVDFolders", display_name="FVD (two folders)", category=CATEGORY,
+            description="Frechet video distance between two folders of videos or frame folders.",
+            inputs=[
+                io.String.Input("folder_a", default="", tooltip="videos of set A: absolute path or relative to input/"),
+                io.String.Input("folder_b", default="", tooltip="videos of set B: absolute path or relative to input/"),
+                *_common_fvd_inputs(),
+                io.Int.Input("batch_size", default=8, min=1, max=256, tooltip="clips per I3D forward pass"),
+                io.Boolean.Input("cache_stats", default=True,
+                                 tooltip="reuse feature statistics of unchanged folders (output/svd_eval/fvd_stats)"),
+            ],
+            outputs=[io.Float.Output(display_name="fvd", tooltip="FVD (lower: closer sets)"),
+                     io.String.Output(display_name="report", tooltip="FVD with its settings, as text")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, folder_a, folder_b, i3d_name, protocol, num_frames, batch_size, cache_stats) -> io.NodeOutput:
+        from svd_core.eval.fvd import fvd_folders
+
+        node = PREFIX + "FVDFolders"
+        a, b = _folder(node, "folder_a", folder_a), _folder(node, "folder_b", folder_b)
+        cache = os.path.join(folder_paths.get_output_directory(), "svd_eval", "fvd_stats") if cache_stats else None
+        value = fvd_folders(a, b, _i3d(node, i3d_name), _preprocess(protocol, num_frames), batch_size=batch_size,
+                            cache_dir=cache, progress=_progress())
+        report = f"FVD = {value:.4f}  ({protocol}; {folder_a} vs {folder_b}; {i3d_name})"
+        return io.NodeOutput(value, report, ui=ui.PreviewText(report))
+
+
+class FVDImages(io.ComfyNode):
+    """FVD between two IMAGE batches, each holding several videos of `frames_per_video` frames back to back."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "FVDImages", display_name="FVD (two IMAGE batches)", category=CATEGORY,
+            description="Frechet video distance between two sets of clips given as IMAGE batches.",
+            inputs=[
+                io.Image.Input("images_a", tooltip="set A: videos concatenated along the batch (frames) axis"),
+                io.Image.Input("images_b", tooltip="set B: videos concatenated along the batch (frames) axis"),
+                io.Int.Input("frames_per_video", default=14, min=1, max=1024,
+                             tooltip="length of every clip in both batches (the batch must divide into clips)"),
+                *_common_fvd_inputs(),
+            ],
+            outputs=[io.Float.Output(display_name="fvd", tooltip="FVD (lower: closer sets)"),
+                     io.String.Output(display_name="report", tooltip="FVD with its settings, as text")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images_a, images_b, frames_per_video, i3d_name, protocol, num_frames) -> io.NodeOutput:
+        from dataclasses import replace
+
+        from svd_core.eval.fvd import fvd_tensors, split_batch
+
+        node = PREFIX + "FVDImages"
+        clips_a, clips_b = split_batch(images_a, frames_per_video), split_batch(images_b, frames_per_video)
+        pre = replace(_preprocess(protocol, num_frames), fps=None)  # tensors carry no timestamps
+        value = fvd_tensors(clips_a, clips_b, _i3d(node, i3d_name), pre, progress=_progress())
+        report = f"FVD = {value:.4f}  ({len(clips_a)} vs {len(clips_b)} clips of {frames_per_video} frames; {protocol})"
+        return io.NodeOutput(value, report, ui=ui.PreviewText(report))
+
+
+class VideoMetrics(io.ComfyNode):
+    """PSNR / SSIM / LPIPS / CLIP-S per frame (or view) between a generated and a reference IMAGE batch."""
+
+    @classmethod
+    def define_schema(cls):
+        files = [NONE] + _eval_files()
+        return io.Schema(
+            node_id=PREFIX + "VideoMetrics", display_name="Video / multi-view metrics", category=CATEGORY,
+            description="Per-frame PSNR, SSIM, LPIPS and CLIP-S against a reference, and their means (paper Fig. 9).",
+            inputs=[
+                io.Image.Input("images", tooltip="generated frames / views"),
+                io.Image.Input("reference", tooltip="ground-truth frames / views, same count and size"),
+                io.Combo.Input("lpips_weights", options=files, default=NONE,
+                               tooltip="LPIPS weights in models/svd_eval/ (LPIPS state dict or torchvision "
+                                       "backbone); none skips LPIPS"),
+                io.Combo.Input("lpips_net", options=["alex", "vgg", "squeeze"], default="alex",
+                               tooltip="LPIPS backbone the weights belong to"),
+                io.Combo.Input("clip_weights", options=files, default=NONE,
+                               tooltip="open_clip checkpoint in models/svd_eval/ for CLIP-S; none skips CLIP-S"),
+                io.String.Input("clip_model", default="ViT-H-14",
+                                tooltip="open_clip model name of clip_weights (e.g. ViT-H-14, ViT-B-32)"),
+            ],
+            outputs=[io.Float.Output(display_name="psnr", tooltip="mean PSNR in dB (higher is better)"),
+                     io.Float.Output(display_name="ssim", tooltip="mean SSIM (higher is better)"),
+                     io.Float.Output(display_name="lpips", tooltip="mean LPIPS (lower is better; -1 when skipped)"),
+                     io.Float.Output(display_name="clip_s", tooltip="mean CLIP-S (higher is better; -1 when skipped)"),
+                     io.String.Output(display_name="table", tooltip="per-frame values and means, as text")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, reference, lpips_weights, lpips_net, clip_weights, clip_model) -> io.NodeOutput:
+        from svd_core.eval.multiview import load_clip, load_lpips, view_metrics
+
+        node = PREFIX + "VideoMetrics"
+        dev = mm.get_torch_device()
+        lp = None if lpips_weights == NONE else load_lpips(_eval_path(node, lpips_weights, "lpips_weights"),
+                                                          lpips_net, dev)
+        clip = None if clip_weights == NONE else load_clip(clip_model, _eval_path(node, clip_weights,
+                                                                                   "clip_weights"), dev)
+        mm.throw_exception_if_processing_interrupted()
+        try:
+            m = view_metrics(images, reference, lp, clip)
+        except ValueError as exc:
+            raise ValueError(f"{node}: inputs 'images' / 'reference': {exc}") from exc
+        mean = m.mean
+        text = m.format()
+        return io.NodeOutput(mean["psnr"], mean["ssim"], mean.get("lpips", -1.0), mean.get("clip_s", -1.0), text,
+                             ui=ui.PreviewText(text))
+
+
+class EloFromVotes(io.ComfyNode):
+    """Elo table (App. E.1.2: K = 1, start 1000, bootstrapped over random orderings) from a votes CSV."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "EloFromVotes", display_name="Elo from votes", category=CATEGORY,
+            description="Ratings with intervals per axis from a CSV of pairwise votes (model_a, model_b, winner, axis).",
+            inputs=[
+                io.String.Input("votes_file", default="votes.csv",
+                                tooltip="CSV with columns model_a, model_b, winner (a / b / tie / model name), axis; "
+                                        "absolute or relative to input/"),
+                io.Int.Input("orderings", default=1000, min=1, max=100000,
+                             tooltip="random vote orderings the final rating is bootstrapped over (paper: 1000)"),
+                io.Float.Input("ci", default=0.95, min=0.5, max=0.999, step=0.005,
+                               tooltip="width of the percentile interval over orderings"),
+                io.Int.Input("ordering_seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="seed of the random vote orderings (same seed, same table)"),
+            ],
+            outputs=[io.String.Output(display_name="table", tooltip="ranked models, Elo and interval per axis"),
+                     io.String.Output(display_name="json", tooltip="the same as JSON")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, votes_file, orderings, ci, ordering_seed) -> io.NodeOutput:
+        import json
+
+        from svd_core.eval.elo import elo_by_axis, format_tables, read_votes_csv
+
+        path = _file(PREFIX + "EloFromVotes", "votes_file", votes_file)
+        tables = elo_by_axis(read_votes_csv(path), num_orderings=orderings, ci=ci, seed=ordering_seed)
+        text = format_tables(tables)
+        return io.NodeOutput(text, json.dumps({a: t.as_dict() for a, t in tables.items()}), ui=ui.PreviewText(text))
+
+
+class ComparisonGrid(io.ComfyNode):
+    """One image with up to four videos side by side and frames over time, labelled, for a quick visual check."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "ComparisonGrid", display_name="Comparison grid", category=CATEGORY,
+            description="Models side by side (columns), sampled frames over time (rows).",
+            inputs=[
+                io.Image.Input("images_1", tooltip="frames of model 1"),
+                io.Image.Input("images_2", optional=True, tooltip="frames of model 2"),
+                io.Image.Input("images_3", optional=True, tooltip="frames of model 3"),
+                io.Image.Input("images_4", optional=True, tooltip="frames of model 4"),
+                io.String.Input("labels", default="", tooltip="comma-separated column labels (default: model N)"),
+                io.Int.Input("num_frames", default=4, min=1, max=64, tooltip="time steps shown, evenly spaced"),
+                io.Int.Input("cell_height", default=0, min=0, max=2048,
+                             tooltip="height of every cell in pixels; 0 keeps the tallest input"),
+                io.Combo.Input("layout", options=["models_as_columns", "models_as_rows"], default="models_as_columns",
+                               tooltip="columns: models side by side, time downwards; rows: one film strip per model"),
+            ],
+            outputs=[io.Image.Output(display_name="grid", tooltip="the grid as a single IMAGE")],
+        )
+
+    @classmethod
+    def execute(cls, images_1, labels, num_frames, cell_height, layout, images_2=None, images_3=None,
+                images_4=None) -> io.NodeOutput:
+        from svd_core.eval.grid import comparison_grid
+
+        videos = [v for v in (images_1, images_2, images_3, images_4) if v is not None]
+        names = [s.strip() for s in labels.split(",")] if labels.strip() else []
+        grid = comparison_grid([v.cpu() for v in videos], names, num_frames, cell_height or None,
+                               models_as_columns=layout == "models_as_columns")
+        return io.NodeOutput(grid)
+
+
+class VotingStudy(io.ComfyNode):
+    """Starts (or reopens) a voting study served by this ComfyUI server at /svd/vote/<name>/."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "VotingStudy", display_name="Voting study (human preference)", category=CATEGORY,
+            description="Pairwise blind voting page with attention checks; votes in SQLite; leaderboard with Elo.",
+            inputs=[
+                io.String.Input("name", default="study", tooltip="study name: the page is /svd/vote/<name>/"),
+                io.String.Input("models", multiline=True, default="",
+                                tooltip="one 'model=folder' per line (folders of videos matched by file name, "
+                                        "relative to input/ or absolute); or leave empty and give a manifest"),
+                io.String.Input("manifest", default="", tooltip="study manifest .json (instead of models)"),
+                io.Int.Input("attention_checks", default=4, min=0, max=100,
+                             tooltip="degraded-copy attention-check pairs generated (with models)"),
+            ],
+            outputs=[io.String.Output(display_name="url", tooltip="path of the voting page on this server")],
+            is_output_node=True, not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, name, models, manifest, attention_checks) -> io.NodeOutput:
+        import re
+
+        from svd_core.eval.study import load_study, study_from_folders
+        from svd_core.eval.voting_server import VotingApp, register_study
+
+        node = PREFIX + "VotingStudy"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+            raise ValueError(f"{node}: input 'name': {name!r} must be letters, digits, '_', '-', '.'")
+        out_dir = os.path.join(folder_paths.get_output_directory(), "svd_eval", "votes")
+        os.makedirs(out_dir, exist_ok=True)
+        if manifest.strip():
+            study = load_study(_file(node, "manifest", manifest))
+        else:
+            dirs = {}
+            for line in models.splitlines():
+                if line.strip():
+                    m, sep, d = line.partition("=")
+                    if not sep:
+                        raise ValueError(f"{node}: input 'models': line {line!r} is not 'model=folder'")
+                    dirs[m.strip()] = _folder(node, "models", d)
+            if len(dirs) < 2:
+                raise ValueError(f"{node}: input 'models': give two or more 'model=folder' lines (or a manifest)")
+            study = study_from_folders(name, dirs, num_checks=attention_checks,
+                                       check_dir=os.path.join(out_dir, f"{name}_checks"))
+        study.name = name
+        url = register_study(name, VotingApp(study, os.path.join(out_dir, f"{name}.sqlite")))
+        text = f"voting page: {url}  leaderboard: {url}leaderboard  (votes: output/svd_eval/votes/{name}.sqlite)"
+        return io.NodeOutput(url, ui=ui.PreviewText(text))
+
+
+class LoadVideoFrames(io.ComfyNode):
+    """A video file from the input folder as an IMAGE batch (PyAV), to compare models' clips."""
+
+    @classmethod
+    def define_schema(cls):
+        from svd_core.eval.video_io import VIDEO_EXTS
+
+        root = folder_paths.get_input_directory()
+        files = sorted(f for f in os.listdir(root) if f.lower().endswith(VIDEO_EXTS)) if os.path.isdir(root) else []
+        return io.Schema(
+            node_id=PREFIX + "LoadVideoFrames", display_name="Load video frames (evaluation)", category=CATEGORY,
+            description="Decode a video of ComfyUI's input folder into IMAGE frames, optionally resampled to an fps.",
+            inputs=[
+                io.Combo.Input("file", options=files, tooltip="video file in ComfyUI's input folder"),
+                io.Int.Input("max_frames", default=0, min=0, max=4096, tooltip="keep the first N frames; 0 keeps all"),
+                io.Float.Input("fps", default=0.0, min=0.0, max=240.0, step=0.5,
+                               tooltip="resample to this frame rate by timestamps; 0 keeps every decoded frame"),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="frames (t, h, w, 3) in [0, 1]"),
+                     io.Int.Output(display_name="frame_count", tooltip="number of frames returned")],
+        )
+
+    @classmethod
+    def execute(cls, file, max_frames, fps) -> io.NodeOutput:
+        from svd_core.eval.video_io import read_video
+
+        path = _file(PREFIX + "LoadVideoFrames", "file", file)
+        frames = read_video(path, num_frames=max_frames or None, fps=fps or None)  # t h w c uint8
+        images = torch.from_numpy(frames).float() / 255.0
+        return io.NodeOutput(images, int(images.shape[0]))
+
+    @classmethod
+    def fingerprint_inputs(cls, file, max_frames, fps):
+        path = os.path.join(folder_paths.get_input_directory(), file)
+        return os.path.getmtime(path) if os.path.isfile(path) else file
+
+
+def _register_routes() -> None:
+    """The voting page's routes on ComfyUI's own server (same handlers as the standalone server)."""
+    try:
+        from server import PromptServer
+
+        routes = PromptServer.instance.routes
+    except (ImportError, AttributeError) as exc:  # not inside a running ComfyUI
+        logging.info("[svd] voting routes not registered: %s", exc)
+        return
+    from svd_core.eval.voting_server import aiohttp_routes
+
+    aiohttp_routes(routes)
+
+
+_register_routes()
+
+NODES = [LoadVideoFrames, FVDFolders, FVDImages, VideoMetrics, EloFromVotes, ComparisonGrid, VotingStudy]
