@@ -32,10 +32,10 @@ def measure(fn) -> tuple[float, float]:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the high-water mark to the current RSS
     base = _rss_kib("VmRSS")
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time of this process: robust to other load on a shared machine
     with torch.inference_mode():
         fn()
-    dt = time.perf_counter() - t0
+    dt = time.process_time() - t0
     return dt, (_rss_kib("VmHWM") - base) / 1024
 
 
@@ -139,13 +139,21 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both engines (1: least noise)")
+    ap.add_argument("--ff-chunk", type=int, default=0, help="also measure ours with set_ff_chunk_size(N)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, ref_unet, ref_vae = build_pair(args.channels, args.frames)
     print(f"config: model_channels {args.channels}, {args.frames} frames, {args.latent}x{args.latent} latents, "
           f"batch 2 (cfg), torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in args.dtypes.split(","):
+        model.unet.set_ff_chunk_size(None)
         res = bench_dtype(model, ref_unet, ref_vae, getattr(torch, name), args.frames, args.latent, args.repeats)
+        if args.ff_chunk:
+            model.unet.set_ff_chunk_size(args.ff_chunk)
+            res[f"unet+ff{args.ff_chunk}"] = bench_dtype(model, ref_unet, ref_vae, getattr(torch, name), args.frames,
+                                                          args.latent, args.repeats)["unet"]
         for part, r in res.items():
             print(f"{name:>9} {part:<10} time {r['time_ours']:.3f}s vs {r['time_theirs']:.3f}s -> ratio "
                   f"{r['time_ratio']:.2f};  peak extra memory {r['mem_ours']:.0f} MiB vs {r['mem_theirs']:.0f} MiB "

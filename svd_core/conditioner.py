@@ -84,31 +84,65 @@ class EncoderEmbedder(nn.Module):
         return self.encoder.encode(image)
 
 
+class InterpolationEncoderEmbedder(EncoderEmbedder):
+    """Interpolation concat embedder (paper App. D.5): the VAE encoder plus the learned mask embedding that stands
+    in for the latents of the frames to generate (key `conditioner.embedders.N.mask_embedding`, one value per latent
+    channel, broadcast over h w; zero-initialised)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        self.mask_embedding = nn.Parameter(torch.zeros(spec.vae.z_channels))
+
+
 class Conditioner(nn.Module):
-    """`GeneralConditioner` with the embedders at the reference indices (keys `embedders.N.`)."""
+    """`GeneralConditioner` with the embedders at the reference indices (keys `embedders.N.`).
+
+    cond_mode "image"/"interpolation": 0 = CLIP image tower, `cond_encoder_index` = VAE encoder, the rest vectors;
+    cond_mode "text": 0 = open_clip text tower (`embedders.0.model.`), then one embedder per vector input."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        n = 2 + len(spec.vector_inputs)
+        self.mode = spec.cond_mode
+        if spec.cond_mode not in ("image", "interpolation", "text"):
+            raise ValueError(f"spec {spec.name!r}: cond_mode={spec.cond_mode!r}; expected image, interpolation or text")
         vectors = iter(spec.vector_inputs)
         embedders: list[nn.Module] = []
-        for i in range(n):
-            if i == 0:
-                embedders.append(OpenCLIPImageEmbedder(spec.clip))
-            elif i == spec.cond_encoder_index:
-                embedders.append(EncoderEmbedder(spec))
-            else:
-                embedders.append(VectorEmbedder(*next(vectors)))
+        if spec.cond_mode == "text":
+            from .text_encoder import OpenCLIPTextEmbedder
+
+            embedders.append(OpenCLIPTextEmbedder(spec.clip))
+            embedders.extend(VectorEmbedder(*v) for v in vectors)
+        else:
+            encoder = InterpolationEncoderEmbedder if spec.cond_mode == "interpolation" else EncoderEmbedder
+            for i in range(2 + len(spec.vector_inputs)):
+                if i == 0:
+                    embedders.append(OpenCLIPImageEmbedder(spec.clip))
+                elif i == spec.cond_encoder_index:
+                    embedders.append(encoder(spec))
+                else:
+                    embedders.append(VectorEmbedder(*next(vectors)))
         self.embedders = nn.ModuleList(embedders)
         self.vector_keys = tuple(k for k, _ in spec.vector_inputs)
 
     @property
     def clip(self) -> OpenCLIPImageEmbedder:
+        if self.mode == "text":
+            raise ValueError("this is a text-to-video model: it has a text tower (conditioner.text), no CLIP image tower")
+        return self.embedders[0]
+
+    @property
+    def text(self):
+        """The open_clip text tower (cond_mode "text" only)."""
+        if self.mode != "text":
+            raise ValueError(f"this model's conditioner is {self.mode!r}-conditioned: it has no text tower")
         return self.embedders[0]
 
     @property
     def vae_encoder(self) -> EncoderEmbedder:
-        return next(e for e in self.embedders if isinstance(e, EncoderEmbedder))
+        found = next((e for e in self.embedders if isinstance(e, EncoderEmbedder)), None)
+        if found is None:
+            raise ValueError("this model's conditioner has no VAE encoder (text-to-video: use first_stage_model)")
+        return found
 
     def vector(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-frame micro-conditioning vector, concatenated in embedder order: n -> n adm."""

@@ -128,6 +128,13 @@ def detect_spec(shapes: Mapping[str, tuple], metadata: Mapping[str, str], filena
         raise CheckpointError(f"{filename}: no SVD UNet in this file (model.diffusion_model.label_emb / input_blocks "
                               f"missing); expected a released SVD, SVD-XT or SV3D checkpoint")
     adm, width = label[1], conv_in[0]
+    if width == 320:  # the paper's other generators (trained by this suite), recognised without metadata too
+        if conv_in[1] == 9 and adm == 768:
+            return VARIANTS["svd_interp"], "9 UNet input channels (noise, latent sequence, mask): interpolation"
+        if conv_in[1] == 4 and "conditioner.embedders.0.model.token_embedding.weight" in shapes:
+            return VARIANTS["t2v"], "4 UNet input channels and an open_clip text tower: text-to-video"
+        if adm == 1024 and conv_in[1] == 8:
+            return VARIANTS["svd_mv"], "adm width 1024 (SVD vector + elevation): SVD-MV"
     if width != 320:
         raise CheckpointError(f"{filename}: UNet width {width} is not a released size (320) and the file carries no "
                               f"{SPEC_METADATA_KEY!r} metadata; pass variant=ModelSpec(...) for a custom model")
@@ -174,6 +181,8 @@ def _drop_absent(model: SVDModel, absent: Iterable[str]) -> None:
     enc_prefix = f"conditioner.embedders.{spec.cond_encoder_index}.encoder."
     if any(k.startswith(enc_prefix + "decoder.") or k.startswith(enc_prefix + "post_quant_conv.") for k in absent):
         model.conditioner.vae_encoder.encoder.drop_decoder()
+    if spec.cond_mode == "text":  # the text tower is required; nothing optional to drop
+        return
     clip_model = model.conditioner.clip.open_clip.model
     text = "conditioner.embedders.0.open_clip.model."
     for name in ("token_embedding", "positional_embedding", "ln_final", "text_projection", "logit_scale"):

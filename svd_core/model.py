@@ -77,7 +77,11 @@ def _check_spec(spec: ModelSpec) -> None:
     if spec.unet.adm_in_channels != spec.adm_in_channels:
         raise ValueError(f"spec {spec.name!r}: unet.adm_in_channels={spec.unet.adm_in_channels} but the vector "
                          f"inputs {spec.vector_inputs} add up to {spec.adm_in_channels}")
-    if spec.unet.context_dim != spec.clip.embed_dim:
+    if spec.cond_mode == "text":
+        if spec.unet.context_dim != spec.clip.text_width:
+            raise ValueError(f"spec {spec.name!r}: unet.context_dim={spec.unet.context_dim} must equal the text "
+                             f"tower width clip.text_width={spec.clip.text_width} (penultimate-layer tokens)")
+    elif spec.unet.context_dim != spec.clip.embed_dim:
         raise ValueError(f"spec {spec.name!r}: unet.context_dim={spec.unet.context_dim} must equal the CLIP "
                          f"embedding width clip.embed_dim={spec.clip.embed_dim}")
     if spec.unet.in_channels != 2 * spec.vae.z_channels and spec.unet.in_channels < spec.vae.z_channels:
@@ -94,3 +98,48 @@ def build(variant: "str | ModelSpec" = "svd_xt", device: "str | torch.device" = 
     if dtype is not None:
         model = model.to(dtype)
     return model.eval().requires_grad_(False)
+
+
+# ---- weight transfer between variants (training a new generator from a released checkpoint) ----
+# Tensors whose input width grows between variants: copy the shared slice, zero the new columns, so the new model
+# starts as the old one (the new inputs contribute nothing until trained).
+GROWABLE = ("model.diffusion_model.input_blocks.0.0.weight",  # conv_in: (320, in_channels, 3, 3)
+            "model.diffusion_model.label_emb.0.0.weight")    # adm input: (1280, adm)
+
+
+@torch.no_grad()
+def init_from(src: "SVDModel", spec: "str | ModelSpec", device=None, dtype: torch.dtype | None = None,
+              strict_shapes: bool = True) -> "SVDModel":
+    """A new `spec` model initialised from `src`: same-named, same-shaped tensors copied; the UNet's conv_in and
+    label_emb input columns copied where they overlap (new columns zero: extra concat channels, extra vector
+    embeddings; fewer: the leading ones kept, e.g. SVD -> text-to-video keeps the noise channels and fps/motion);
+    tensors only `spec` has keep their init (zero mask embedding, fresh text tower). Returns the model in train
+    layout with requires_grad False everywhere (the trainer decides what trains) and a `transfer_report` dict
+    (copied / sliced / new / dropped key lists)."""
+    spec = get_variant(spec)
+    device = device or next(src.parameters()).device
+    dtype = dtype or next(src.parameters()).dtype
+    with torch.device(device):
+        dst = SVDModel(spec)
+    dst = dst.to(dtype)
+    src_sd, dst_sd = src.state_dict(), dst.state_dict()
+    report = {"copied": [], "sliced": [], "new": [], "dropped": sorted(k for k in src_sd if k not in dst_sd)}
+    for key, target in dst_sd.items():
+        source = src_sd.get(key)
+        if source is None:
+            report["new"].append(key)
+        elif source.shape == target.shape:
+            target.copy_(source)
+            report["copied"].append(key)
+        elif key in GROWABLE and source.ndim == target.ndim and source.shape[0] == target.shape[0]:
+            n = min(source.shape[1], target.shape[1])
+            target.zero_()
+            target[:, :n].copy_(source[:, :n])  # o i ... : the first n input columns carry over
+            report["sliced"].append(key)
+        elif strict_shapes:
+            raise ValueError(f"init_from {src.spec.name} -> {spec.name}: {key} has shape {list(source.shape)} in the "
+                             f"source but {list(target.shape)} in the new variant (only {GROWABLE} may change)")
+        else:
+            report["new"].append(key)
+    dst.transfer_report = report
+    return dst.eval().requires_grad_(False)

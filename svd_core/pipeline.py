@@ -328,8 +328,9 @@ def _placed(module: torch.nn.Module, device: torch.device, offload: bool):
 
 
 def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t, overlap, image_decoder,
-         callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None):
+         callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None, ff_chunk_size=None):
     device = torch.device(device) if device is not None else _module_device(model.unet)
+    model.unet.set_ff_chunk_size(ff_chunk_size)  # bounded feed-forward memory; identical results
     generator = torch.Generator().manual_seed(seed)
     with _placed(model.conditioner, device, offload):
         cond = make_cond(generator)
@@ -356,7 +357,8 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
             decode_t: int | None = None, overlap: int = 0, image_decoder: bool = False,
             callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None,
             device=None, offload: bool = False, autocast_dtype: torch.dtype | None = None,
-            sampler_options: dict | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+            sampler_options: dict | None = None, noise: torch.Tensor | None = None,
+            ff_chunk_size: int | None = None) -> torch.Tensor:
     """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant."""
     def make_cond(gen):
         return image_conditioning(model, image, num_frames=num_frames, width=width, height=height, fps=fps,
@@ -365,7 +367,7 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
     return _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
                 decode_t=decode_t, overlap=overlap, image_decoder=image_decoder, callback=callback, cancel=cancel,
                 device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=sampler_options,
-                noise=noise)
+                noise=noise, ff_chunk_size=ff_chunk_size)
 
 
 def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 10.0,
@@ -374,7 +376,8 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
           guidance: Guidance | None = None, sampler: str = "euler", schedule: str = "karras",
           steps: int | None = None, seed: int = 0, decode_t: int | None = None, overlap: int = 0,
           callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None, device=None,
-          offload: bool = False, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+          offload: bool = False, autocast_dtype: torch.dtype | None = None,
+          ff_chunk_size: int | None = None) -> torch.Tensor:
     """SV3D: one object image -> `num_frames` views around it (b t 3 H W in [0, 1]), triangle CFG by default."""
     def make_cond(gen):
         return orbit_conditioning(model, image, elevations=elevations, azimuths=azimuths, num_frames=num_frames,
@@ -382,4 +385,5 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
                                   generator=gen)
     return _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
                 decode_t=decode_t, overlap=overlap, image_decoder=False, callback=callback, cancel=cancel,
-                device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=None)
+                device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=None,
+                ff_chunk_size=ff_chunk_size)

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .variants import SV3D_P, SV3D_U, SVD_IMAGE_DECODER, SVD_XT, TINY, ModelSpec, get_variant
+from .variants import (SV3D_P, SV3D_U, SVD_IMAGE_DECODER, SVD_INTERP, SVD_MV, SVD_XT, TEXT2VIDEO, TINY, CLIPSpec,
+                       ModelSpec, get_variant)
 
 
 def _tiny(parent: ModelSpec, name: str, **changes) -> ModelSpec:
@@ -26,7 +27,18 @@ TINY_XT = _tiny(SVD_XT, "tiny_xt", num_frames=6)
 TINY_IMAGE_DECODER = _tiny(SVD_IMAGE_DECODER, "tiny_image_decoder")
 TINY_SV3D_U = _tiny(SV3D_U, "tiny_sv3d_u", num_frames=5)
 TINY_SV3D_P = _tiny(SV3D_P, "tiny_sv3d_p", num_frames=5)
-TINY_VARIANTS = {s.name: s for s in (TINY, TINY_XT, TINY_IMAGE_DECODER, TINY_SV3D_U, TINY_SV3D_P)}
+# the paper's other generators at TINY's widths (interpolation keeps its 5 frames and 9 input channels)
+TINY_INTERP = replace(_tiny(SVD_INTERP, "tiny_interp", num_frames=5, decode_t=5),
+                      unet=replace(TINY.unet, in_channels=9, adm_in_channels=768))
+TINY_SVD_MV = _tiny(SVD_MV, "tiny_svd_mv", num_frames=5)
+# text tower: real 49408-token vocabulary (open_clip's tokenizer), 2 narrow layers, 16-token context
+TINY_T2V = replace(_tiny(TEXT2VIDEO, "tiny_t2v", height=64, width=128),
+                   unet=replace(TINY.unet, in_channels=4, adm_in_channels=512),
+                   clip=CLIPSpec(embed_dim=64, image_size=56, patch_size=14, width=64, layers=2, head_width=32,
+                                 text_context_length=16, text_vocab_size=49408, text_width=64, text_layers=2,
+                                 text_heads=2))
+TINY_VARIANTS = {s.name: s for s in (TINY, TINY_XT, TINY_IMAGE_DECODER, TINY_SV3D_U, TINY_SV3D_P, TINY_INTERP,
+                                     TINY_SVD_MV, TINY_T2V)}
 
 
 @torch.no_grad()

@@ -64,6 +64,9 @@ class CLIPSpec:
     text_context_length: int = 77
     text_vocab_size: int = 49408
     text_width: int = 1024
+    # text transformer depth and heads (open_clip ViT-H-14 text tower = SD 2.1's); used only by cond_mode "text"
+    text_layers: int = 24
+    text_heads: int = 16
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,12 @@ class ModelSpec:
     decode_t: int = 14
     # True where a custom (non-released) spec must travel in the file's metadata to be reloaded.
     custom: bool = False
+    # How the conditioner is built (every released variant: "image"):
+    #   "image": CLIP image token + VAE latent of the conditioning frame copied over time (SVD, SV3D, SVD-MV);
+    #   "interpolation": 2 CLIP tokens (first, last frame) + latent sequence with a learned mask embedding for the
+    #       middle frames + binary mask channel (paper App. D.5; unet.in_channels = 4 + 4 + 1 = 9);
+    #   "text": open_clip text tower tokens as cross-attention context, no concat (paper Sec. 4.2, unet.in_channels 4).
+    cond_mode: str = "image"
 
     @property
     def adm_in_channels(self) -> int:
@@ -163,7 +172,28 @@ TINY = replace(
     custom=True,
 )
 
-VARIANTS: dict[str, ModelSpec] = {s.name: s for s in (SVD, SVD_XT, SVD_IMAGE_DECODER, SV3D_U, SV3D_P, TINY)}
+# ---- the paper's other generators (no released weights: trainable architectures, spec travels in metadata) ----
+# Frame interpolation (App. D.5): SVD's architecture, 5 frames, first + last frame given; input channels
+# noise 4 + latent sequence 4 + binary mask 1 = 9; context = CLIP tokens of the first and last frame (2 tokens).
+# Same vector conditioning as SVD (fps of the interpolated video, motion bucket, cond_aug), so it trains from an
+# SVD checkpoint (`svd_core.interpolation.init_from`).
+SVD_INTERP = replace(SVD, name="svd_interp", unet=replace(SVD.unet, in_channels=9), cond_mode="interpolation",
+                     num_frames=5, fps=28, guider="vanilla", min_cfg=1.5, max_cfg=1.5, decode_t=5, custom=True)
+# SVD-MV (paper Sec. 4.5): SVD finetuned on 21-view orbits at 576x576, the camera elevation (degrees) fed through a
+# 256-d sinusoidal embedding concatenated to the vector condition (adm 768 + 256 = 1024).
+SVD_MV_VECTOR = SVD_VECTOR + (("elevation_deg", 256),)
+SVD_MV = replace(SVD, name="svd_mv", unet=replace(SVD.unet, adm_in_channels=1024), vector_inputs=SVD_MV_VECTOR,
+                 num_frames=21, height=576, width=576, guider="triangle", min_cfg=1.0, max_cfg=2.5, custom=True)
+# Text-to-video base model (paper Sec. 4.2, App. E.5.4): open_clip ViT-H-14 text tower (SD 2.1's, penultimate
+# layer tokens, 1024-d cross-attention), fps and motion-score micro-conditioning (adm 2 x 256), no concat input.
+T2V_VECTOR = (("fps_id", 256), ("motion_score", 256))
+TEXT2VIDEO = replace(SVD, name="t2v", unet=replace(SVD.unet, in_channels=4, adm_in_channels=512),
+                     vector_inputs=T2V_VECTOR, cond_mode="text", cond_encoder_index=-1, num_frames=14, height=320,
+                     width=576, guider="vanilla", min_cfg=7.5, max_cfg=7.5, cond_aug=0.0, custom=True)
+GENERATORS = ("svd_interp", "svd_mv", "t2v")
+
+VARIANTS: dict[str, ModelSpec] = {s.name: s for s in (SVD, SVD_XT, SVD_IMAGE_DECODER, SV3D_U, SV3D_P, TINY,
+                                                      SVD_INTERP, SVD_MV, TEXT2VIDEO)}
 # svd_xt_1_1 has the svd_xt layout and defaults
 VARIANTS["svd_xt_1_1"] = replace(SVD_XT, name="svd_xt_1_1")
 RELEASED = ("svd", "svd_xt", "svd_xt_1_1", "svd_image_decoder", "sv3d_u", "sv3d_p")

@@ -35,7 +35,8 @@ def run(args) -> int:
                        num_frames=args.frames, width=args.width, height=args.height, cond_aug=args.cond_aug,
                        resize_mode=args.resize, guidance=guidance, sampler=args.sampler, schedule=args.schedule,
                        steps=args.steps, seed=args.seed, decode_t=args.decode_t, overlap=args.overlap,
-                       callback=progress_printer(), device=device, offload=args.offload)
+                       callback=progress_printer(), device=device, offload=args.offload,
+                       ff_chunk_size=args.ff_chunk)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     return finish(frames, args, args.out_fps or 7.0, started)

@@ -1,0 +1,91 @@
+"""Latent <-> frames: decode a video latent to ComfyUI IMAGE frames, encode frames for video-to-video."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+from einops import rearrange
+
+from ._comfy import PREFIX, Progress, SVDModel, bad_input, check_inputs, engine, frames_to_image, latent_frames, latent_out
+
+
+class Decode(io.ComfyNode):
+    ID = PREFIX + "Decode"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.ID,
+            display_name="SVD Decode",
+            category="svd/latent",
+            description=("Decodes a video latent to frames with the model's temporal VAE decoder, decode_t frames at "
+                         "a time (fewer = less memory). Output is a standard IMAGE batch, frame after frame, for "
+                         "Save Animated WEBP, Create Video, Video Combine..."),
+            inputs=[
+                SVDModel.Input("svd_model", tooltip="The model whose VAE decodes the latent."),
+                io.Latent.Input("latent", tooltip="A video latent from the SVD Sampler."),
+                io.Int.Input("decode_t", default=14, min=1, max=256,
+                             tooltip="Frames decoded at once (reference 14); lower it if you run out of memory."),
+                io.Int.Input("overlap", default=0, min=0, max=255,
+                             tooltip="Frames shared by neighbouring decode chunks, blended to hide seams (0 = reference)."),
+                io.Boolean.Input("image_decoder", default=False,
+                                 tooltip="Decode every frame on its own (per-frame decoder), ignoring the temporal layers."),
+            ],
+            outputs=[io.Image.Output(display_name="frames", tooltip="Video frames as an IMAGE batch [frames, H, W, 3] in 0..1.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, decode_t: int, overlap: int) -> bool | str:
+        ok = check_inputs(cls, decode_t=decode_t, overlap=overlap)
+        if ok is not True:
+            return ok
+        if decode_t is not None and overlap is not None and overlap >= decode_t:
+            return f"{cls.ID}: input 'overlap' = {overlap} must be smaller than decode_t = {decode_t}"
+        return True
+
+    @classmethod
+    def execute(cls, svd_model, latent, decode_t, overlap, image_decoder) -> io.NodeOutput:
+        num_frames = latent_frames(latent)
+        model = svd_model.acquire()
+        samples = latent["samples"]
+        progress = Progress(samples.shape[0])
+        frames = engine().decode(model, samples, num_frames, decode_t=decode_t, overlap=overlap,
+                                 image_decoder=image_decoder, callback=progress.absolute)
+        return io.NodeOutput(frames_to_image(frames))
+
+
+class Encode(io.ComfyNode):
+    ID = PREFIX + "Encode"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.ID,
+            display_name="SVD Encode",
+            category="svd/latent",
+            description=("Encodes video frames (an IMAGE batch, e.g. from Load Video) to a video latent for "
+                         "video-to-video: feed it to the SVD Sampler's latent input with denoise < 1."),
+            inputs=[
+                SVDModel.Input("svd_model", tooltip="An SVD model with a VAE encoder (SV3D checkpoints have none)."),
+                io.Image.Input("frames", tooltip="Video frames [frames, H, W, 3] in 0..1; H and W multiples of 64."),
+                io.Int.Input("num_frames", default=0, min=0, max=4096,
+                             tooltip="Frames per video when the batch holds several videos back to back; 0 = one video."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The video latent (frames of a video contiguous).")],
+        )
+
+    @classmethod
+    def execute(cls, svd_model, frames, num_frames) -> io.NodeOutput:
+        total = frames.shape[0]
+        t = num_frames or total
+        if total % t:
+            raise bad_input(cls.ID, "num_frames", f"{num_frames} does not divide the {total} frames of the batch")
+        if frames.shape[1] % 64 or frames.shape[2] % 64:
+            raise bad_input(cls.ID, "frames", f"size {frames.shape[2]}x{frames.shape[1]} must be a multiple of 64 "
+                                              f"(resize the frames first)")
+        model = svd_model.acquire()
+        Progress(1)
+        video = rearrange(frames[..., :3].float(), "(b t) h w c -> b t c h w", t=t)  # IMAGE batch -> videos
+        samples = engine().encode(model, video)
+        return io.NodeOutput(latent_out(samples, t))
+
+
+NODES = [Decode, Encode]

@@ -1,0 +1,96 @@
+"""LoRA loader: a camera-motion LoRA (paper Sec. 4.3.1) on an SVD model, with strength; chain the node to stack.
+
+The checkpoint loader's model is shared and reused across runs, so it is never changed: this node outputs a new
+model handle carrying the LoRA stack, and every engine call through it (`acquire()`) gets a
+`svd_core.lora.LoRAView`. Unmerged (default): forward hooks on the temporal projections are attached for each
+denoiser call and removed after it; merged: a copy of the UNet that shares every tensor except the merged weights
+(faster steps, costs the memory of the adapted layers only). The last LoRA node's mode applies to the whole stack.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import folder_paths
+from comfy_api.latest import io
+
+from ._comfy import PREFIX, LoadedSVD, SVDModel, bad_input, check_inputs
+
+MODES = ("unmerged", "merged")
+
+
+@dataclass
+class LoRAModel(LoadedSVD):
+    """A loaded checkpoint plus a LoRA stack; the shared checkpoint underneath is never modified."""
+
+    base: LoadedSVD | None = None
+    stack: list = field(default_factory=list)  # [(svd_core.lora.LoRA, strength)]
+    merged: bool = False
+
+    def acquire(self):
+        from svd_core.lora import LoRAView
+
+        return LoRAView(self.base.acquire(), self.stack, merged=self.merged)
+
+
+def _lora_files() -> list[str]:
+    return [f for f in folder_paths.get_filename_list("loras") if f.lower().endswith(".safetensors")]
+
+
+class LoRALoader(io.ComfyNode):
+    ID = PREFIX + "LoRALoader"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.ID,
+            display_name="SVD LoRA Loader",
+            category="svd/loaders",
+            description=("Applies a camera-motion LoRA (low-rank adapters on the temporal attention layers) to an SVD "
+                         "model. Chain several to combine motions (e.g. pan + zoom); each has its own strength. Reads "
+                         "the suite's files and diffusers/PEFT or kohya LoRAs that target the temporal layers. The "
+                         "loaded checkpoint itself is never changed."),
+            inputs=[
+                SVDModel.Input("svd_model", tooltip="The model from an SVD loader (or another SVD LoRA Loader, to stack)."),
+                io.Combo.Input("lora_name", options=_lora_files(),
+                               tooltip="A .safetensors LoRA in models/loras (trained for this model's variant)."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
+                               tooltip="Multiplier of the LoRA's update (1 = as trained, 0 = off, negative = reversed motion)."),
+                io.Combo.Input("mode", options=list(MODES), default="unmerged",
+                               tooltip=("unmerged: adapters added on the fly (no extra memory). merged: adapted layers "
+                                        "pre-computed into a copy of those weights (faster steps). The last LoRA "
+                                        "node's mode applies to the whole stack.")),
+                io.Boolean.Input("enabled", default=True,
+                                 tooltip="Switch this LoRA off without unwiring it (the model passes through)."),
+            ],
+            outputs=[SVDModel.Output(display_name="svd_model",
+                                     tooltip="The model with this LoRA (and any earlier ones) applied in sampling.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, lora_name: str, strength: float, mode: str) -> bool | str:
+        return check_inputs(cls, lora_name=lora_name, strength=strength, mode=mode)
+
+    @classmethod
+    def execute(cls, svd_model, lora_name: str, strength: float, mode: str = "unmerged",
+                enabled: bool = True) -> io.NodeOutput:
+        from svd_core.lora import LoRAError, load_lora
+
+        if not enabled or strength == 0.0:
+            return io.NodeOutput(svd_model)
+        path = folder_paths.get_full_path("loras", lora_name)
+        if path is None or not os.path.isfile(path):
+            raise bad_input(cls.ID, "lora_name", f"{lora_name!r} is not in models/loras")
+        base = svd_model.base if isinstance(svd_model, LoRAModel) else svd_model
+        prior = list(svd_model.stack) if isinstance(svd_model, LoRAModel) else []
+        module = base.patcher.model  # layer names and shapes only: nothing is moved or changed
+        try:
+            adapter = load_lora(path, module, name=lora_name)
+        except LoRAError as exc:
+            raise bad_input(cls.ID, "lora_name", f"{exc} (pick a LoRA made for {base.name})") from None
+        out = LoRAModel(patcher=base.patcher, name=f"{svd_model.name} + {lora_name}", base=base,
+                        stack=prior + [(adapter, float(strength))], merged=mode == "merged")
+        return io.NodeOutput(out)
+
+
+NODES = [LoRALoader]

@@ -1,0 +1,68 @@
+"""The sampler node: conditioning + guidance -> video latent, with ComfyUI progress and Cancel after every step."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from svd_core.samplers import SAMPLERS
+from svd_core.schedules import SCHEDULES
+
+from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
+                     engine, latent_frames, latent_out)
+
+
+class Sampler(io.ComfyNode):
+    ID = PREFIX + "Sampler"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.ID,
+            display_name="SVD Sampler",
+            category="svd/sampling",
+            description=("Samples a video latent with the EDM sampler of your choice and per-frame guidance. Shows "
+                         "progress per step; Cancel stops after the current step. With a latent input and denoise < 1 "
+                         "it re-noises that video part-way (video-to-video)."),
+            inputs=[
+                SVDModel.Input("svd_model", tooltip="The model the conditioning was made with."),
+                SVDConditioning.Input("conditioning", tooltip="From SVD Image Conditioning or SV3D Orbit Conditioning."),
+                SVDGuidance.Input("guidance", tooltip="Per-frame guidance from an SVD guidance node."),
+                io.Combo.Input("sampler", options=list(SAMPLERS), default="euler",
+                               tooltip="Sampling method (reference: euler)."),
+                io.Combo.Input("schedule", options=list(SCHEDULES), default="karras",
+                               tooltip="Noise schedule (reference: karras, sigma 700 -> 0.002)."),
+                io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps (reference 25)."),
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                             tooltip="Seed of the initial noise."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="1.0 samples from pure noise; lower keeps more of the input latent (needs `latent`)."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Optional start video latent (from SVD Encode) for video-to-video with denoise < 1."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The sampled video latent; decode it with SVD Decode.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler: str, schedule: str) -> bool | str:
+        return check_inputs(cls, sampler=sampler, schedule=schedule)
+
+    @classmethod
+    def execute(cls, svd_model, conditioning, guidance, sampler, schedule, steps, seed, denoise,
+                latent=None) -> io.NodeOutput:
+        if latent is None and denoise < 1.0:
+            raise bad_input(cls.ID, "denoise", f"{denoise} < 1 needs a start video on the 'latent' input "
+                                               f"(connect SVD Encode), or set denoise to 1.0")
+        init = None
+        if latent is not None:
+            init = latent["samples"]
+            frames = latent_frames(latent)
+            if frames != conditioning.num_frames:
+                raise bad_input(cls.ID, "latent", f"has {frames} frames per video but the conditioning has "
+                                                  f"{conditioning.num_frames} (match num_frames)")
+        model = svd_model.acquire()
+        progress = Progress(steps)
+        samples = engine().sample(model, conditioning, guidance, sampler=sampler, schedule=schedule, steps=steps,
+                                  seed=seed, init_latent=init, denoise=denoise, callback=progress.absolute)
+        return io.NodeOutput(latent_out(samples, conditioning.num_frames))
+
+
+NODES = [Sampler]

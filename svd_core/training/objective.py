@@ -1,0 +1,74 @@
+"""The training objective (paper App. D): EDM denoising score matching with log-normal noise levels, the
+(1 + s^2) / s^2 weighting, conditioning-frame noise augmentation and conditioning dropout for guidance."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..denoiser import VideoCond, denoise
+
+SIGMA_DATA = 1.0  # the video models' EDM sigma_data (reference `VScalingWithEDMcNoise`, `EDMWeighting`)
+
+
+@dataclass(frozen=True)
+class NoiseDistribution:
+    """log sigma ~ N(p_mean, p_std^2) (EDM, paper App. D.2; reference `EDMSampling`)."""
+
+    p_mean: float
+    p_std: float
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n noise levels sigma = exp(p_mean + p_std * z), z ~ N(0, 1)."""
+        z = torch.randn(n, generator=generator)
+        return (self.p_mean + self.p_std * z).exp()
+
+    def quantiles(self, n: int) -> torch.Tensor:
+        """n deterministic sigmas at the mid-quantiles (validation uses these: the same levels every time)."""
+        q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        z = math.sqrt(2.0) * torch.erfinv(2.0 * q - 1.0)
+        return (self.p_mean + self.p_std * z).exp().float()
+
+
+def edm_weight(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
+    """lambda(s) = (s^2 + sigma_data^2) / (s sigma_data)^2 = (1 + s^2) / s^2 for sigma_data 1 (paper eq. 8)."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def sample_cond_aug(n: int, generator: torch.Generator | None = None, mean: float = -3.0,
+                    std: float = 0.5) -> torch.Tensor:
+    """Conditioning-frame noise level, log sigma ~ N(-3.0, 0.5^2) (paper App. D.2); it is also embedded as cond_aug."""
+    return (mean + std * torch.randn(n, generator=generator)).exp()
+
+
+def edm_loss(unet, latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, cond: VideoCond,
+             num_frames: int, reduce: bool = True) -> torch.Tensor:
+    """E[lambda(s) ||D(x + s n; s) - x||^2] (paper eq. 7-8) with the variant's preconditioning (App. D.2).
+
+    latents, noise: (b t) c h w; sigma: one per video (b), shared by its frames as at sampling time.
+    Returns the mean over videos, or the per-video losses (b) with `reduce=False`.
+    """
+    b = sigma.shape[0]
+    if latents.shape[0] != b * num_frames:
+        raise ValueError(f"latents hold {latents.shape[0]} frames but sigma has {b} videos of {num_frames} frames")
+    sigma_f = sigma.repeat_interleave(num_frames).to(latents.device)  # b -> (b t)
+    shape = (-1,) + (1,) * (latents.ndim - 1)
+    noised = latents + noise * sigma_f.view(shape).to(latents.dtype)
+    denoised = denoise(unet, noised, sigma_f, cond, num_frames)
+    err = (denoised.float() - latents.float()) ** 2  # (b t) c h w
+    per_video = err.reshape(b, -1).mean(dim=1)  # (b t) c h w -> b (t c h w), mean
+    losses = edm_weight(sigma.to(per_video.device).float()) * per_video
+    return losses.mean() if reduce else losses
+
+
+def drop_conditioning(cond: VideoCond, keep: torch.Tensor, num_frames: int) -> VideoCond:
+    """Classifier-free guidance dropout: videos with keep == 0 get the unconditional branch the sampler uses
+    (zero CLIP token and zero concat latent, paper App. D.2; reference `force_uc_zero_embeddings`)."""
+    k = keep.to(cond.crossattn.device).repeat_interleave(num_frames)  # b -> (b t)
+    crossattn = cond.crossattn * k.view(-1, 1, 1).to(cond.crossattn.dtype)
+    concat = cond.concat * k.view(-1, 1, 1, 1).to(cond.concat.dtype)
+    tc = cond.time_context
+    if tc is not None:
+        tc = tc * keep.to(tc.device).view(-1, 1, 1).to(tc.dtype)
+    return VideoCond(crossattn, concat, cond.vector, tc)

@@ -1,0 +1,97 @@
+"""Per-task training conditioning, built per step from cached data in the layout the samplers use (paper App. D.2:
+noised conditioning frame VAE-encoded and concatenated, CLIP token, micro-conditioning vector; App. D.3 text;
+App. D.5 interpolation through `svd_core.interpolation`; App. D.6 multi-view elevation)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from einops import repeat
+
+from ..denoiser import VideoCond
+from .objective import sample_cond_aug
+
+
+def _frames(values, num_frames: int) -> torch.Tensor:
+    return torch.as_tensor(values).float().repeat_interleave(num_frames)  # b -> (b t)
+
+
+def _cond_aug(gens: Sequence[torch.Generator], cfg) -> torch.Tensor:
+    return torch.cat([sample_cond_aug(1, g, cfg.cond_aug_mean, cfg.cond_aug_std) for g in gens])  # b
+
+
+def _noised_images(batch: dict, which: int, cond_aug: torch.Tensor, gens: Sequence[torch.Generator]) -> torch.Tensor:
+    """Cached uint8 frame `which` (0 first, 1 last) -> [-1, 1] plus cond_aug * N(0, 1) noise per video: b 3 H W."""
+    img = batch["images"][:, which].float() / 127.5 - 1.0  # b 3 H W in [-1, 1]
+    noise = torch.stack([torch.randn(img.shape[1:], generator=g) for g in gens])
+    return img + cond_aug.view(-1, 1, 1, 1) * noise
+
+
+@torch.no_grad()
+def _encode(model, images: torch.Tensor) -> torch.Tensor:
+    enc = model.conditioner.vae_encoder
+    p = next(enc.parameters())
+    return enc(images.to(p.device, p.dtype)).float()  # b 4 h w (mode, unscaled, as the sampler's concat)
+
+
+def _vector(model, batch: dict, cond_aug: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The model's vector inputs per frame from the clip's real fps / motion (and elevation for SVD-MV)."""
+    values = {"fps_id": batch["fps_id"], "motion_bucket_id": batch["motion_bucket_id"], "cond_aug": cond_aug}
+    if "elevation" in batch:
+        values["elevation_deg"] = batch["elevation"]
+    keys = model.conditioner.vector_keys
+    missing = [k for k in keys if k not in values]
+    if missing:
+        raise ValueError(f"training {model.spec.name}: the data gives no {missing} (clips need these columns)")
+    dev = next(model.conditioner.parameters()).device
+    return model.conditioner.vector({k: _frames(values[k], num_frames).to(dev) for k in keys})  # (b t) adm
+
+
+def img2vid_cond(model, batch: dict, num_frames: int, gens: Sequence[torch.Generator], cfg) -> VideoCond:
+    """SVD image-to-video (and SVD-MV): the first frame noised by cond_aug ~ logN(-3, 0.5^2), its VAE latent copied
+    over time; the CLIP token of the clean first frame; vector (fps_id, motion_bucket_id, cond_aug) per frame."""
+    cond_aug = _cond_aug(gens, cfg)
+    latent = _encode(model, _noised_images(batch, 0, cond_aug, gens))
+    clip = batch["clip"][:, 0:1].float()  # b 1 d
+    return VideoCond(repeat(clip, "b n d -> (b t) n d", t=num_frames),  # every frame attends to the image token
+                     repeat(latent, "b c h w -> (b t) c h w", t=num_frames),  # the frame's latent over time
+                     _vector(model, batch, cond_aug, num_frames))
+
+
+def interpolation_cond(model, batch: dict, num_frames: int, gens: Sequence[torch.Generator], cfg) -> VideoCond:
+    """Frame interpolation (App. D.5): noised first and last frames' latents with the learned mask embedding
+    between them (`svd_core.interpolation.concat_sequence`, gradients reach the mask), both CLIP tokens."""
+    from ..interpolation import concat_sequence
+
+    cond_aug = _cond_aug(gens, cfg)
+    first = _encode(model, _noised_images(batch, 0, cond_aug, gens))
+    last = _encode(model, _noised_images(batch, 1, cond_aug, gens))
+    concat = concat_sequence(model, first, last, num_frames)  # (b t) 5 h w
+    clip = batch["clip"].float()  # b 2 d: first and last frame tokens
+    return VideoCond(repeat(clip, "b n d -> (b t) n d", t=num_frames), concat,
+                     _vector(model, batch, cond_aug, num_frames))
+
+
+def text2video_cond(model, batch: dict, num_frames: int, gens: Sequence[torch.Generator], cfg) -> VideoCond:
+    """Text-to-video (App. D.3): captions through the model's text tower (`svd_core.text2video`); the 15% caption
+    dropout ("" prompt, the sampler's unconditional branch) happens there."""
+    from ..text2video import training_conditioning
+
+    h, w = batch["latents"].shape[-2:]
+    return training_conditioning(model, batch["caption"], num_frames=num_frames, height=h * 8, width=w * 8,
+                                 fps=batch["fps_id"] + 1.0, motion_score=batch["motion"],
+                                 drop_prob=cfg.cond_dropout, generator=gens[0])
+
+
+CondBuilder = Callable[..., VideoCond]
+TASK_BUILDERS: dict[str, CondBuilder] = {"img2vid": img2vid_cond, "interpolation": interpolation_cond,
+                                         "text2video": text2video_cond, "multiview": img2vid_cond}
+# tasks whose builder already applies the guidance dropout (the trainer zeroes the others' conditioning)
+SELF_DROPPING = ("text2video",)
+
+
+def extra_trainable(model, task: str) -> dict[str, torch.nn.Parameter]:
+    """Conditioner parameters a task trains besides the UNet: the interpolation mask embedding (App. D.5)."""
+    if task == "interpolation":
+        return {"mask_embedding": model.conditioner.vae_encoder.mask_embedding}
+    return {}

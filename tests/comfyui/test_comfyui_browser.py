@@ -1,0 +1,77 @@
+"""The shipped UI workflows in the real ComfyUI GUI (frontend package of ComfyUI 0.3.75) in headless Debian Chromium:
+load like drag-and-drop, no missing node types or widget errors, the GUI's own prompt equals the API twin, queue from
+the page and check the outputs. Screenshots go to test-artifacts/comfyui/."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from comfy_harness import REPO, check_outputs, diff_prompts, load_workflows
+
+WORKFLOWS = {wf.name: wf for wf in load_workflows() if wf.browser}
+ARTIFACTS = REPO / "test-artifacts" / "comfyui"
+
+
+@pytest.fixture(scope="module")
+def gui(comfy):
+    from playwright.sync_api import sync_playwright
+
+    from gui import App, launch
+
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        app = App(browser, comfy.url)
+        try:
+            yield app
+        finally:
+            app.close()
+            browser.close()
+
+
+def test_gui_knows_every_pack_node(gui, object_info):
+    registered = gui.registered_types()
+    ours = {k for k in object_info if k.startswith("SVDSuite_")}
+    assert ours and ours <= registered, sorted(ours - registered)
+
+
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_gui_loads_workflow(gui, name):
+    wf = WORKFLOWS[name]
+    report = gui.load_ui(wf.ui, f"{name}.json")
+    gui.screenshot(ARTIFACTS / f"{name}_loaded.png")
+    assert report["count"] == len(wf.ui["nodes"]), report
+    assert report["missing"] == [], f"missing node types in the GUI: {report['missing']}"
+    assert report["errors"] == [], f"nodes flagged with errors: {report['errors']}"
+    assert not [d for d in report["dialogs"] if "missing" in d.lower()], report["dialogs"]
+    assert report["toasts"] == [], f"the GUI raised alerts while loading: {report['toasts']}"
+    # what the GUI would queue is exactly the API twin (widget values survived loading unchanged)
+    problems = diff_prompts(wf.api, gui.graph_to_prompt())
+    assert not problems, f"GUI prompt of {name}.json differs from {name}.api.json:\n" + "\n".join(problems)
+    page_errors = [e for e in gui.errors if "pageerror" in e]
+    assert not page_errors, page_errors
+
+
+@pytest.mark.parametrize("name", sorted(n for n, wf in WORKFLOWS.items() if wf.run))
+def test_gui_queues_workflow(gui, comfy, name):
+    wf = WORKFLOWS[name]
+    gui.load_ui(wf.ui, f"{name}.json")
+    assert gui.set_widgets(wf.meta.get("overrides", {})) == []
+    assert not diff_prompts(wf.prompt(), gui.graph_to_prompt())  # test-size values are what gets queued
+    answer = gui.queue_from_page()
+    assert answer["status"] == 200 and not answer["body"].get("node_errors"), answer
+    entry, _ = comfy.wait(answer["body"]["prompt_id"], wf.timeout, own_client=False)
+    gui.page.wait_for_timeout(500)  # let the page render the result
+    gui.screenshot(ARTIFACTS / f"{name}_queued.png")
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    problems = check_outputs(comfy, wf, entry)
+    assert not problems, "\n".join(problems)
+
+
+def test_gui_check_detects_missing_node_types(gui):
+    """The load check is not vacuous: an unknown node type in a UI file is reported as missing."""
+    wf = json.loads(json.dumps(WORKFLOWS["svd_img2vid"].ui))
+    wf["nodes"][0]["type"] = "SVDSuite_DoesNotExist"
+    report = gui.load_ui(wf, "broken.json")
+    gui.screenshot(ARTIFACTS / "missing_node_detected.png")
+    assert report["missing"] == ["SVDSuite_DoesNotExist"], report

@@ -1,0 +1,472 @@
+"""Training nodes (paper App. D): dataset, model to train, settings, train (progress, Cancel saves a resumable
+state, loss curve), save checkpoint / LoRA, validation sampler.
+
+Thin wrappers over `svd_core.training`: the same code `python -m svd_core train CONFIG` runs. The model to train is
+always a private copy of the loader's model (the shared, cached checkpoint is never changed). Runs live in
+output/svd_training/<run_name>/ (resumable state, loss curve, samples); the latent / CLIP cache of each dataset in
+output/svd_training/cache/, shared by every run on the same data and encoders."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+
+import folder_paths
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+
+PREFIX = "SVDSuite_"
+CATEGORY = "svd/training"
+SVDModel = io.Custom("SVDSUITE_MODEL")  # the pack's model type (nodes/_comfy.py)
+TrainDataset = io.Custom("SVDSUITE_TRAIN_DATASET")
+TrainModel = io.Custom("SVDSUITE_TRAIN_MODEL")
+TrainSettings = io.Custom("SVDSUITE_TRAIN_SETTINGS")
+Trained = io.Custom("SVDSUITE_TRAINED")
+
+TARGETS = {"as loaded": None, "interpolation (from SVD)": "interpolation", "multi-view (from SVD)": "multiview",
+           "text-to-video (from SVD)": "text2video"}
+MODE_CHOICES = ("preset", "lora", "temporal", "full")
+TRAINED_TOOLTIP = "The finished (or resumed) training run: its trained weights, EMA, LoRA and data."
+
+
+def _bad(node: str, name: str, message: str) -> ValueError:
+    return ValueError(f"{node}: input '{name}': {message}")
+
+
+def _run_root() -> str:
+    return os.path.join(folder_paths.get_output_directory(), "svd_training")
+
+
+class _Progress:
+    """ComfyUI progress bar + interrupt: `cancel()` is polled by the trainer between steps."""
+
+    def __init__(self, total: int):
+        self.bar = comfy.utils.ProgressBar(max(int(total), 1))
+        mm.throw_exception_if_processing_interrupted()
+
+    def __call__(self, done: int, total: int, *_) -> None:
+        self.bar.update_absolute(int(done), max(int(total), 1))
+
+    @staticmethod
+    def cancel() -> bool:
+        return bool(mm.processing_interrupted())
+
+
+# ------------------------------------------------------------------------------------------------------ dataset
+
+
+class Dataset(io.ComfyNode):
+    ID = PREFIX + "TrainDataset"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.ID, display_name="Training Dataset", category=CATEGORY,
+            description=("Training clips from a curation manifest (.parquet, e.g. the path Curation: Write Dataset "
+                         "outputs) or a folder of video clips. Each clip keeps its real fps and motion score; they "
+                         "become the fps and motion-bucket micro-conditioning (App. D)."),
+            inputs=[
+                io.String.Input("source", default="svd_train_clips",
+                                tooltip="Manifest (.parquet) or clip folder; relative paths are looked up in "
+                                        "ComfyUI's input folder, then its output folder."),
+                io.Int.Input("max_windows_per_clip", default=0, min=0, max=100000,
+                             tooltip="Training windows taken from each clip (0 = every non-overlapping window)."),
+            ],
+            outputs=[TrainDataset.Output(display_name="dataset", tooltip="The clips with fps and motion scores.")],
+        )
+
+    @classmethod
+    def execute(cls, source, max_windows_per_clip=0):
+        from svd_core.training.data import DataError, load_records
+
+        path = source
+        if not os.path.isabs(path):
+            for base in (folder_paths.get_input_directory(), folder_paths.get_output_directory()):
+                if os.path.exists(os.path.join(base, source)):
+                    path = os.path.join(base, source)
+                    break
+        if not os.path.exists(path):
+            raise _bad(cls.ID, "source", f"{source!r} is neither a manifest nor a folder in input/ or output/")
+        _Progress(1)
+        try:
+            records = load_records(path, _Progress.cancel)
+        except (DataError, ValueError) as exc:
+            raise _bad(cls.ID, "source", str(exc)) from exc
+        return io.NodeOutput({"source": path, "records": records, "max_per_clip": int(max_windows_per_clip)})
+
+
+# ------------------------------------------------------------------------------------------------------ model
+
+
+class ModelToTrain(io.ComfyNode):
+    ID = PREFIX + "TrainModel"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.ID, display_name="Model to Train", category=CATEGORY,
+            description=("Picks the model a training run starts from: the loader's model as it is, or a new "
+                         "generator initialised from it (interpolation, multi-view, text-to-video: shared weights "
+                         "copied, new inputs zero). The Train node trains a private copy; the loaded checkpoint is "
+                         "never changed. A model with LoRAs from SVD LoRA Loader trains with them merged."),
+            inputs=[
+                SVDModel.Input("svd_model", tooltip="The model from SVD Checkpoint Loader (or a LoRA Loader)."),
+                io.Combo.Input("target", options=list(TARGETS), default="as loaded",
+                               tooltip="Train the model as loaded, or a new variant initialised from it."),
+            ],
+            outputs=[TrainModel.Output(display_name="train_model", tooltip="What the Train node copies and trains.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, target):
+        if target not in TARGETS:
+            return f"{cls.ID}: input 'target' = {target!r} is not one of {list(TARGETS)}"
+        return True
+
+    @classmethod
+    def execute(cls, svd_model, target="as loaded"):
+        return io.NodeOutput({"source": svd_model, "target": TARGETS[target], "name": svd_model.name})
+
+
+def _private_copy(train_model: dict):
+    """A float32 copy of the loader's model (LoRA stack merged), turned into the target variant when asked."""
+    import torch
+
+    src = train_model["source"]
+    base = src.patcher.model
+    model = copy.deepcopy(base).to("cpu", torch.float32)
+    stack = getattr(src, "stack", None)
+    if stack:
+        from svd_core.lora import merge
+
+        merge(model, [(lora.to("cpu"), s) for lora, s in stack])
+    target = train_model["target"]
+    if target:
+        from svd_core import interpolation, multiview, text2video
+        from svd_core.testing import TINY_VARIANTS
+
+        module = {"interpolation": interpolation, "multiview": multiview, "text2video": text2video}[target]
+        spec = None
+        if model.spec.custom:  # a tiny / custom model grows into the tiny variant of the target
+            spec = {"interpolation": "tiny_interp", "multiview": "tiny_svd_mv", "text2video": "tiny_t2v"}[target]
+            spec = TINY_VARIANTS.get(spec)
+        model = module.init_from(model, spec) if spec is not None else module.init_from(model)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------ settings
+
+
+class Settings(io.ComfyNode):
+    ID = PREFIX + "TrainSettings"
+
+    @classmethod
+    def define_schema(cls):
+        from svd_core.training.config import PRESETS
+
+        return io.Schema(
+            node_id=cls.ID, display_name="Training Settings", category=CATEGORY,
+            description=("A training stage of the paper (App. D) and its values - noise P_mean / P_std, learning "
+                         "rate, frames, size, mode - with overrides. 0 keeps the preset's value."),
+            inputs=[
+                io.Combo.Input("preset", options=list(PRESETS), default="img2vid",
+                               tooltip="; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())),
+                io.Combo.Input("mode", options=list(MODE_CHOICES), default="preset",
+                               tooltip="What trains: LoRA in the temporal attention, temporal layers only, or the "
+                                       "whole UNet (preset: the preset's mode)."),
+                io.Int.Input("steps", default=1000, min=1, max=10_000_000, tooltip="Optimiser steps."),
+                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6, round=1e-7,
+                               tooltip="AdamW learning rate (0 = the preset's: 1e-4 pretraining / LoRA, 3e-5 "
+                                       "finetunes, 1e-5 multi-view)."),
+                io.Int.Input("batch_size", default=1, min=1, max=4096,
+                             tooltip="Videos per micro-batch (global, split over processes)."),
+                io.Int.Input("grad_accum", default=1, min=1, max=4096,
+                             tooltip="Micro-batches accumulated per optimiser step."),
+                io.Int.Input("num_frames", default=0, min=0, max=128, tooltip="Frames per video (0 = preset)."),
+                io.Int.Input("width", default=0, min=0, max=4096, step=64, tooltip="Training width (0 = preset)."),
+                io.Int.Input("height", default=0, min=0, max=4096, step=64, tooltip="Training height (0 = preset)."),
+                io.Int.Input("lora_rank", default=16, min=1, max=1024, tooltip="LoRA rank (paper: 16)."),
+                io.Float.Input("ema_decay", default=0.9999, min=0.0, max=0.999999, step=0.0001, round=0.000001,
+                               tooltip="EMA decay of the trained weights (paper 0.9999); the EMA is saved too."),
+                io.Combo.Input("precision", options=["fp32", "bf16"], default="fp32",
+                               tooltip="bf16 autocast (faster on recent GPUs) or full fp32."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute activations in backward: much less memory, ~30% slower."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of data order, noise levels, noise and dropout."),
+                io.String.Input("overrides", default="{}", multiline=True,
+                                tooltip='Any other setting as JSON, e.g. {"p_mean": 1.0, "cond_dropout": 0.1, '
+                                        '"warmup_steps": 50, "target_fps": 7, "motion_scale": 32}.'),
+            ],
+            outputs=[TrainSettings.Output(display_name="settings", tooltip="The resolved training settings.")],
+        )
+
+    @classmethod
+    def execute(cls, preset, mode, steps, learning_rate, batch_size, grad_accum, num_frames, width, height,
+                lora_rank, ema_decay, precision, gradient_checkpointing, seed, overrides="{}"):
+        from svd_core.training.config import ConfigError, TrainConfig
+
+        try:
+            extra = json.loads(overrides or "{}")
+        except json.JSONDecodeError as exc:
+            raise _bad(cls.ID, "overrides", f"not valid JSON ({exc})") from None
+        if not isinstance(extra, dict):
+            raise _bad(cls.ID, "overrides", "must be a JSON object like {\"p_mean\": 1.0}")
+        values = dict(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lora_rank=lora_rank,
+                      ema_decay=ema_decay, precision=precision, gradient_checkpointing=gradient_checkpointing,
+                      seed=seed)
+        if mode != "preset":
+            values["mode"] = mode
+        for key, v in (("lr", learning_rate), ("num_frames", num_frames), ("width", width), ("height", height)):
+            if v:
+                values[key] = v
+        values.update(extra)
+        try:
+            cfg = TrainConfig.from_preset(preset, **values)
+        except ConfigError as exc:
+            raise _bad(cls.ID, "overrides" if any(k in str(exc) for k in extra) else "preset", str(exc)) from None
+        return io.NodeOutput(cfg)
+
+
+# ------------------------------------------------------------------------------------------------------ train
+
+
+@dataclass
+class TrainedRun:
+    """What travels on SVDSUITE_TRAINED: the trainer (model copy, LoRA, EMA, data) and the run folder."""
+
+    trainer: object
+    run_dir: str
+    name: str
+    outputs: dict = field(default_factory=dict)
+
+
+def _as_loaded(model, name: str):
+    """Wrap a trained model like the loader does, so the generation nodes sample it."""
+    load_device = mm.get_torch_device()
+    offload = mm.unet_offload_device()
+    try:
+        from ..nodes._comfy import LoadedSVD  # the pack's model handle (the pack is a package inside ComfyUI)
+    except ImportError:
+        from nodes._comfy import LoadedSVD
+
+    model.eval().requires_grad_(False)
+    return LoadedSVD(comfy.model_patcher.ModelPatcher(model.to(offload), load_device=load_device,
+                                                      offload_device=offload), name)
+
+
+class Train(io.ComfyNode):
+    ID = PREFIX + "Train"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.ID, display_name="Train", category=CATEGORY,
+            description=("Trains a private copy of the model with the EDM objective (App. D): caches latents and "
+                         "CLIP embeddings once, AdamW + warm-up, EMA, validation loss, checkpoints. Progress per "
+                         "step; Cancel saves a resumable state, and running the same run_name again resumes."),
+            inputs=[
+                TrainModel.Input("train_model", tooltip="From Model to Train."),
+                TrainDataset.Input("dataset", tooltip="From Training Dataset."),
+                TrainSettings.Input("settings", tooltip="From Training Settings."),
+                io.String.Input("run_name", default="svd_run",
+                                tooltip="Folder in output/svd_training/ for state, loss curve and samples."),
+                io.Boolean.Input("resume", default=True,
+                                 tooltip="Continue from the run's last saved state (after a crash or Cancel)."),
+                io.Int.Input("checkpoint_every", default=500, min=1, max=1_000_000,
+                             tooltip="Save the resumable state every N steps (and at the end)."),
+                io.Int.Input("validate_every", default=250, min=0, max=1_000_000,
+                             tooltip="Validation loss every N steps (0 = never)."),
+                io.Int.Input("sample_steps", default=0, min=0, max=200,
+                             tooltip="Sampling steps of the validation samples saved at each validation "
+                                     "(0 = no samples)."),
+            ],
+            outputs=[
+                Trained.Output(display_name="trained", tooltip=TRAINED_TOOLTIP),
+                SVDModel.Output(display_name="svd_model",
+                                tooltip="The trained model (LoRA merged), for the generation nodes."),
+                io.Image.Output(display_name="loss_curve", tooltip="Training and validation loss per step."),
+                io.String.Output(display_name="report", tooltip="Steps, losses, timings and written files."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, train_model, dataset, settings, run_name, resume=True, checkpoint_every=500,
+                validate_every=250, sample_steps=0):
+        import dataclasses
+
+        import torch
+
+        from svd_core.training import api
+        from svd_core.training.trainer import Interrupted
+
+        if not run_name or any(c in run_name for c in "/\\") or run_name.startswith("."):
+            raise _bad(cls.ID, "run_name", f"{run_name!r} must be a plain folder name")
+        cfg = dataclasses.replace(settings, checkpoint_every=checkpoint_every, validate_every=validate_every,
+                                  sample_steps=sample_steps, name=run_name)
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            raise _bad(cls.ID, "settings", str(exc)) from None
+        model = _private_copy(train_model)
+        device = mm.get_torch_device()
+        model.to(device)
+        run_dir = os.path.join(_run_root(), run_name)
+        bar = _Progress(cfg.steps)
+        try:
+            data = api.prepare_data(model, cfg, dataset["source"], os.path.join(_run_root(), "cache"),
+                                    records=dataset["records"], max_per_clip=dataset["max_per_clip"],
+                                    progress=bar, cancel=bar.cancel)
+        except RuntimeError as exc:
+            if bar.cancel():
+                mm.throw_exception_if_processing_interrupted()
+            raise _bad(cls.ID, "dataset", str(exc)) from None
+        except ValueError as exc:
+            raise _bad(cls.ID, "dataset", str(exc)) from None
+        bar(0, cfg.steps)
+        try:
+            trainer, out = api.train(model, cfg, data, run_dir, resume=resume, device=device, progress=bar,
+                                     cancel=bar.cancel, export=False)
+        except Interrupted:
+            mm.throw_exception_if_processing_interrupted()
+            raise
+        result = out["result"]
+        curve = trainer.write_loss_curve()
+        image = torch.from_numpy(curve).float().div(255.0)[None]  # 1 h w 3
+        trainer.close()
+        trained_model = copy.deepcopy(trainer.model)
+        if trainer.lora is not None:
+            from svd_core.lora import merge
+
+            merge(trained_model, [(trainer.lora_copy(), 1.0)])
+        first = result.val[0][1] if result.val else float("nan")
+        last = result.val[-1][1] if result.val else float("nan")
+        report = (f"{run_name}: {cfg.preset} ({cfg.mode}, task {cfg.task}) {result.step}/{cfg.steps} steps in "
+                  f"{result.seconds:.1f} s; {len(data.train_idx)} training / {len(data.val_idx)} validation windows; "
+                  f"validation loss {first:.4f} -> {last:.4f}; state {result.state_path}")
+        run = TrainedRun(trainer, run_dir, run_name)
+        return io.NodeOutput(run, _as_loaded(trained_model, f"{train_model['name']} ({run_name})"), image, report)
+
+
+# ------------------------------------------------------------------------------------------------------ outputs
+
+
+def _filename(node: str, name: str) -> str:
+    if not name.endswith(".safetensors") or "/" in name or "\\" in name or name.startswith("."):
+        raise _bad(node, "filename", f"{name!r} must be a plain file name ending in .safetensors")
+    return name
+
+
+class SaveCheckpoint(io.ComfyNode):
+    ID = PREFIX + "SaveTrainedCheckpoint"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.ID, display_name="Save Trained Checkpoint", category=CATEGORY,
+            description=("Writes the trained model to models/checkpoints (atomically, spec in the metadata), where "
+                         "SVD Checkpoint Loader finds it."),
+            inputs=[
+                Trained.Input("trained", tooltip=TRAINED_TOOLTIP),
+                io.String.Input("filename", default="svd_finetune.safetensors",
+                                tooltip="File name in models/checkpoints."),
+                io.Boolean.Input("use_ema", default=True, tooltip="Save the EMA weights (paper) or the last ones."),
+                io.Combo.Input("dtype", options=["float32", "float16", "bfloat16"], default="float16",
+                               tooltip="Stored precision (float16 halves the file)."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="The written checkpoint.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, trained, filename, use_ema=True, dtype="float16"):
+        import torch
+
+        name = _filename(cls.ID, filename)
+        if trained.trainer.cfg.mode == "lora":
+            raise _bad(cls.ID, "trained", "this run trained a LoRA; save it with Save Trained LoRA")
+        _Progress(1)
+        path = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], name)
+        trained.trainer.save_checkpoint(path, use_ema=use_ema, dtype=getattr(torch, dtype))
+        return io.NodeOutput(path, ui={"text": [path]})
+
+
+class SaveLoRA(io.ComfyNode):
+    ID = PREFIX + "SaveTrainedLoRA"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.ID, display_name="Save Trained LoRA", category=CATEGORY,
+            description=("Writes the trained camera-motion LoRA to models/loras in the pack's LoRA format "
+                         "(svd_core/LORA_FORMAT.md), where SVD LoRA Loader finds it."),
+            inputs=[
+                Trained.Input("trained", tooltip=TRAINED_TOOLTIP),
+                io.String.Input("filename", default="camera_motion.safetensors", tooltip="File name in models/loras."),
+                io.Boolean.Input("use_ema", default=False, tooltip="Save the EMA of the LoRA or its last weights."),
+                io.String.Input("motion_label", default="", tooltip="What motion it adds (e.g. 'pan right')."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="The written LoRA.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, trained, filename, use_ema=False, motion_label=""):
+        name = _filename(cls.ID, filename)
+        if trained.trainer.lora is None:
+            raise _bad(cls.ID, "trained", f"this run trained mode {trained.trainer.cfg.mode!r}, not a LoRA; save it "
+                                          f"with Save Trained Checkpoint")
+        _Progress(1)
+        path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
+        trained.trainer.save_lora(path, use_ema=use_ema, motion_label=motion_label)
+        return io.NodeOutput(path, ui={"text": [path]})
+
+
+class ValidationSampler(io.ComfyNode):
+    ID = PREFIX + "TrainValidationSampler"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.ID, display_name="Training Validation Samples", category=CATEGORY,
+            description=("Samples videos from the run's validation clips' first frames with their fps and motion "
+                         "(with or without the trained LoRA), to see what the training changed."),
+            inputs=[
+                Trained.Input("trained", tooltip=TRAINED_TOOLTIP),
+                io.Int.Input("steps", default=25, min=1, max=200, tooltip="Sampling steps."),
+                io.Int.Input("videos", default=2, min=1, max=64, tooltip="How many validation clips to sample."),
+                io.Float.Input("cfg", default=1.0, min=1.0, max=20.0, step=0.1, tooltip="Guidance scale (1 = none)."),
+                io.Boolean.Input("use_lora", default=True, tooltip="LoRA runs: sample with the trained LoRA."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Sampling seed."),
+            ],
+            outputs=[io.Image.Output(display_name="frames", tooltip="The sampled frames, video after video.")],
+        )
+
+    @classmethod
+    def execute(cls, trained, steps=25, videos=2, cfg=1.0, use_lora=True, seed=0):
+        from einops import rearrange
+
+        tr = trained.trainer
+        if tr.cfg.task != "img2vid":
+            raise _bad(cls.ID, "trained", f"validation samples need an image-to-video run; this one is {tr.cfg.task}")
+        _Progress(1)
+        idx = (tr.val_idx or tr.train_idx)[:videos]
+        handle = tr.handle
+        if tr.lora is not None and handle is None:  # the Train node took the hooks off: attach for sampling
+            from svd_core.lora import attach
+
+            tr.handle = attach(tr.model, [(tr.lora, 1.0)])
+        try:
+            frames = tr.sample(steps=steps, indices=idx, use_lora=use_lora, seed=seed, cfg_scale=cfg)
+        finally:
+            if handle is None:
+                tr.close()
+        out = rearrange(frames, "b t c h w -> (b t) h w c").float().contiguous()  # videos frame after frame
+        return io.NodeOutput(out.to(mm.intermediate_device()))
+
+
+NODES = [Dataset, ModelToTrain, Settings, Train, SaveCheckpoint, SaveLoRA, ValidationSampler]
