@@ -2,7 +2,7 @@
 against sampling all frames in one UNet call. Reported as MiB and as ratios to the 25-frame run: flat = ~1.0.
 
     python bench/long_video_memory.py [--frames 25,50,100] [--window 8] [--overlap 2] [--latent 16] [--steps 1]
-                                      [--no-chain] [--no-naive]
+                                      [--runs windows,all_frames_at_once,chain]
 
 Peak memory on CPU is the process's resident high-water mark (VmHWM), reset before every run through
 /proc/self/clear_refs, minus the resident size when the run started (same method as bench_vs_diffusers.py); with
@@ -54,8 +54,8 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=2)
     ap.add_argument("--latent", type=int, default=16, help="latent side (pixels = 8x)")
     ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--no-chain", action="store_true")
-    ap.add_argument("--no-naive", action="store_true")
+    ap.add_argument("--runs", default="windows,all_frames_at_once,chain",
+                    help="which to measure: windows (sliding windows), all_frames_at_once (one UNet call), chain")
     ap.add_argument("--json", default="", help="also write the results here")
     args = ap.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
@@ -74,15 +74,15 @@ def main() -> None:
     image = torch.rand(1, 3, px, px, generator=torch.Generator().manual_seed(0))
     guidance = Guidance("linear", 1.0, 2.5)
     frames = [int(f) for f in args.frames.split(",")]
-    runs = {"windows": lambda n: LV.sample_windows(
-        model, image_conditioning(model, image, num_frames=n), guidance, window=args.window, overlap=args.overlap,
-        steps=args.steps, seed=0)}
-    if not args.no_naive:
-        runs["all_frames_at_once"] = lambda n: sample(model, image_conditioning(model, image, num_frames=n), guidance,
-                                                      steps=args.steps, seed=0)
-    if not args.no_chain:
-        runs["chain"] = lambda n: LV.chain(model, image, num_frames=n, clip_frames=args.window, guidance=guidance,
-                                           steps=args.steps, seed=0, color_match="latent")
+    available = {
+        "windows": lambda n: LV.sample_windows(model, image_conditioning(model, image, num_frames=n), guidance,
+                                               window=args.window, overlap=args.overlap, steps=args.steps, seed=0),
+        "all_frames_at_once": lambda n: sample(model, image_conditioning(model, image, num_frames=n), guidance,
+                                               steps=args.steps, seed=0),
+        "chain": lambda n: LV.chain(model, image, num_frames=n, clip_frames=args.window, guidance=guidance,
+                                    steps=args.steps, seed=0, color_match="latent"),
+    }
+    runs = {name: available[name] for name in args.runs.split(",")}
     results: dict = {"setup": {"window": args.window, "overlap": args.overlap, "size": f"{px}x{px}",
                                "steps": args.steps, "unet_params": sum(p.numel() for p in model.unet.parameters()),
                                "torch_threads": torch.get_num_threads()}}
@@ -90,7 +90,7 @@ def main() -> None:
         fn(min(frames))  # warm-up
         rows = {}
         for n in frames:
-            dt, peak = measure(lambda: fn(n))
+            dt, peak = measure(lambda fn=fn, n=n: fn(n))
             rows[n] = {"peak_mib": round(peak, 1), "cpu_s": round(dt, 2)}
             print(f"{name:20s} {n:4d} frames: peak +{peak:8.1f} MiB  cpu {dt:7.2f} s", flush=True)
         base = rows[min(frames)]["peak_mib"]

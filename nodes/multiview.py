@@ -52,7 +52,8 @@ class OrbitBuilder(io.ComfyNode):
                                tooltip="Spiral: elevation of the last view in degrees."),
                 io.Float.Input("azimuth_jitter", default=0.0, min=0.0, max=45.0, step=0.5,
                                tooltip="Dynamic: random azimuth offset up to this many degrees (SV3D_p only)."),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, tooltip="Seed of the azimuth jitter."),
+                io.Int.Input("jitter_seed", default=0, min=0, max=SEED_MAX,
+                             tooltip="Seed of the dynamic preset's azimuth jitter."),
                 io.String.Input("elevations", default="",
                                 tooltip="Custom: comma list of num_views elevations (or one value); empty = 'elevation'."),
                 io.String.Input("azimuths", default="",
@@ -65,37 +66,40 @@ class OrbitBuilder(io.ComfyNode):
         )
 
     @classmethod
-    def _build(cls, preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter, seed,
+    def _build(cls, preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter, jitter_seed,
                elevations, azimuths, radius):
-        elev = parse_angles(cls.ID, "elevations", elevations, num_views) if preset == "custom" else None
-        azim = parse_angles(cls.ID, "azimuths", azimuths, num_views) if preset == "custom" else None
+        try:
+            elev = parse_angles(cls.ID, "elevations", elevations, num_views) if preset == "custom" else None
+            azim = parse_angles(cls.ID, "azimuths", azimuths, num_views) if preset == "custom" else None
+        except ValueError as exc:  # the shared parser speaks of num_frames; this node's input is num_views
+            raise type(exc)(str(exc).replace("num_frames", "num_views")) from None
         try:
             return _mv().build_orbit(preset, num_views, elevation=elevation, amplitude=amplitude, periods=periods,
-                                     end_elevation=end_elevation, azimuth_jitter=azimuth_jitter, seed=seed,
+                                     end_elevation=end_elevation, azimuth_jitter=azimuth_jitter, seed=jitter_seed,
                                      elevations=elev, azimuths=azim, radius=radius)
         except ValueError as exc:
             raise bad_input(cls.ID, "elevations" if "elevation" in str(exc) else "preset", str(exc)) from None
 
     @classmethod
-    def validate_inputs(cls, preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter, seed,
-                        elevations, azimuths, radius) -> bool | str:
+    def validate_inputs(cls, preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter,
+                        jitter_seed, elevations, azimuths, radius) -> bool | str:
         ok = check_inputs(cls, preset=preset, num_views=num_views)
         if ok is not True:
             return ok
         if None in (preset, num_views, elevation, amplitude, periods, end_elevation, elevations, azimuths, radius):
             return True  # a linked input: checked at run time
         try:
-            cls._build(preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter, seed or 0,
-                       elevations, azimuths, radius)
+            cls._build(preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter,
+                       jitter_seed or 0, elevations, azimuths, radius)
         except ValueError as exc:
             return str(exc)
         return True
 
     @classmethod
-    def execute(cls, preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter, seed,
+    def execute(cls, preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter, jitter_seed,
                 elevations, azimuths, radius) -> io.NodeOutput:
-        orbit = cls._build(preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter, seed,
-                           elevations, azimuths, radius)
+        orbit = cls._build(preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter,
+                           jitter_seed, elevations, azimuths, radius)
         return io.NodeOutput(orbit.to_dict(), _mv().cameras_json(orbit))
 
 

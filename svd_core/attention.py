@@ -10,10 +10,13 @@ from .layers import AlphaBlender, GroupNorm32, timestep_embedding
 
 
 def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-    """Apply a token-wise `fn` to slices of the batch axis (bounded peak memory; identical maths)."""
-    if not chunk_size or x.shape[0] <= chunk_size:
+    """Apply a token-wise `fn` to `chunk_size` tokens at a time (bounded peak memory; identical maths)."""
+    rows = x.shape[0] * x.shape[1]
+    if not chunk_size or rows <= chunk_size:
         return fn(x)
-    return torch.cat([fn(part) for part in x.split(chunk_size, dim=0)], dim=0)
+    flat = x.reshape(1, rows, x.shape[2])  # b n c -> 1 (b n) c: every token is independent in a feed-forward
+    out = torch.cat([fn(part) for part in flat.split(chunk_size, dim=1)], dim=1)
+    return out.reshape(x.shape[0], x.shape[1], out.shape[2])
 
 
 class CrossAttention(nn.Module):

@@ -33,6 +33,7 @@ from .variants import SVD_INTERP, ModelSpec, get_variant
 SPEC = SVD_INTERP
 # conditioning-frame noise augmentation for training: log sigma ~ N(-3.0, 0.5^2) (paper App. D)
 COND_AUG_LOG_MEAN, COND_AUG_LOG_STD = -3.0, 0.5
+_COND_SEED_OFFSET = 0x9E3779B97F4A7C15  # cond-aug noise streams, kept apart from the sampling-noise streams
 
 
 def _check_model(model) -> ModelSpec:
@@ -200,7 +201,7 @@ def interpolate_video(model, frames: torch.Tensor, *, batch_size: int = 4, width
         lo, hi = c * batch_size, min(pairs, (c + 1) * batch_size)
         cond = interpolation_conditioning(model, frames[lo:hi], frames[lo + 1:hi + 1], width=width, height=height,
                                           fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug,
-                                          seeds=[seed + j for j in range(lo, hi)])
+                                          seeds=[(seed + j + _COND_SEED_OFFSET) % 2**63 for j in range(lo, hi)])
         noise = torch.cat([torch.randn((t,) + cond.latent_shape[1:], generator=torch.Generator().manual_seed(seed + j))
                            for j in range(lo, hi)])  # (b t) c h w, one generator per pair
 

@@ -206,7 +206,8 @@ def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | Non
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames} must be >= 1")
     clips = 1 + max(0, math.ceil((num_frames - clip_frames) / (clip_frames - 1)))
-    out: list[torch.Tensor] = []
+    out: torch.Tensor | None = None  # b N 3 H W, filled clip by clip (no list + concatenation copy)
+    filled = 0
     ref_latent = ref_pixel = None
     current = image
     for k in range(clips):
@@ -236,9 +237,14 @@ def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | Non
                 ref_pixel = _stats(frames)
             else:
                 frames = match_color(frames, *ref_pixel).clamp(0, 1)
-        out.append(frames if k == 0 else frames[:, 1:])
-        current = frames[:, -1]  # b 3 H W: conditions the next clip
+        new = frames if k == 0 else frames[:, 1:]
+        if out is None:
+            out = torch.empty((frames.shape[0], num_frames, *frames.shape[2:]), dtype=frames.dtype)
+        take = min(new.shape[1], num_frames - filled)
+        out[:, filled:filled + take] = new[:, :take]
+        filled += take
+        current = frames[:, -1].clone()  # b 3 H W: conditions the next clip
         if callback:
             callback("clips", k + 1, clips)
-        del latent, lv
-    return torch.cat(out, dim=1)[:, :num_frames]
+        del latent, lv, frames, new
+    return out

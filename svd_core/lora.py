@@ -33,7 +33,8 @@ File format (safetensors; see `svd_core/LORA_FORMAT.md`), native naming, one ent
 Import (`load_lora`) also reads diffusers/PEFT files (``unet.`` or ``base_model.model.`` + diffusers module path +
 ``.lora_A.weight`` / ``.lora_B.weight``, or ``.lora.down/.lora.up``, or attention-processor ``to_q_lora.down``)
 and kohya files (``lora_unet_`` + module path with ``_`` for ``.``, sgm or diffusers names, ``.lora_down.weight`` /
-``.lora_up.weight`` / ``.alpha``). Without an alpha, alpha = rank (scale 1, the PEFT/diffusers convention).
+``.lora_up.weight`` / ``.alpha``). Alpha comes from the ``.alpha`` tensors, else from diffusers' PEFT config in the
+metadata ``"lora_adapter_metadata"`` (``lora_alpha``, ``alpha_pattern``, ``use_rslora``), else alpha = rank (scale 1).
 A key naming a layer the model lacks raises `LoRAError` listing those names.
 """
 from __future__ import annotations
@@ -342,6 +343,7 @@ def load_lora(source: "str | os.PathLike | dict", model: nn.Module, *, name: str
             info = json.loads(meta[METADATA_KEY])
         except json.JSONDecodeError as e:
             raise LoRAError(f"{where}: metadata {METADATA_KEY!r} is not JSON ({e})") from None
+    peft_cfg = _peft_config(meta, where)
     table = _name_table(model)
     root = _unet_root(model)
     modules = dict(root.named_modules())
@@ -358,6 +360,7 @@ def load_lora(source: "str | os.PathLike | dict", model: nn.Module, *, name: str
             unknown.append(key)
             continue
         parts.setdefault(target, {})[role] = t
+        parts[target]["_name"] = _module_name(raw)
     if unparsed:
         raise LoRAError(f"{where}: {len(unparsed)} key(s) are not LoRA weights (expected '<module>.lora_down.weight', "
                         f"'.lora_up.weight', '.alpha', '.lora_A.weight', '.lora_B.weight'): {unparsed[:10]}")
@@ -370,7 +373,8 @@ def load_lora(source: "str | os.PathLike | dict", model: nn.Module, *, name: str
     layers = {}
     for path, p in parts.items():
         if "down" not in p or "up" not in p:
-            raise LoRAError(f"{where}: layer {path} has {sorted(p)} but needs both down and up weights")
+            raise LoRAError(f"{where}: layer {path} has {sorted(k for k in p if k != '_name')} but needs both down and "
+                            f"up weights")
         down, up = p["down"], p["up"]
         lin = modules[path]
         if down.ndim != 2 or up.ndim != 2:
@@ -380,7 +384,12 @@ def load_lora(source: "str | os.PathLike | dict", model: nn.Module, *, name: str
             raise LoRAError(f"{where}: layer {path} has down {tuple(down.shape)} and up {tuple(up.shape)}; the model's "
                             f"layer needs down (r, {lin.in_features}) and up ({lin.out_features}, r)")
         rank = down.shape[0]
-        alpha = float(p["alpha"].float().item()) if "alpha" in p else float(rank)  # no alpha: scale 1 (PEFT)
+        if "alpha" in p:
+            alpha = float(p["alpha"].float().item())
+        elif peft_cfg is not None:
+            alpha = _peft_alpha(peft_cfg, p["_name"], rank)
+        else:
+            alpha = float(rank)  # no alpha anywhere: scale 1 (the diffusers/PEFT default when alpha = r)
         layers[path] = LoRALayer(down.to(dtype).clone(), up.to(dtype).clone(), alpha)
     variant = getattr(root.spec, "name", "")
     base = info.get("base_variant", "")
@@ -392,6 +401,31 @@ def load_lora(source: "str | os.PathLike | dict", model: nn.Module, *, name: str
     return LoRA(layers, rank=info.get("rank"), alpha=default_alpha, target_modules=info.get("target_modules", suffixes),
                 include_ff=info.get("include_ff", any(s in TEMPORAL_FF for s in suffixes)), base_variant=base,
                 motion_label=info.get("motion_label", ""), name=name, extra=known)
+
+
+def _peft_config(meta: dict, where: str) -> dict | None:
+    """The PEFT `LoraConfig` diffusers writes under "lora_adapter_metadata" (keys maybe prefixed `unet.`)."""
+    raw = meta.get("lora_adapter_metadata")
+    if not raw:
+        return None
+    try:
+        cfg = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise LoRAError(f"{where}: metadata 'lora_adapter_metadata' is not JSON ({e})") from None
+    return {k.split(".", 1)[1] if k.startswith("unet.") else k: v for k, v in cfg.items()}
+
+
+def _peft_alpha(cfg: dict, name: str, rank: int) -> float:
+    """PEFT's alpha for module `name` (alpha_pattern, else lora_alpha), as our alpha: scale = alpha / r."""
+    alpha = cfg.get("lora_alpha", rank)
+    for pattern, value in (cfg.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", name):  # PEFT's own rule for pattern keys
+            alpha = value
+            break
+    alpha = float(alpha)
+    if cfg.get("use_rslora"):
+        alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(r)
+    return alpha
 
 
 # ---------------------------------------------------------------------------------------------- unmerged: hooks

@@ -79,3 +79,19 @@ def make_tiny_checkpoint(path: "str | Path", spec: "str | ModelSpec" = TINY, see
 
     model = tiny_model(spec, seed=seed, dtype=dtype)
     return save(model, path)
+
+
+def make_test_video(path: "str | Path", frames: int = 4, width: int = 64, height: int = 64, fps: float = 7.0,
+                    seed: int = 0) -> Path:
+    """A small deterministic video (moving gradient + disc) written with PyAV: input for video workflows' tests."""
+    from .video_io import write_video
+
+    gen = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    video = []
+    for i in range(frames):
+        cx = 0.25 + 0.5 * i / max(frames - 1, 1)
+        disc = (((x - cx) ** 2 + (y - 0.5) ** 2) < 0.04).float()
+        video.append(torch.stack([x, y, 0.3 + 0.7 * disc]))  # 3 h w
+    video = (torch.stack(video) + 0.01 * torch.randn(frames, 3, height, width, generator=gen)).clamp(0, 1)
+    return write_video(video, path, fps=fps)

@@ -33,7 +33,7 @@ from einops import repeat
 from . import model as _model
 from .denoiser import VideoCond
 from .guidance import Guidance
-from .pipeline import Conditioning, _module_device, _per_frame, _run, prepare_image
+from .pipeline import Conditioning, _module_device, _per_frame, _run
 from .variants import TEXT2VIDEO, ModelSpec, get_variant
 
 SPEC = TEXT2VIDEO
@@ -94,7 +94,10 @@ def text_conditioning(model, prompt: "str | Sequence[str]", *, temporal_prompt: 
     if t < 1:
         raise ValueError(f"num_frames={t} must be >= 1")
     width, height = width or spec.width, height or spec.height
-    prepare_image(torch.zeros(1, 3, 8, 8), width, height)  # the size checks (multiples of 64)
+    for name, v in (("width", width), ("height", height)):
+        if v < 64 or v % 64:
+            raise ValueError(f"{name}={v} is impossible: it must be a multiple of 64 and at least 64 (the VAE "
+                             f"downsamples 8x and the UNet 8x more); set the {name} input accordingly")
     fps = spec.fps if fps is None else fps
     if fps < 1:
         raise ValueError(f"fps={fps} must be >= 1 (frames per second)")
@@ -106,8 +109,9 @@ def text_conditioning(model, prompt: "str | Sequence[str]", *, temporal_prompt: 
     vector = _vector(model, b, t, fps, motion)
     spatial, neg = encode_prompts(model, prompts), encode_prompts(model, _prompts(negative_prompt, b))
     temporal = neg_temporal = None
-    if temporal_prompt is not None and (isinstance(temporal_prompt, str) and temporal_prompt.strip()
-                                        or not isinstance(temporal_prompt, str)):
+    if isinstance(temporal_prompt, str) and not temporal_prompt.strip():
+        temporal_prompt = None  # empty: the temporal layers see the spatial prompt
+    if temporal_prompt is not None:
         temporal = encode_prompts(model, _prompts(temporal_prompt, b))  # b n d for the time_stack blocks
         neg_t = negative_prompt if negative_temporal_prompt is None else negative_temporal_prompt
         neg_temporal = encode_prompts(model, _prompts(neg_t, b))

@@ -10,7 +10,7 @@ import torch
 from svd_core import interpolation as interp
 from svd_core import loading, testing
 from svd_core.denoiser import VideoCond
-from svd_core.model import build, init_from
+from svd_core.model import build
 from svd_core.variants import SVD_INTERP
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"

@@ -282,3 +282,54 @@ def test_training_gradients_reach_only_the_adapter(model, inputs):
     ups = [layer.up.grad for _, layer in adapter.items()]
     assert all(g is not None for g in ups) and any(g.abs().max() > 0 for g in ups)
     assert all(p.grad is None for p in model.parameters())  # the base stays frozen
+
+
+def test_parity_with_peft_on_the_diffusers_unet(tmp_path):
+    """A LoRA made by PEFT on diffusers' SVD UNet (same random weights), saved as diffusers does (`unet.` keys,
+    the LoraConfig in "lora_adapter_metadata", alpha_pattern), gives our UNet the same output as PEFT gives diffusers."""
+    import sys
+
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    from svd_core.convert import state_dict_sgm_to_diffusers, unet_layout
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_engine import _diffusers_unet
+
+    frames = 4
+    model = tiny_model(seed=0)
+    spec = model.spec.unet
+    ref = _diffusers_unet(spec, frames).eval()
+    ref.load_state_dict(state_dict_sgm_to_diffusers(model.unet.state_dict(), "unet", **unet_layout(spec)), strict=True)
+    cfg = LoraConfig(r=4, lora_alpha=8, alpha_pattern={"attn2.to_v": 2}, init_lora_weights=False,
+                     target_modules=r".*temporal_transformer_blocks\.0\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)")
+    torch.manual_seed(0)
+    inject_adapter_in_model(cfg, ref)
+    sd = {f"unet.{k}": v.contiguous() for k, v in get_peft_model_state_dict(ref).items()}
+    meta = {"format": "pt", "lora_adapter_metadata": json.dumps(cfg.to_dict(), default=list)}
+    save_file(sd, str(tmp_path / "peft.safetensors"), metadata=meta)
+    adapter = L.load_lora(tmp_path / "peft.safetensors", model)
+    assert len(adapter.layers) == len(L.target_modules(model))
+    assert {layer.alpha for _, layer in adapter.items()} == {8.0, 2.0}
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, frames, 8, 8, 8, generator=g)
+    c_noise = 0.25 * torch.tensor([2.0]).log()
+    ctx = torch.randn(1, 2, spec.context_dim, generator=g)  # two tokens: attn2.to_q/to_k adapters count too
+    ids = torch.tensor([[6.0, 127.0, 0.02]])
+    with torch.no_grad():
+        expected = ref(x, c_noise, encoder_hidden_states=ctx, added_time_ids=ids).sample.flatten(0, 1)
+        y = model.conditioner.vector({"fps_id": ids[:, 0], "motion_bucket_id": ids[:, 1], "cond_aug": ids[:, 2]})
+
+        def ours():
+            return model.unet(x.flatten(0, 1), c_noise.repeat_interleave(frames),
+                              context=ctx.repeat_interleave(frames, 0), y=y.repeat_interleave(frames, 0),
+                              num_video_frames=frames)
+
+        base = ours()
+        with L.attach(model, [(adapter, 1.0)]):
+            got = ours()
+    err = (got - expected).abs().max().item()
+    print(f"LoRA vs PEFT on diffusers: max abs {err:.2e}; LoRA effect {(expected - base).abs().max().item():.2e}")
+    assert (expected - base).abs().max() > 1e-2  # the adapter matters
+    assert err < 1e-4

@@ -149,3 +149,13 @@ def test_checkpoint_round_trip_and_sd21_text_tower(tmp_path, model):
     assert torch.equal(other.conditioner.text.model.ln_final.weight, model.conditioner.text.model.ln_final.weight)
     with pytest.raises(ValueError, match="missing"):
         t2v.text_tower_from_sd21(other, {k: v for k, v in sd21.items() if "ln_final" not in k})
+
+
+def test_init_from_svd_keeps_noise_channels_and_fps_motion_columns():
+    svd = testing.tiny_model("tiny", seed=1)
+    m = t2v.init_from(svd, testing.TINY_T2V)
+    src, dst = svd.state_dict(), m.state_dict()
+    assert torch.equal(dst[CONV_IN], src[CONV_IN][:, :4]) and torch.equal(dst[LABEL], src[LABEL][:, :512])
+    assert sorted(m.transfer_report["sliced"]) == sorted([CONV_IN, LABEL])
+    assert all(k.startswith(TEXT) for k in m.transfer_report["new"])
+    assert all(k.startswith("conditioner.") for k in m.transfer_report["dropped"])

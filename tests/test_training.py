@@ -20,10 +20,11 @@ from tests.test_training_support import bikes_clips, bikes_manifest, micro_spec
 
 
 def small_cfg(**kw) -> TrainConfig:
+    preset = kw.pop("preset", "img2vid")
     base = dict(num_frames=4, height=64, width=64, steps=4, batch_size=2, lr=1e-3, warmup_steps=2, validate_every=0,
                 checkpoint_every=100, val_items=2, val_fraction=0.2)
     base.update(kw)
-    return TrainConfig.from_preset(kw.pop("preset", "img2vid"), **base)
+    return TrainConfig.from_preset(preset, **base)
 
 
 @pytest.fixture(scope="module")

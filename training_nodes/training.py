@@ -139,6 +139,8 @@ def _private_copy(train_model: dict):
     src = train_model["source"]
     base = src.patcher.model
     model = copy.deepcopy(base).to("cpu", torch.float32)
+    for t in list(model.parameters()) + list(model.buffers()):
+        t.data = t.data.clone()  # plain tensors (the loader made them under ComfyUI's inference mode)
     stack = getattr(src, "stack", None)
     if stack:
         from svd_core.lora import merge
@@ -297,6 +299,16 @@ class Train(io.ComfyNode):
     @classmethod
     def execute(cls, train_model, dataset, settings, run_name, resume=True, checkpoint_every=500,
                 validate_every=250, sample_steps=0):
+        import torch
+
+        # ComfyUI runs nodes under inference mode: training needs autograd and tensors made outside it
+        with torch.inference_mode(False), torch.enable_grad():
+            return cls._train(train_model, dataset, settings, run_name, resume, checkpoint_every, validate_every,
+                              sample_steps)
+
+    @classmethod
+    def _train(cls, train_model, dataset, settings, run_name, resume, checkpoint_every, validate_every,
+               sample_steps):
         import dataclasses
 
         import torch

@@ -50,6 +50,10 @@ def train(model, cfg: TrainConfig, data: PreparedData, out_dir: str | os.PathLik
     if resume and trainer.resume() and log:
         log(f"resumed from {trainer.state_path} at step {trainer.step}")
     result = trainer.run(progress=progress, cancel=cancel, log=log)
+    if trainer.info.enabled:
+        err = trainer.sync_error()
+        if log:
+            log(f"ranks in sync: {trainer.info.world} processes ({trainer.strategy}), max weight difference {err:.3g}")
     outputs = trainer.export() if export else {}
     trainer.write_loss_curve()
     return trainer, {"result": result, **outputs}

@@ -179,8 +179,9 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self, steps: int | None = None, indices: Sequence[int] | None = None, use_lora: bool = True,
-               seed: int = 0, cfg_scale: float = 1.0) -> torch.Tensor:
-        """Videos sampled from validation windows' first frames with their fps / motion: b t 3 H W in [0, 1]."""
+               seed: int = 0, cfg_scale: float = 1.0, decode_frames: bool = True) -> torch.Tensor:
+        """Videos sampled from validation windows' first frames with their fps / motion: b t 3 H W in [0, 1]
+        (or the sampled latents b t c h w with `decode_frames=False`)."""
         from ..guidance import Guidance
         from ..pipeline import decode, image_conditioning, sample
 
@@ -202,7 +203,8 @@ class Trainer:
                                           height=cfg.height, fps=float(batch["fps_id"][j]) + 1.0,
                                           motion_bucket_id=float(batch["motion_bucket_id"][j]), seed=seed)
                 latent = sample(self.model, cond, guidance, steps=steps or cfg.sample_steps or 8, seed=seed + j)
-                videos.append(decode(self.model, latent, cfg.num_frames))
+                videos.append(decode(self.model, latent, cfg.num_frames) if decode_frames else
+                              latent.reshape(1, cfg.num_frames, *latent.shape[1:]))  # (b t) c h w -> b t c h w
             return torch.cat(videos)
         finally:
             if self.handle is not None:
@@ -406,6 +408,23 @@ class Trainer:
                 progress(self.step, cfg.steps, loss)
         return TrainResult(self.step, list(self.losses), list(self.val), dict(self.outputs), str(self.state_path),
                            time.time() - t0)
+
+    @torch.no_grad()
+    def sync_error(self) -> float:
+        """Largest difference between any process's trained weights and rank 0's (0.0: the ranks are in sync)."""
+        if not self.info.enabled:
+            return 0.0
+        import torch.distributed as dist
+
+        worst = 0.0
+        for p in self.params.values():
+            mine = _full(p).detach().float().clone()
+            ref = mine.clone()
+            dist.broadcast(ref, 0)
+            worst = max(worst, float((mine - ref).abs().max()))
+        t = torch.tensor([worst], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
 
     def close(self) -> None:
         """Take the LoRA hooks off the model (the trained LoRA stays available through `lora_copy`)."""
