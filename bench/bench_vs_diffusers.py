@@ -142,12 +142,15 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both engines (1: least noise)")
     ap.add_argument("--ff-chunk", type=int, default=0, help="also measure ours with set_ff_chunk_size(N)")
+    ap.add_argument("--nchw", action="store_true", help="ours without channels-last convs (the pipeline default is on)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, ref_unet, ref_vae = build_pair(args.channels, args.frames)
+    model.set_channels_last(not args.nchw)  # as svd_core.pipeline runs it
     print(f"config: model_channels {args.channels}, {args.frames} frames, {args.latent}x{args.latent} latents, "
-          f"batch 2 (cfg), torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"batch 2 (cfg), torch {torch.__version__}, {torch.get_num_threads()} threads, ours "
+          f"{'NCHW' if args.nchw else 'channels-last'}")
     for name in args.dtypes.split(","):
         model.unet.set_ff_chunk_size(None)
         res = bench_dtype(model, ref_unet, ref_vae, getattr(torch, name), args.frames, args.latent, args.repeats)

@@ -119,3 +119,21 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def set_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Store conv weights channels-last (NHWC / NDHWC). oneDNN and cuDNN run such convs without layout
+    reorders: on CPU bfloat16 the temporal VAE decodes about 2x faster. Same maths, rounding may differ."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            fmt = (torch.channels_last if m.weight.ndim == 4 else torch.channels_last_3d) if enabled \
+                else torch.contiguous_format
+            m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+    return module
+
+
+def like_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`x` in the memory format of a 4-D conv weight (channels-last activations for channels-last convs)."""
+    if x.ndim == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

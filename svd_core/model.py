@@ -68,6 +68,14 @@ class SVDModel(nn.Module):
     def unet(self) -> VideoUNet:
         return self.model.diffusion_model
 
+    def set_channels_last(self, enabled: bool = True) -> "SVDModel":
+        """Channels-last convs for the UNet and the VAE decoder (faster on CPU / tensor cores, same maths)."""
+        from .layers import set_channels_last
+
+        set_channels_last(self.unet, enabled)
+        set_channels_last(self.first_stage_model, enabled)
+        return self
+
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: VideoCond, num_frames: int) -> torch.Tensor:
         """D(x; sigma) with the variant's EDM preconditioning (paper App. D.2)."""
         return denoise(self.unet, x, sigma, cond, num_frames)

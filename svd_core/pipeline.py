@@ -328,9 +328,11 @@ def _placed(module: torch.nn.Module, device: torch.device, offload: bool):
 
 
 def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t, overlap, image_decoder,
-         callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None, ff_chunk_size=None):
+         callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None, ff_chunk_size=None,
+         channels_last=True):
     device = torch.device(device) if device is not None else _module_device(model.unet)
     model.unet.set_ff_chunk_size(ff_chunk_size)  # bounded feed-forward memory; identical results
+    model.set_channels_last(channels_last)  # NHWC convs: no layout reorders in oneDNN / cuDNN
     generator = torch.Generator().manual_seed(seed)
     with _placed(model.conditioner, device, offload):
         cond = make_cond(generator)
@@ -358,7 +360,7 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
             callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None,
             device=None, offload: bool = False, autocast_dtype: torch.dtype | None = None,
             sampler_options: dict | None = None, noise: torch.Tensor | None = None,
-            ff_chunk_size: int | None = None) -> torch.Tensor:
+            ff_chunk_size: int | None = None, channels_last: bool = True) -> torch.Tensor:
     """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant."""
     def make_cond(gen):
         return image_conditioning(model, image, num_frames=num_frames, width=width, height=height, fps=fps,
@@ -367,7 +369,7 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
     return _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
                 decode_t=decode_t, overlap=overlap, image_decoder=image_decoder, callback=callback, cancel=cancel,
                 device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=sampler_options,
-                noise=noise, ff_chunk_size=ff_chunk_size)
+                noise=noise, ff_chunk_size=ff_chunk_size, channels_last=channels_last)
 
 
 def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 10.0,
@@ -377,7 +379,7 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
           steps: int | None = None, seed: int = 0, decode_t: int | None = None, overlap: int = 0,
           callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None, device=None,
           offload: bool = False, autocast_dtype: torch.dtype | None = None,
-          ff_chunk_size: int | None = None) -> torch.Tensor:
+          ff_chunk_size: int | None = None, channels_last: bool = True) -> torch.Tensor:
     """SV3D: one object image -> `num_frames` views around it (b t 3 H W in [0, 1]), triangle CFG by default."""
     def make_cond(gen):
         return orbit_conditioning(model, image, elevations=elevations, azimuths=azimuths, num_frames=num_frames,
@@ -386,4 +388,4 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
     return _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
                 decode_t=decode_t, overlap=overlap, image_decoder=False, callback=callback, cancel=cancel,
                 device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=None,
-                ff_chunk_size=ff_chunk_size)
+                ff_chunk_size=ff_chunk_size, channels_last=channels_last)

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import SpatialVideoTransformer, attention_heads
-from .layers import Downsample, GroupNorm32, Upsample, VideoResBlock, timestep_embedding
+from .layers import Downsample, GroupNorm32, Upsample, VideoResBlock, like_weight, timestep_embedding
 from .variants import UNetSpec
 
 
@@ -95,7 +95,7 @@ class VideoUNet(nn.Module):
         else:
             def run(module, h):
                 return module(h, *args)
-        hs, h = [], x
+        hs, h = [], like_weight(x, self.input_blocks[0][0].weight)
         for module in self.input_blocks:
             h = run(module, h)
             hs.append(h)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import GroupNorm32  # openaimodel GroupNorm32: float32 statistics (eps 1e-5)
+from .layers import GroupNorm32, like_weight  # openaimodel GroupNorm32: float32 statistics (eps 1e-5)
 from .variants import VAESpec
 
 __all__ = [
@@ -339,6 +339,7 @@ class FirstStage(nn.Module):
                     f"latent batch {z.shape[0]} is not a multiple of num_frames={num_frames}: the temporal decoder "
                     "needs whole videos laid out as (b t) c h w"
                 )
+        z = like_weight(z, self.decoder.conv_in.weight)  # channels-last weights take channels-last latents
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z, num_frames, skip_video) if self.temporal else self.decoder(z, num_frames)

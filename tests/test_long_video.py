@@ -152,12 +152,12 @@ def test_one_window_equals_plain_sampling(model):
 
 @pytest.mark.parametrize("schedule", ["uniform", "looped"])
 def test_sliding_windows_on_tiny_model(model, schedule):
-    cond = image_conditioning(model, _image(), num_frames=7, seed=1)
+    cond = image_conditioning(model, _image(), num_frames=6, seed=1)
     steps = []
     out = LV.sample_windows(model, cond, Guidance("linear", 1.0, 2.0), window=4, overlap=2, schedule=schedule,
-                            steps=2, seed=0, callback=lambda i, n: steps.append((i, n)))
-    assert out.shape == (7, 4, 8, 8) and torch.isfinite(out).all()
-    assert steps == [(1, 2), (2, 2)]
+                            steps=1, seed=0, callback=lambda i, n: steps.append((i, n)))
+    assert out.shape == (6, 4, 8, 8) and torch.isfinite(out).all()
+    assert steps == [(1, 1)]
     with pytest.raises(LV.Cancelled):
         LV.sample_windows(model, cond, steps=2, window=4, cancel=lambda: True)
 

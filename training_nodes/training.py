@@ -198,8 +198,8 @@ class Settings(io.ComfyNode):
                                tooltip="bf16 autocast (faster on recent GPUs) or full fp32."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute activations in backward: much less memory, ~30% slower."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
-                             tooltip="Seed of data order, noise levels, noise and dropout."),
+                io.Int.Input("training_seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of the data order, noise levels, noise, dropout and the LoRA's init."),
                 io.String.Input("overrides", default="{}", multiline=True,
                                 tooltip='Any other setting as JSON, e.g. {"p_mean": 1.0, "cond_dropout": 0.1, '
                                         '"warmup_steps": 50, "target_fps": 7, "motion_scale": 32}.'),
@@ -209,7 +209,7 @@ class Settings(io.ComfyNode):
 
     @classmethod
     def execute(cls, preset, mode, steps, learning_rate, batch_size, grad_accum, num_frames, width, height,
-                lora_rank, ema_decay, precision, gradient_checkpointing, seed, overrides="{}"):
+                lora_rank, ema_decay, precision, gradient_checkpointing, training_seed, overrides="{}"):
         from svd_core.training.config import ConfigError, TrainConfig
 
         try:
@@ -220,7 +220,7 @@ class Settings(io.ComfyNode):
             raise _bad(cls.ID, "overrides", "must be a JSON object like {\"p_mean\": 1.0}")
         values = dict(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lora_rank=lora_rank,
                       ema_decay=ema_decay, precision=precision, gradient_checkpointing=gradient_checkpointing,
-                      seed=seed)
+                      seed=training_seed)
         if mode != "preset":
             values["mode"] = mode
         for key, v in (("lr", learning_rate), ("num_frames", num_frames), ("width", width), ("height", height)):
@@ -453,7 +453,8 @@ class ValidationSampler(io.ComfyNode):
                 io.Int.Input("videos", default=2, min=1, max=64, tooltip="How many validation clips to sample."),
                 io.Float.Input("cfg", default=1.0, min=1.0, max=20.0, step=0.1, tooltip="Guidance scale (1 = none)."),
                 io.Boolean.Input("use_lora", default=True, tooltip="LoRA runs: sample with the trained LoRA."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Sampling seed."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Sampling seed."),
             ],
             outputs=[io.Image.Output(display_name="frames", tooltip="The sampled frames, video after video.")],
         )

@@ -91,6 +91,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     lora_rank: int = 16
     lora_alpha: float = 0.0  # 0: alpha = rank (scale 1)
+    lora_ff: bool = False  # also adapt the temporal feed-forward (svd_core.lora include_ff)
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     gradient_checkpointing: bool = False
     seed: int = 0

@@ -56,12 +56,15 @@ def wrap(module: nn.Module, strategy: str, mode: str, info: DistInfo, device: to
 
         unet = module.unet
         for block in list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks):
-            fully_shard(block)
+            for layer in block:  # the blocks are ModuleLists: shard their layers (res blocks, transformers)
+                fully_shard(layer)
         fully_shard(unet)  # root: time/label embeddings and the output head
         return unet, "fsdp"
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+    # find_unused_parameters: with a one-token context the cross-attention never calls to_q / to_k (softmax over
+    # one key is 1), so their weights (and LoRA layers) get no gradient in image-to-video training
+    ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     return ddp, "ddp"
 
 

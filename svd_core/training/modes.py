@@ -31,7 +31,8 @@ def is_temporal(name: str) -> bool:
 
 
 def prepare(model, mode: str, *, lora_rank: int = 16, lora_alpha: float = 0.0, seed: int = 0,
-            lora_init: str = "", gradient_checkpointing: bool = False, extra: dict | None = None):
+            lora_init: str = "", gradient_checkpointing: bool = False, extra: dict | None = None,
+            lora_ff: bool = False):
     """Freeze everything, then unfreeze what `mode` trains. Returns (TrainModule, lora or None, adapter handle)."""
     model.requires_grad_(False)
     unet = model.unet
@@ -50,7 +51,8 @@ def prepare(model, mode: str, *, lora_rank: int = 16, lora_alpha: float = 0.0, s
         if lora_init:
             lora = lora_lib.load_lora(lora_init, model).to(dev)
         else:
-            lora = lora_lib.create_lora(model, rank=lora_rank, alpha=lora_alpha or None, seed=seed, device=dev)
+            lora = lora_lib.create_lora(model, rank=lora_rank, alpha=lora_alpha or None, seed=seed, device=dev,
+                                        include_ff=lora_ff)
         lora.requires_grad_(True)
         handle = lora_lib.attach(model, [(lora, 1.0)])
     else:

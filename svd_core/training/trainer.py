@@ -82,7 +82,8 @@ class Trainer:
         model.conditioner.to(self.device)
         self.module, self.lora, self.handle = modes.prepare(
             model, cfg.mode, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, seed=cfg.seed, lora_init=lora_init,
-            gradient_checkpointing=cfg.gradient_checkpointing, extra=extra_trainable(model, cfg.task))
+            gradient_checkpointing=cfg.gradient_checkpointing, extra=extra_trainable(model, cfg.task),
+            lora_ff=cfg.lora_ff)
         self.forward, self.strategy = wrap(self.module, cfg.strategy, cfg.mode, self.info, self.device)
         self.params = modes.trainable(self.module)
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, betas=tuple(cfg.betas),
@@ -248,8 +249,8 @@ class Trainer:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        saved = json.loads(meta["config"])
-        for key in ("mode", "task", "lora_rank", "num_frames", "height", "width"):
+        saved = {**TrainConfig().to_dict(), **json.loads(meta["config"])}
+        for key in ("mode", "task", "lora_rank", "lora_ff", "num_frames", "height", "width"):
             if saved[key] != getattr(self.cfg, key):
                 raise ValueError(f"cannot resume from {path}: it was trained with {key}={saved[key]!r}, this run has "
                                  f"{key}={getattr(self.cfg, key)!r} (use another output folder or match the setting)")
