@@ -10,33 +10,12 @@ Peak memory on CPU is the process's resident high-water mark (VmHWM), reset befo
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
-import time
 from dataclasses import replace
 
 import torch
 
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
-def measure(fn) -> tuple[float, float]:
-    """(seconds, extra peak MiB) of one call."""
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the high-water mark to the current RSS
-    base = _rss_kib("VmRSS")
-    t0 = time.process_time()  # CPU time of this process: robust to other load on a shared machine
-    with torch.inference_mode():
-        fn()
-    dt = time.process_time() - t0
-    return dt, (_rss_kib("VmHWM") - base) / 1024
+from _memory import ensure_mmap_threshold, measure
 
 
 def alternate(ours, theirs, repeats: int) -> dict:
@@ -128,12 +107,7 @@ def full_size_plan(frames: int = 25, height: int = 576, width: int = 1024, dtype
 
 
 def main() -> None:
-    import os
-    import sys
-
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
-        # large tensors through mmap so freed memory leaves the process and VmHWM measures each run's own peak
-        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    ensure_mmap_threshold()
     ap = argparse.ArgumentParser()
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--frames", type=int, default=8)

@@ -11,11 +11,9 @@ MALLOC_MMAP_THRESHOLD_=65536 large buffers are returned to the OS when freed, so
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,27 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
-def measure(fn) -> tuple[float, float]:
-    """(CPU seconds, extra peak MiB) of one call."""
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the high-water mark to the current RSS
-    base = _rss_kib("VmRSS")
-    t0 = time.process_time()
-    with torch.inference_mode():
-        out = fn()
-    dt = time.process_time() - t0
-    peak = (_rss_kib("VmHWM") - base) / 1024
-    del out
-    return dt, peak
+from _memory import ensure_mmap_threshold, measure  # noqa: E402
 
 
 def main() -> None:
@@ -58,8 +36,7 @@ def main() -> None:
                     help="which to measure: windows (sliding windows), all_frames_at_once (one UNet call), chain")
     ap.add_argument("--json", default="", help="also write the results here")
     args = ap.parse_args()
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
-        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    ensure_mmap_threshold()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
     from svd_core import long_video as LV
