@@ -25,9 +25,7 @@ except ModuleNotFoundError:  # imported outside ComfyUI (pytest collects this fo
     ComfyExtension = None
 
 if ComfyExtension is not None:
-
     from .nodes import GENERATION_NODES
-
 
     class SVDSuiteExtension(ComfyExtension):
         """Generation nodes (always) plus the training/curation/evaluation nodes whose optional extras are installed."""
@@ -45,10 +43,8 @@ if ComfyExtension is not None:
                     logging.warning("[svd] training nodes not loaded: %s", exc)
             return nodes
 
-
     async def comfy_entrypoint() -> SVDSuiteExtension:
         return SVDSuiteExtension()
-
 
 
 # served to the GUI (none yet); keeps ComfyUI from scanning the repo for a web folder
