@@ -57,21 +57,25 @@ def _conv(dims: int, *args, **kwargs) -> nn.Module:
 class ResBlock(nn.Module):
     """openaimodel ResBlock: `in_layers`, `emb_layers`, `out_layers`, `skip_connection` (2-D or 3-D)."""
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None, dims: int = 2,
+    def __init__(self, channels: int, emb_channels: int | None, out_channels: int | None = None, dims: int = 2,
                  kernel_size: int | Sequence[int] = 3, exchange_temb_dims: bool = False, groups: int = 32):
+        """`emb_channels=None`: no timestep embedding (`skip_t_emb`, the VAE's temporal `time_stack`)."""
         super().__init__()
         out_channels = out_channels or channels
         padding = [k // 2 for k in kernel_size] if isinstance(kernel_size, Sequence) else kernel_size // 2
         self.in_layers = nn.Sequential(GroupNorm32(groups, channels), nn.SiLU(),
                                        _conv(dims, channels, out_channels, kernel_size, padding=padding))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.emb_layers = None if emb_channels is None else nn.Sequential(nn.SiLU(), nn.Linear(emb_channels,
+                                                                                                   out_channels))
         self.out_layers = nn.Sequential(GroupNorm32(groups, out_channels), nn.SiLU(), nn.Dropout(0.0),
                                         _conv(dims, out_channels, out_channels, kernel_size, padding=padding))
         self.skip_connection = nn.Identity() if out_channels == channels else _conv(dims, channels, out_channels, 1)
         self.exchange_temb_dims = exchange_temb_dims
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.in_layers(x)
+        if self.emb_layers is None:
+            return self.skip_connection(x) + self.out_layers(h)
         emb_out = self.emb_layers(emb).to(h.dtype)
         while emb_out.ndim < h.ndim:
             emb_out = emb_out[..., None]

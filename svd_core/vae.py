@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import GroupNorm32, like_weight  # openaimodel GroupNorm32: float32 statistics (eps 1e-5)
+from .layers import ResBlock, like_weight
 from .variants import VAESpec
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "AttnBlock",
     "Downsample",
     "Upsample",
-    "TimeStackBlock",
     "VideoResBlock",
     "AE3DConv",
     "Encoder",
@@ -105,26 +104,6 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class TimeStackBlock(nn.Module):
-    """openaimodel 3-D `ResBlock` with `skip_t_emb`: GN32-SiLU-Conv3d twice over "b c t h w", identity skip."""
-
-    def __init__(self, channels: int, kernel_size: tuple[int, int, int] = (3, 1, 1), groups: int = 32):
-        super().__init__()
-        padding = tuple(k // 2 for k in kernel_size)
-        self.in_layers = nn.Sequential(
-            GroupNorm32(groups, channels), nn.SiLU(), nn.Conv3d(channels, channels, kernel_size, padding=padding)
-        )
-        self.out_layers = nn.Sequential(
-            GroupNorm32(groups, channels),
-            nn.SiLU(),
-            nn.Dropout(0.0),
-            nn.Conv3d(channels, channels, kernel_size, padding=padding),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.out_layers(self.in_layers(x))
-
-
 class VideoResBlock(ResnetBlock):
     """Spatial `ResnetBlock` then a temporal `time_stack`, blended by alpha = sigmoid(mix_factor) (paper Sec. 3, App. D.1)."""
 
@@ -137,7 +116,8 @@ class VideoResBlock(ResnetBlock):
         alpha: float = 0.0,
     ):
         super().__init__(in_channels, out_channels, groups)
-        self.time_stack = TimeStackBlock(out_channels, tuple(video_kernel_size), groups)
+        # openaimodel 3-D ResBlock with skip_t_emb: GN32-SiLU-Conv3d twice over "b c t h w", identity skip
+        self.time_stack = ResBlock(out_channels, None, dims=3, kernel_size=tuple(video_kernel_size), groups=groups)
         self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))  # merge_strategy "learned"
 
     def forward(self, x: torch.Tensor, num_frames: int, skip_video: bool = False) -> torch.Tensor:
