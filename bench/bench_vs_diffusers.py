@@ -1,6 +1,6 @@
 """svd_core vs diffusers on the same weights, in one process, alternating runs: UNet forward and temporal-VAE
-decode time and peak memory, reported as ratios (ours / diffusers). Plus a meta-device memory plan for a
-full-size run (SVD-XT, 25 frames at 576x1024).
+decode time and peak memory, reported as ratios (ours / diffusers). Plus a full-size plan (SVD-XT, 25 frames at
+576x1024, fp16) from meta-device accounting of both engines' real forward code (svd_core.memory).
 
     python bench/bench_vs_diffusers.py [--channels 64] [--frames 8] [--latent 32] [--repeats 3] [--dtypes float32,bfloat16]
 
@@ -84,25 +84,32 @@ def bench_dtype(model, ref_unet, ref_vae, dtype, frames, latent, repeats, batch=
     return {part: alternate(*runs[part], repeats) for part in parts}
 
 
-def full_size_plan(frames: int = 25, height: int = 576, width: int = 1024, dtype=torch.float16) -> str:
-    """Meta-device accounting: weights per module, and the UNet's largest activations at full size."""
-    import svd_core
+def full_size_plan(frames: int = 25, height: int = 576, width: int = 1024, dtype=torch.float16,
+                   decode_t: int = 14) -> str:
+    """Meta-device accounting at full size (svd_core.memory.LiveBytes): ours, and diffusers on the same shapes."""
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
-    model = svd_core.build("svd_xt", device="meta")
-    size = torch.tensor([], dtype=dtype).element_size()
-    parts = {"unet": model.unet, "vae": model.first_stage_model, "conditioner": model.conditioner}
-    lines = [f"full-size plan: SVD-XT, {frames} frames at {width}x{height}, {dtype}"]
-    for name, mod in parts.items():
-        lines.append(f"  weights {name:<11} {sum(p.numel() for p in mod.parameters()) * size / 2**30:6.2f} GiB")
-    b = 2 * frames  # both guidance branches in one forward
+    from svd_core.memory import GiB, activation_peak
+    from svd_core.memory import full_size_plan as plan
+
+    ours = plan("svd_xt", frames, height, width, dtype, decode_t)
+    with torch.device("meta"):  # diffusers' SVD-XT UNet and temporal VAE (their default / released configs)
+        unet = UNetSpatioTemporalConditionModel(num_frames=frames)
+        vae = AutoencoderKLTemporalDecoder(down_block_types=("DownEncoderBlock2D",) * 4,
+                                           block_out_channels=(128, 256, 512, 512), layers_per_block=2)
+    unet, vae = unet.to("meta", dtype).eval(), vae.to("meta", dtype).eval()  # a few buffers ignore the context
     h, w = height // 8, width // 8
-    tokens = h * w
-    act = b * tokens * 320 * size  # one activation map at the first level
-    ff = b * tokens * 320 * 4 * 2 * size  # GEGLU projection at the first level (widest tensor)
-    lines.append(f"  UNet level-0 activation {act / 2**30:.2f} GiB each; GEGLU projection {ff / 2**30:.2f} GiB "
-                 f"(set_ff_chunk_size bounds it); attention through SDPA (no n^2 score matrix)")
-    lines.append(f"  temporal decoder, decode_t=14: {14 * height * width * 128 * size / 2**30:.2f} GiB per "
-                 f"full-resolution feature map")
+    x = torch.empty(2, frames, 8, h, w, device="meta", dtype=dtype)
+    ctx = torch.empty(2, 1, 1024, device="meta", dtype=dtype)
+    ids = torch.empty(2, 3, device="meta", dtype=dtype)
+    theirs_unet = activation_peak(lambda: unet(x, torch.empty(2, device="meta"), encoder_hidden_states=ctx,
+                                               added_time_ids=ids))
+    z = torch.empty(decode_t, 4, h, w, device="meta", dtype=dtype)
+    theirs_vae = activation_peak(lambda: vae.decode(z, num_frames=decode_t))
+    lines = ours.lines()
+    lines.append(f"  diffusers on the same shapes: UNet forward {theirs_unet / GiB:.2f} GiB -> ratio "
+                 f"{ours.unet_peak / theirs_unet:.2f}; decode {theirs_vae / GiB:.2f} GiB -> ratio "
+                 f"{ours.decode_peak / theirs_vae:.2f}")
     return "\n".join(lines)
 
 
@@ -115,10 +122,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both engines (1: least noise)")
-    ap.add_argument("--ff-chunk", type=int, default=0, help="also measure ours with set_ff_chunk_size(N)")
+    ap.add_argument("--ff-chunk", type=int, default=0,
+                    help="also measure ours with set_ff_chunk_size(N) (the default is attention.DEFAULT_FF_CHUNK)")
     ap.add_argument("--nchw", action="store_true", help="ours without channels-last convs (the pipeline default is on)")
+    ap.add_argument("--plan-only", action="store_true", help="only the full-size meta-device plan (seconds)")
     args = ap.parse_args()
+    from svd_core.attention import DEFAULT_FF_CHUNK
     torch.set_num_threads(args.threads)
+    if args.plan_only:
+        print(full_size_plan())
+        return
     torch.manual_seed(0)
     model, ref_unet, ref_vae = build_pair(args.channels, args.frames)
     model.set_channels_last(not args.nchw)  # as svd_core.pipeline runs it
@@ -126,7 +139,7 @@ def main() -> None:
           f"batch 2 (cfg), torch {torch.__version__}, {torch.get_num_threads()} threads, ours "
           f"{'NCHW' if args.nchw else 'channels-last'}")
     for name in args.dtypes.split(","):
-        model.unet.set_ff_chunk_size(None)
+        model.unet.set_ff_chunk_size(DEFAULT_FF_CHUNK)  # the engine's default (no slicing at rows <= the chunk)
         res = bench_dtype(model, ref_unet, ref_vae, getattr(torch, name), args.frames, args.latent, args.repeats)
         if args.ff_chunk:
             model.unet.set_ff_chunk_size(args.ff_chunk)

@@ -6,17 +6,30 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .layers import AlphaBlender, GroupNorm32, timestep_embedding
+from .layers import AlphaBlender, GroupNorm32, add_into, reusable, timestep_embedding
+
+
+# Feed-forwards run this many token rows at a time by default (inference): the GEGLU's 8x-wide intermediate is
+# the UNet's largest tensor (2.2 GiB at SVD-XT's first level), and row slices of it are as fast on CPU.
+DEFAULT_FF_CHUNK = 8192
 
 
 def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-    """Apply a token-wise `fn` to `chunk_size` tokens at a time (bounded peak memory; identical maths)."""
+    """Apply a token-wise `fn` to `chunk_size` tokens at a time (bounded peak memory; identical maths).
+
+    Only without autograd (a recorded graph keeps every slice's intermediates alive anyway); slices are written
+    into one preallocated output."""
     rows = x.shape[0] * x.shape[1]
-    if not chunk_size or rows <= chunk_size:
+    if not chunk_size or rows <= chunk_size or not reusable(x):
         return fn(x)
-    flat = x.reshape(1, rows, x.shape[2])  # b n c -> 1 (b n) c: every token is independent in a feed-forward
-    out = torch.cat([fn(part) for part in flat.split(chunk_size, dim=1)], dim=1)
-    return out.reshape(x.shape[0], x.shape[1], out.shape[2])
+    flat = x.reshape(rows, x.shape[2])  # b n c -> (b n) c: every token is independent in a feed-forward
+    out = None
+    for start in range(0, rows, chunk_size):
+        y = fn(flat[None, start:start + chunk_size])[0]  # 1 rows c -> rows c
+        if out is None:
+            out = y.new_empty((rows, y.shape[-1]))
+        out[start:start + y.shape[0]] = y
+    return out.reshape(x.shape[0], x.shape[1], out.shape[-1])
 
 
 class CrossAttention(nn.Module):
@@ -32,12 +45,16 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
 
+    def single_key(self, context: torch.Tensor) -> torch.Tensor:
+        """Attention to one key: softmax over a single logit is exactly 1, so every query receives
+        `to_out(to_v(context))` whatever it is (SVD's CLIP token). b 1 c, to broadcast over the queries."""
+        return self.to_out(self.to_v(context))
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         if context is not x and context.shape[1] == 1 and context.shape[0] == x.shape[0]:
-            # One key: softmax over a single logit is exactly 1, so every query receives v itself.
-            # Skips the q/k projections and the attention kernel (SVD's CLIP token; same result bit for bit).
-            return self.to_out(self.to_v(context)).expand(-1, x.shape[1], -1)  # b 1 c -> b n c
+            # skips the q/k projections and the attention kernel (same result bit for bit)
+            return self.single_key(context).expand(-1, x.shape[1], -1)  # b 1 c -> b n c
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         # b n (h d) -> b h n d: heads become a batch axis, tokens mix inside each head only
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
@@ -55,7 +72,12 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        if not reusable(gate):
+            return x * F.gelu(gate)
+        # without autograd, in place in the projection's buffer: the result is its first half (a row-strided
+        # view that the next Linear reads directly), so the peak is the projection alone
+        torch.ops.aten.gelu_(gate)
+        return x.mul_(gate)
 
 
 class FeedForward(nn.Module):
@@ -79,12 +101,17 @@ class BasicTransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, context_dim=context_dim, heads=n_heads, dim_head=d_head)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ff_chunk_size: int | None = None
+        self.ff_chunk_size: int | None = DEFAULT_FF_CHUNK
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context=context) + x
-        return _run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size) + x
+        # residuals accumulate into each branch's fresh output (a Linear's backward never reads its output)
+        x = add_into(self.attn1(self.norm1(x)), x)
+        if context is not None and context.shape[1] == 1 and context.shape[0] == x.shape[0]:
+            cross = self.attn2.single_key(context)  # b 1 c: the same for every query, so norm2 is not needed
+        else:
+            cross = self.attn2(self.norm2(x), context=context)
+        x = x.add_(cross) if reusable(x) else x + cross
+        return add_into(_run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size), x)
 
 
 class VideoTransformerBlock(nn.Module):
@@ -101,28 +128,31 @@ class VideoTransformerBlock(nn.Module):
         self.attn2 = CrossAttention(inner, context_dim=context_dim, heads=n_heads, dim_head=d_head)
         self.norm1, self.norm3 = nn.LayerNorm(inner), nn.LayerNorm(inner)
         self.is_res = inner == dim
-        self.ff_chunk_size: int | None = None
+        self.ff_chunk_size: int | None = DEFAULT_FF_CHUNK
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, timesteps: int) -> torch.Tensor:
         """x: (b t) s c; context: (b s) n c, or b n c when shared by all locations of a video."""
         bt, s, c = x.shape
         x = rearrange(x, "(b t) s c -> (b s) t c", t=timesteps)  # attend along time, per location
         ff_in = lambda t: self.ff_in(self.norm_in(t))  # noqa: E731
-        x = _run_chunked(ff_in, x, self.ff_chunk_size) + x if self.is_res else _run_chunked(ff_in, x, self.ff_chunk_size)
-        x = self.attn1(self.norm1(x)) + x
-        x = self._cross(self.norm2(x), context, s) + x
-        ff = lambda t: self.ff(self.norm3(t))  # noqa: E731
-        x = _run_chunked(ff, x, self.ff_chunk_size) + x if self.is_res else _run_chunked(ff, x, self.ff_chunk_size)
+        h = _run_chunked(ff_in, x, self.ff_chunk_size)
+        x = add_into(h, x) if self.is_res else h
+        x = add_into(self.attn1(self.norm1(x)), x)
+        x = self._cross(x, context, s)
+        h = _run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size)
+        x = add_into(h, x) if self.is_res else h
         return rearrange(x, "(b s) t c -> (b t) s c", s=s)
 
     def _cross(self, x: torch.Tensor, context: torch.Tensor, s: int) -> torch.Tensor:
+        """x + attn2(norm2(x), context) on "(b s) t c"."""
         if context.shape[0] * s == x.shape[0]:  # one context per video: share it across the s locations
             if context.shape[1] == 1:
-                # single key: the output is to_out(to_v(context)) for every query; broadcast per video
-                out = self.attn2.to_out(self.attn2.to_v(context))  # b 1 c
-                return repeat(out, "b 1 c -> (b s) t c", s=s, t=x.shape[1])
+                # single key: every query of a video receives the same b 1 c vector; norm2 is not needed
+                out = self.attn2.single_key(context)[:, None]  # b 1 1 c, broadcast over s and t
+                xv = x.unflatten(0, (-1, s))  # (b s) t c -> b s t c (a view)
+                return (xv.add_(out) if reusable(x) else xv + out).flatten(0, 1)
             context = repeat(context, "b n c -> (b s) n c", s=s)
-        return self.attn2(x, context=context)
+        return self.attn2(self.norm2(x), context=context) + x
 
 
 class SpatialVideoTransformer(nn.Module):
@@ -157,8 +187,10 @@ class SpatialVideoTransformer(nn.Module):
             x_mix = mix_block(x + emb, context=time_context, timesteps=num_frames)
             x = self.time_mixer(x, x_mix, image_only_indicator)
         x = self.proj_out(x)
-        x = rearrange(x, "bt (h w) c -> bt c h w", h=h, w=w)
-        return x + x_in
+        x = rearrange(x, "bt (h w) c -> bt c h w", h=h, w=w)  # a channels-last view
+        if not x_in.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous()  # keep an NCHW network NCHW (the next group norm is slow on channels-last)
+        return add_into(x, x_in)
 
 
 def attention_heads(channels: int, num_head_channels: int) -> tuple[int, int]:
@@ -168,5 +200,5 @@ def attention_heads(channels: int, num_head_channels: int) -> tuple[int, int]:
     return channels // num_head_channels, num_head_channels
 
 
-__all__ = ["CrossAttention", "FeedForward", "BasicTransformerBlock", "VideoTransformerBlock",
+__all__ = ["DEFAULT_FF_CHUNK", "CrossAttention", "FeedForward", "BasicTransformerBlock", "VideoTransformerBlock",
            "SpatialVideoTransformer", "attention_heads"]

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from einops import repeat
 
+from .attention import DEFAULT_FF_CHUNK
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .samplers import SAMPLERS
@@ -328,8 +329,8 @@ def _placed(module: torch.nn.Module, device: torch.device, offload: bool):
 
 
 def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t, overlap, image_decoder,
-         callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None, ff_chunk_size=None,
-         channels_last=True):
+         callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None,
+         ff_chunk_size=DEFAULT_FF_CHUNK, channels_last=True):
     device = torch.device(device) if device is not None else _module_device(model.unet)
     model.unet.set_ff_chunk_size(ff_chunk_size)  # bounded feed-forward memory; identical results
     model.set_channels_last(channels_last)  # NHWC convs: no layout reorders in oneDNN / cuDNN
@@ -360,7 +361,7 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
             callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None,
             device=None, offload: bool = False, autocast_dtype: torch.dtype | None = None,
             sampler_options: dict | None = None, noise: torch.Tensor | None = None,
-            ff_chunk_size: int | None = None, channels_last: bool = True) -> torch.Tensor:
+            ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True) -> torch.Tensor:
     """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant."""
     def make_cond(gen):
         return image_conditioning(model, image, num_frames=num_frames, width=width, height=height, fps=fps,
@@ -379,7 +380,7 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
           steps: int | None = None, seed: int = 0, decode_t: int | None = None, overlap: int = 0,
           callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None, device=None,
           offload: bool = False, autocast_dtype: torch.dtype | None = None,
-          ff_chunk_size: int | None = None, channels_last: bool = True) -> torch.Tensor:
+          ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True) -> torch.Tensor:
     """SV3D: one object image -> `num_frames` views around it (b t 3 H W in [0, 1]), triangle CFG by default."""
     def make_cond(gen):
         return orbit_conditioning(model, image, elevations=elevations, azimuths=azimuths, num_frames=num_frames,

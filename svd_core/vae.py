@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import ResBlock, like_weight
+from .layers import GroupNorm32, ResBlock, add_into, like_weight, reusable, upsample_conv
 from .variants import VAESpec
 
 __all__ = [
@@ -35,9 +35,34 @@ __all__ = [
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
+# Without autograd, per-frame (spatial) layers run on slices of at most this many pixels (frames x h x w) and write
+# into one output: their maths is per frame, so the result does not depend on it, and only a slice of each
+# intermediate is alive at a time. The temporal layers always see every frame at once.
+SPATIAL_CHUNK_PIXELS = 256 * 256
+
+
+def per_frame(fn, x: torch.Tensor, scale: int = 1) -> torch.Tensor:
+    """`fn(x)` for a per-frame `fn` over "(b t) c h w", a slice of frames at a time when no graph is recorded.
+
+    `fn(x_slice, out=out_slice)` writes a slice's result straight into the output (its last op takes `out=`)."""
+    n, _, h, w = x.shape
+    step = max(1, SPATIAL_CHUNK_PIXELS // (h * w * scale * scale))
+    if n <= step or not reusable(x):
+        return fn(x)
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
+        else torch.contiguous_format
+    first = fn(x[:step])  # step c' h' w': the first slice tells the output's channels, size and dtype
+    out = torch.empty((n,) + first.shape[1:], dtype=first.dtype, device=first.device, memory_format=fmt)
+    out[:step] = first
+    del first
+    for i in range(step, n, step):
+        fn(x[i:i + step], out=out[i:i + step])
+    return out
+
+
 def normalize(channels: int, groups: int) -> nn.GroupNorm:
-    """Encoder/Decoder `Normalize`: GroupNorm with eps 1e-6 (reference `model.py`)."""
-    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+    """Encoder/Decoder `Normalize`: GroupNorm with eps 1e-6 (reference `model.py`; same keys as nn.GroupNorm)."""
+    return GroupNorm32(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
@@ -54,11 +79,18 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))  # dropout is 0 in every released config
+        return per_frame(self._forward, x)
+
+    def _forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm1(x)
+        h = self.conv1(F.silu(h, inplace=reusable(h)))  # the norm's output is fresh: SiLU in place without autograd
+        h = self.norm2(h)
+        h = self.conv2(F.silu(h, inplace=reusable(h)))  # dropout is 0 in every released config
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
-        return x + h
+        if out is not None:
+            return torch.add(h, x, out=out)  # x + h into a slice of the frame-sliced output
+        return add_into(h, x)  # x + h, accumulated into the fresh conv output
 
 
 class AttnBlock(nn.Module):
@@ -101,7 +133,10 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return per_frame(self._forward, x, scale=2)
+
+    def _forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return upsample_conv(x, self.conv, out)  # conv(nearest_2x(x)) without the upsampled copy
 
 
 class VideoResBlock(ResnetBlock):
@@ -120,14 +155,24 @@ class VideoResBlock(ResnetBlock):
         self.time_stack = ResBlock(out_channels, None, dims=3, kernel_size=tuple(video_kernel_size), groups=groups)
         self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))  # merge_strategy "learned"
 
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial half: the image `ResnetBlock`, frame by frame."""
+        return super().forward(x)
+
     def forward(self, x: torch.Tensor, num_frames: int, skip_video: bool = False) -> torch.Tensor:
-        x = super().forward(x)
+        x = self.spatial(x)
         if skip_video:  # per-frame decoding: the spatial path alone (reference `skip_video`)
             return x
-        x_spatial = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
-        x_temporal = self.time_stack(x_spatial)
+        return self.temporal(x, num_frames)
+
+    def temporal(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The temporal half on the spatial half's output. Without autograd `x` is updated in place: callers
+        that run the halves separately (the decoder) free the block's input before this half."""
+        x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)  # frames onto a conv3d depth axis
+        h_t = self.time_stack.residual(x)
+        # a (x + h_t) + (1 - a) x = x + a h_t: the blend and the time_stack's identity skip in one kernel
         alpha = torch.sigmoid(self.mix_factor).to(x.dtype)
-        x = alpha * x_temporal + (1.0 - alpha) * x_spatial
+        x = x.addcmul_(alpha, h_t) if reusable(x) and h_t.dtype == x.dtype else torch.addcmul(x, alpha, h_t)
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 
@@ -186,7 +231,8 @@ class Encoder(nn.Module):
             if level != self.num_resolutions - 1:
                 h = stage.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        h = self.norm_out(h)
+        return self.conv_out(F.silu(h, inplace=reusable(h)))
 
 
 class Decoder(nn.Module):
@@ -226,22 +272,21 @@ class Decoder(nn.Module):
         else:
             self.conv_out = nn.Conv2d(block_in, spec.out_channels, kernel_size=3, stride=1, padding=1)
 
-    def _res(self, block: nn.Module, h: torch.Tensor, num_frames: int, skip_video: bool) -> torch.Tensor:
-        return block(h, num_frames, skip_video) if self.temporal else block(h)
-
     def forward(self, z: torch.Tensor, num_frames: int = 1, skip_video: bool = False) -> torch.Tensor:
         """`skip_video`: a temporal decoder decodes each frame on its own through its spatial layers."""
-        h = self.conv_in(z)
-        h = self._res(self.mid.block_1, h, num_frames, skip_video)
-        h = self.mid.attn_1(h)
-        h = self._res(self.mid.block_2, h, num_frames, skip_video)
+        layers: list[nn.Module] = [self.mid.block_1, self.mid.attn_1, self.mid.block_2]
         for level in reversed(range(self.num_resolutions)):
-            stage = self.up[level]
-            for block in stage.block:
-                h = self._res(block, h, num_frames, skip_video)
-            if level != 0:
-                h = stage.upsample(h)
-        h = F.silu(self.norm_out(h))
+            layers += list(self.up[level].block) + ([self.up[level].upsample] if level != 0 else [])
+        h = self.conv_in(z)
+        for layer in layers:
+            if isinstance(layer, VideoResBlock):
+                h = layer.spatial(h)  # rebinding h frees the block's input before the temporal half runs
+                if not skip_video:
+                    h = layer.temporal(h, num_frames)
+            else:
+                h = layer(h)
+        h = self.norm_out(h)
+        h = F.silu(h, inplace=reusable(h))
         return self.conv_out(h, num_frames, skip_video) if self.temporal else self.conv_out(h)
 
 

@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..attention import DEFAULT_FF_CHUNK
+
 SAMPLER_CHOICES = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde")
 
 
@@ -31,8 +33,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                         help="weights dtype (auto: float16 on GPU, float32 on CPU)")
     parser.add_argument("--offload", action="store_true", help="keep CLIP / VAE on the CPU while the UNet samples")
-    parser.add_argument("--ff-chunk", type=int, default=None,
-                        help="run transformer feed-forwards N rows at a time (lower peak memory, same result)")
+    parser.add_argument("--ff-chunk", type=int, default=DEFAULT_FF_CHUNK,
+                        help="run transformer feed-forwards N token rows at a time (lower peak memory, same result; "
+                             f"0 runs them whole; default {DEFAULT_FF_CHUNK})")
     parser.add_argument("--out-fps", type=float, default=None, help="frame rate of the written file")
 
 
