@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .layers import AlphaBlender, GroupNorm32, add_into, reusable, timestep_embedding
+from .layers import AlphaBlender, GroupNorm32, add_into, records, reusable, timestep_embedding
 
 
 # Feed-forwards run this many token rows at a time by default (inference): the GEGLU's 8x-wide intermediate is
@@ -14,13 +14,13 @@ from .layers import AlphaBlender, GroupNorm32, add_into, reusable, timestep_embe
 DEFAULT_FF_CHUNK = 8192
 
 
-def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None, module: nn.Module | None = None) -> torch.Tensor:
     """Apply a token-wise `fn` to `chunk_size` tokens at a time (bounded peak memory; identical maths).
 
-    Only without autograd (a recorded graph keeps every slice's intermediates alive anyway); slices are written
-    into one preallocated output."""
+    Only when no graph is recorded through `x` or `module`'s parameters (a graph keeps every slice's
+    intermediates alive anyway); slices are written into one preallocated output."""
     rows = x.shape[0] * x.shape[1]
-    if not chunk_size or rows <= chunk_size or not reusable(x):
+    if not chunk_size or rows <= chunk_size or records(x, *(module.parameters() if module else ())):
         return fn(x)
     flat = x.reshape(rows, x.shape[2])  # b n c -> (b n) c: every token is independent in a feed-forward
     out = None
@@ -110,8 +110,8 @@ class BasicTransformerBlock(nn.Module):
             cross = self.attn2.single_key(context)  # b 1 c: the same for every query, so norm2 is not needed
         else:
             cross = self.attn2(self.norm2(x), context=context)
-        x = x.add_(cross) if reusable(x) else x + cross
-        return add_into(_run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size), x)
+        x = x.add_(cross) if reusable(x, cross) else x + cross
+        return add_into(_run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size, self), x)
 
 
 class VideoTransformerBlock(nn.Module):
@@ -135,11 +135,11 @@ class VideoTransformerBlock(nn.Module):
         bt, s, c = x.shape
         x = rearrange(x, "(b t) s c -> (b s) t c", t=timesteps)  # attend along time, per location
         ff_in = lambda t: self.ff_in(self.norm_in(t))  # noqa: E731
-        h = _run_chunked(ff_in, x, self.ff_chunk_size)
+        h = _run_chunked(ff_in, x, self.ff_chunk_size, self)
         x = add_into(h, x) if self.is_res else h
         x = add_into(self.attn1(self.norm1(x)), x)
         x = self._cross(x, context, s)
-        h = _run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size)
+        h = _run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size, self)
         x = add_into(h, x) if self.is_res else h
         return rearrange(x, "(b s) t c -> (b t) s c", s=s)
 
@@ -150,7 +150,7 @@ class VideoTransformerBlock(nn.Module):
                 # single key: every query of a video receives the same b 1 c vector; norm2 is not needed
                 out = self.attn2.single_key(context)[:, None]  # b 1 1 c, broadcast over s and t
                 xv = x.unflatten(0, (-1, s))  # (b s) t c -> b s t c (a view)
-                return (xv.add_(out) if reusable(x) else xv + out).flatten(0, 1)
+                return (xv.add_(out) if reusable(x, out) else xv + out).flatten(0, 1)
             context = repeat(context, "b n c -> (b s) n c", s=s)
         return self.attn2(self.norm2(x), context=context) + x
 

@@ -48,9 +48,17 @@ def canonical_strides(x: torch.Tensor) -> torch.Tensor:
     return x.as_strided(x.shape, (batch, 1, *strides), x.storage_offset())
 
 
-def reusable(x: torch.Tensor) -> bool:
-    """True when a fresh intermediate `x` may be overwritten: no autograd graph is recorded (inference / no_grad)."""
-    return not torch.is_grad_enabled()
+def records(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd records a graph through any of `tensors` (grad mode and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def reusable(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """True when a fresh intermediate `x` may be overwritten by an op with `others`: no graph records them.
+
+    Inference, no_grad, and a frozen model in grad mode alike take the fast paths, so all three give the same
+    bits; a graph-recording forward (training) keeps every tensor its backward may read."""
+    return not records(x, *others)
 
 
 def add_into(h: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -148,7 +156,7 @@ class ResBlock(nn.Module):
                 emb_out = emb_out[..., None]
             if self.exchange_temb_dims:
                 emb_out = rearrange(emb_out, "b t c ... -> b c t ...")  # per-frame embedding onto the time axis
-            h = h.add_(emb_out) if reusable(h) else h + emb_out
+            h = h.add_(emb_out) if reusable(h, emb_out) else h + emb_out
         for layer in self.out_layers:
             h = layer(h)
         return h
@@ -175,7 +183,7 @@ class VideoResBlock(ResBlock):
         h_t = self.time_stack.residual(x, rearrange(emb, "(b t) c -> b t c", t=num_frames))
         # a x + (1 - a) (x + h_t) = x + (1 - a) h_t: the mixer and the time_stack's identity skip in one kernel
         w_t = (1.0 - self.time_mixer.alpha(image_only_indicator)).to(x.dtype)  # b 1 t 1 1
-        x = x.addcmul_(w_t, h_t) if reusable(x) and h_t.dtype == x.dtype else torch.addcmul(x, w_t, h_t)
+        x = x.addcmul_(w_t, h_t) if reusable(x, w_t, h_t) and h_t.dtype == x.dtype else torch.addcmul(x, w_t, h_t)
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 
@@ -208,7 +216,7 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = N
     # half-precision kernels are so fast that the four phase copies only pay off on large images (measured on
     # CPU: 15-20% faster from 64x64 sources, slower at 16x16); float32 gains 1.6-1.7x at every size
     small_half = x.dtype != torch.float32 and x.shape[-2] * x.shape[-1] < 64 * 64
-    if not reusable(x) or small_half or conv.kernel_size != (3, 3) or conv.stride != (1, 1) \
+    if records(x, conv.weight, conv.bias) or small_half or conv.kernel_size != (3, 3) or conv.stride != (1, 1) \
             or conv.padding != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros" \
             or x.ndim != 4:
         y = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import GroupNorm32, ResBlock, add_into, like_weight, reusable, upsample_conv
+from .layers import GroupNorm32, ResBlock, add_into, like_weight, records, reusable, upsample_conv
 from .variants import VAESpec
 
 __all__ = [
@@ -41,13 +41,14 @@ LOGVAR_RANGE = (-30.0, 20.0)
 SPATIAL_CHUNK_PIXELS = 256 * 256
 
 
-def per_frame(fn, x: torch.Tensor, scale: int = 1) -> torch.Tensor:
-    """`fn(x)` for a per-frame `fn` over "(b t) c h w", a slice of frames at a time when no graph is recorded.
+def per_frame(fn, x: torch.Tensor, module: nn.Module, scale: int = 1) -> torch.Tensor:
+    """`fn(x)` for a per-frame `fn` (of `module`) over "(b t) c h w", a slice of frames at a time when no graph
+    is recorded.
 
     `fn(x_slice, out=out_slice)` writes a slice's result straight into the output (its last op takes `out=`)."""
     n, _, h, w = x.shape
     step = max(1, SPATIAL_CHUNK_PIXELS // (h * w * scale * scale))
-    if n <= step or not reusable(x):
+    if n <= step or records(x, *module.parameters()):
         return fn(x)
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
         else torch.contiguous_format
@@ -79,7 +80,7 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return per_frame(self._forward, x)
+        return per_frame(self._forward, x, self)
 
     def _forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm1(x)
@@ -133,7 +134,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return per_frame(self._forward, x, scale=2)
+        return per_frame(self._forward, x, self, scale=2)
 
     def _forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return upsample_conv(x, self.conv, out)  # conv(nearest_2x(x)) without the upsampled copy
@@ -172,7 +173,7 @@ class VideoResBlock(ResnetBlock):
         h_t = self.time_stack.residual(x)
         # a (x + h_t) + (1 - a) x = x + a h_t: the blend and the time_stack's identity skip in one kernel
         alpha = torch.sigmoid(self.mix_factor).to(x.dtype)
-        x = x.addcmul_(alpha, h_t) if reusable(x) and h_t.dtype == x.dtype else torch.addcmul(x, alpha, h_t)
+        x = x.addcmul_(alpha, h_t) if reusable(x, alpha, h_t) and h_t.dtype == x.dtype else torch.addcmul(x, alpha, h_t)
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 

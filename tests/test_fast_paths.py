@@ -160,3 +160,39 @@ def test_upsample_conv_in_bfloat16_is_as_close_as_the_plain_path():
     scale = truth.abs().max()
     assert (fast - truth).abs().max() < 2 * (plain - truth).abs().max() + 1e-3 * scale
     assert (fast - truth).abs().mean() < 1.5 * (plain - truth).abs().mean()
+
+
+def test_frozen_model_gives_the_same_bits_with_or_without_grad_mode():
+    model = tiny_model(seed=0)  # frozen: requires_grad False everywhere
+    x, t, ctx, y = _unet_inputs(model, seed=3)
+    kwargs = dict(context=ctx, y=y, num_video_frames=4)
+    with torch.inference_mode():
+        fast = model.unet(x, t, **kwargs)
+    with torch.enable_grad():
+        frozen = model.unet(x, t, **kwargs)
+    assert torch.equal(fast, frozen)
+
+
+def test_partly_trainable_unet_backpropagates_through_the_fast_paths():
+    """Temporal-only training: frozen spatial layers take the in-place paths, the trainable ones must not."""
+    model = tiny_model(seed=0)
+    named = [(n, p) for n, p in model.unet.named_parameters() if "time_stack" in n or "time_mixer" in n]
+    trainable = [p for _, p in named]
+    for p in trainable:
+        p.requires_grad_(True)
+    x, t, ctx, y = _unet_inputs(model, seed=4)
+    try:
+        with torch.enable_grad():
+            out = model.unet(x, t, context=ctx, y=y, num_video_frames=4)
+            out.square().mean().backward()
+        # with one context token the cross-attention output does not depend on its queries: norm2, to_q and
+        # to_k get no gradient (the reference gives them exact zeros); every other parameter gets one
+        unused = {n.split(".")[-2] for n, p in named if p.grad is None}
+        assert unused == {"norm2", "to_q", "to_k"}
+        assert sum(p.grad.abs().sum() for p in trainable if p.grad is not None) > 0
+        with torch.inference_mode():
+            assert (model.unet(x, t, context=ctx, y=y, num_video_frames=4) - out.detach()).abs().max() < 1e-5
+    finally:
+        for p in trainable:
+            p.requires_grad_(False)
+            p.grad = None
