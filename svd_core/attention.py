@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .layers import AlphaBlender, GroupNorm32, add_into, records, reusable, timestep_embedding
+from .layers import AlphaBlender, GroupNorm32, add_into, add_to, records, reusable, timestep_embedding
 
 
 # Feed-forwards run this many token rows at a time by default (inference): the GEGLU's 8x-wide intermediate is
@@ -50,11 +50,16 @@ class CrossAttention(nn.Module):
         `to_out(to_v(context))` whatever it is (SVD's CLIP token). b 1 c, to broadcast over the queries."""
         return self.to_out(self.to_v(context))
 
+    @staticmethod
+    def one_key_each(x: torch.Tensor, context: torch.Tensor | None) -> bool:
+        """Cross-attention where every sequence of `x` has a context of exactly one token."""
+        return context is not None and context is not x and context.shape[1] == 1 and context.shape[0] == x.shape[0]
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
-        if context is not x and context.shape[1] == 1 and context.shape[0] == x.shape[0]:
+        if self.one_key_each(x, context):
             # skips the q/k projections and the attention kernel (same result bit for bit)
             return self.single_key(context).expand(-1, x.shape[1], -1)  # b 1 c -> b n c
+        context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         # b n (h d) -> b h n d: heads become a batch axis, tokens mix inside each head only
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
@@ -106,11 +111,11 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # residuals accumulate into each branch's fresh output (a Linear's backward never reads its output)
         x = add_into(self.attn1(self.norm1(x)), x)
-        if context is not None and context.shape[1] == 1 and context.shape[0] == x.shape[0]:
+        if self.attn2.one_key_each(x, context):
             cross = self.attn2.single_key(context)  # b 1 c: the same for every query, so norm2 is not needed
         else:
             cross = self.attn2(self.norm2(x), context=context)
-        x = x.add_(cross) if reusable(x, cross) else x + cross
+        x = add_to(x, cross)  # norm2's backward may read x: in place only without a graph
         return add_into(_run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size, self), x)
 
 
@@ -150,7 +155,7 @@ class VideoTransformerBlock(nn.Module):
                 # single key: every query of a video receives the same b 1 c vector; norm2 is not needed
                 out = self.attn2.single_key(context)[:, None]  # b 1 1 c, broadcast over s and t
                 xv = x.unflatten(0, (-1, s))  # (b s) t c -> b s t c (a view)
-                return (xv.add_(out) if reusable(x, out) else xv + out).flatten(0, 1)
+                return add_to(xv, out).flatten(0, 1)
             context = repeat(context, "b n c -> (b s) n c", s=s)
         return self.attn2(self.norm2(x), context=context) + x
 

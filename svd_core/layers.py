@@ -66,11 +66,33 @@ def add_into(h: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return h.add_(other) if h.dtype == other.dtype else h + other
 
 
+def add_to(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """`x + other` (`x + weight * other` with a weight), in place in `x` when no graph records the operands
+    (a backward may read `x`, so unlike `add_into` this needs no graph) and their dtypes agree."""
+    operands = (other,) if weight is None else (other, weight)
+    in_place = reusable(x, *operands) and all(t.dtype == x.dtype for t in operands)
+    if weight is None:
+        return x.add_(other) if in_place else x + other
+    return x.addcmul_(weight, other) if in_place else torch.addcmul(x, weight, other)
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """`channels_last` for a 4-D tensor laid out channels-last (not merely ambiguous), else `contiguous_format`."""
+    if t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def silu_after_norm(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a norm's fresh output, overwriting it when no graph is recorded."""
+    return F.silu(x, inplace=reusable(x))
+
+
 class NormSiLU(nn.SiLU):
-    """SiLU placed right after a norm: overwrites the norm's fresh output when no graph is recorded."""
+    """SiLU placed right after a norm (`silu_after_norm`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(x, inplace=reusable(x))
+        return silu_after_norm(x)
 
 
 class TemporalConv3d(nn.Conv3d):
@@ -80,11 +102,10 @@ class TemporalConv3d(nn.Conv3d):
     (h w) is a view in both memory formats."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k_t, k_h, k_w = self.kernel_size
-        if (k_h, k_w) != (1, 1) or self.stride != (1, 1, 1) or self.dilation != (1, 1, 1) or self.groups != 1 \
-                or self.padding_mode != "zeros" or self.padding[1:] != (0, 0) or x.ndim != 5:
+        if self.kernel_size[1:] != (1, 1) or self.stride != (1, 1, 1) or self.dilation != (1, 1, 1) \
+                or self.groups != 1 or self.padding_mode != "zeros" or self.padding[1:] != (0, 0) or x.ndim != 5:
             return super().forward(x)
-        b, c, t, h, w = x.shape
+        h, w = x.shape[-2:]
         weight = self.weight.squeeze(-1)  # o i k 1 1 -> o i k 1 (channels-last-3d stays channels-last)
         y = F.conv2d(x.flatten(3), weight, self.bias, padding=(self.padding[0], 0))  # b c t (h w)
         return y.unflatten(3, (h, w))  # b c t (h w) -> b c t h w
@@ -156,7 +177,7 @@ class ResBlock(nn.Module):
                 emb_out = emb_out[..., None]
             if self.exchange_temb_dims:
                 emb_out = rearrange(emb_out, "b t c ... -> b c t ...")  # per-frame embedding onto the time axis
-            h = h.add_(emb_out) if reusable(h, emb_out) else h + emb_out
+            h = add_into(h, emb_out)  # h is the in_layers conv's fresh output
         for layer in self.out_layers:
             h = layer(h)
         return h
@@ -183,7 +204,7 @@ class VideoResBlock(ResBlock):
         h_t = self.time_stack.residual(x, rearrange(emb, "(b t) c -> b t c", t=num_frames))
         # a x + (1 - a) (x + h_t) = x + (1 - a) h_t: the mixer and the time_stack's identity skip in one kernel
         w_t = (1.0 - self.time_mixer.alpha(image_only_indicator)).to(x.dtype)  # b 1 t 1 1
-        x = x.addcmul_(w_t, h_t) if reusable(x, w_t, h_t) and h_t.dtype == x.dtype else torch.addcmul(x, w_t, h_t)
+        x = add_to(x, h_t, w_t)
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 
@@ -225,14 +246,11 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = N
     o = conv.out_channels
     kernels = [k for rows in _fold_taps(conv.weight.float(), 2) for k in _fold_taps(rows, 3)]  # (a, b) order
     weight = torch.cat(kernels, 0).to(conv.weight.dtype)  # (a b o) i 2 2
-    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
-        weight = weight.contiguous(memory_format=torch.channels_last)
+    weight = weight.contiguous(memory_format=memory_format_of(conv.weight))
     bias = None if conv.bias is None else conv.bias.repeat(4)
     y = F.conv2d(x, weight, bias, padding=1)  # n (a b o) (h+1) (w+1): window (r, s) reads rows r-1, r
     if out is None:
-        fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) and o > 1 \
-            else torch.contiguous_format
-        out = torch.empty((n, o, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=fmt)
+        out = torch.empty((n, o, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=memory_format_of(y))
     for phase, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
         out[:, :, a::2, b::2] = y[:, phase * o:(phase + 1) * o, a:a + h, b:b + w]  # odd phases read rows i, i+1
     return out
@@ -262,6 +280,6 @@ def set_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
 
 def like_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`x` in the memory format of a 4-D conv weight (channels-last activations for channels-last convs)."""
-    if x.ndim == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+    if x.ndim == 4 and memory_format_of(weight) == torch.channels_last:
         return x.contiguous(memory_format=torch.channels_last)
     return x

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import GroupNorm32, ResBlock, add_into, like_weight, records, reusable, upsample_conv
+from .layers import (GroupNorm32, ResBlock, add_into, add_to, like_weight, memory_format_of, records,
+                     silu_after_norm, upsample_conv)
 from .variants import VAESpec
 
 __all__ = [
@@ -50,10 +51,9 @@ def per_frame(fn, x: torch.Tensor, module: nn.Module, scale: int = 1) -> torch.T
     step = max(1, SPATIAL_CHUNK_PIXELS // (h * w * scale * scale))
     if n <= step or records(x, *module.parameters()):
         return fn(x)
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
-        else torch.contiguous_format
     first = fn(x[:step])  # step c' h' w': the first slice tells the output's channels, size and dtype
-    out = torch.empty((n,) + first.shape[1:], dtype=first.dtype, device=first.device, memory_format=fmt)
+    out = torch.empty((n,) + first.shape[1:], dtype=first.dtype, device=first.device,
+                      memory_format=memory_format_of(x))
     out[:step] = first
     del first
     for i in range(step, n, step):
@@ -84,9 +84,9 @@ class ResnetBlock(nn.Module):
 
     def _forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm1(x)
-        h = self.conv1(F.silu(h, inplace=reusable(h)))  # the norm's output is fresh: SiLU in place without autograd
+        h = self.conv1(silu_after_norm(h))
         h = self.norm2(h)
-        h = self.conv2(F.silu(h, inplace=reusable(h)))  # dropout is 0 in every released config
+        h = self.conv2(silu_after_norm(h))  # dropout is 0 in every released config
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
         if out is not None:
@@ -173,7 +173,7 @@ class VideoResBlock(ResnetBlock):
         h_t = self.time_stack.residual(x)
         # a (x + h_t) + (1 - a) x = x + a h_t: the blend and the time_stack's identity skip in one kernel
         alpha = torch.sigmoid(self.mix_factor).to(x.dtype)
-        x = x.addcmul_(alpha, h_t) if reusable(x, alpha, h_t) and h_t.dtype == x.dtype else torch.addcmul(x, alpha, h_t)
+        x = add_to(x, h_t, alpha)
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 
@@ -233,7 +233,7 @@ class Encoder(nn.Module):
                 h = stage.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         h = self.norm_out(h)
-        return self.conv_out(F.silu(h, inplace=reusable(h)))
+        return self.conv_out(silu_after_norm(h))
 
 
 class Decoder(nn.Module):
@@ -287,7 +287,7 @@ class Decoder(nn.Module):
             else:
                 h = layer(h)
         h = self.norm_out(h)
-        h = F.silu(h, inplace=reusable(h))
+        h = silu_after_norm(h)
         return self.conv_out(h, num_frames, skip_video) if self.temporal else self.conv_out(h)
 
 
