@@ -31,8 +31,6 @@ from .pipeline import Cancelled, Conditioning, _module_device, _per_frame, decod
 from .variants import SVD_INTERP, ModelSpec, get_variant
 
 SPEC = SVD_INTERP
-# conditioning-frame noise augmentation for training: log sigma ~ N(-3.0, 0.5^2) (paper App. D)
-COND_AUG_LOG_MEAN, COND_AUG_LOG_STD = -3.0, 0.5
 _COND_SEED_OFFSET = 0x9E3779B97F4A7C15  # cond-aug noise streams, kept apart from the sampling-noise streams
 
 
@@ -151,10 +149,9 @@ def training_conditioning(model, frames: torch.Tensor, *, fps: "float | torch.Te
         raise ValueError(f"frames must be (batch, frames, 3, H, W) in [0, 1]; got {tuple(frames.shape)}")
     b, t = frames.shape[:2]
     gen = generator or torch.Generator().manual_seed(0)
-    if cond_aug is None:
-        cond_aug = torch.exp(COND_AUG_LOG_MEAN + COND_AUG_LOG_STD * torch.randn(b, generator=gen))
-    aug = torch.as_tensor(cond_aug, dtype=torch.float32).flatten()
-    aug = aug.repeat(b) if aug.numel() == 1 else aug
+    from .training.objective import per_video_cond_aug  # training-only: not imported at start-up
+
+    aug = per_video_cond_aug(cond_aug, b, gen)  # log sigma ~ N(-3.0, 0.5^2) per video when None (App. D.2)
     x = frames.float() * 2.0 - 1.0  # [0, 1] -> [-1, 1]
     noise = (torch.randn(x[:, 0].shape, generator=gen), torch.randn(x[:, 0].shape, generator=gen))
     clip, lat_a, lat_z = _encode_ends(model, x[:, 0], x[:, -1], aug, noise)

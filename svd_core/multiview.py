@@ -37,7 +37,6 @@ from .variants import SVD_MV, ModelSpec, get_variant
 SPEC = SVD_MV
 PRESETS = ("static", "dynamic", "spiral", "custom")
 DEFAULT_RADIUS = 2.0
-COND_AUG_LOG_MEAN, COND_AUG_LOG_STD = -3.0, 0.5
 
 
 @dataclass
@@ -282,10 +281,9 @@ def training_conditioning(model, frames: torch.Tensor, elevations: "float | torc
         raise ValueError(f"frames must be (batch, views, 3, H, W) in [0, 1]; got {tuple(frames.shape)}")
     b, t = frames.shape[:2]
     gen = generator or torch.Generator().manual_seed(0)
-    if cond_aug is None:
-        cond_aug = torch.exp(COND_AUG_LOG_MEAN + COND_AUG_LOG_STD * torch.randn(b, generator=gen))
-    aug = torch.as_tensor(cond_aug, dtype=torch.float32).flatten()
-    aug = aug.repeat(b) if aug.numel() == 1 else aug
+    from .training.objective import per_video_cond_aug  # training-only: not imported at start-up
+
+    aug = per_video_cond_aug(cond_aug, b, gen)  # log sigma ~ N(-3.0, 0.5^2) per video when None (App. D.2)
     elev = _per_frame(elevations, b, t, "elevations")
     vector = {"cond_aug": aug.repeat_interleave(t)}
     if kind == "svd_mv":

@@ -42,6 +42,14 @@ def sample_cond_aug(n: int, generator: torch.Generator | None = None, mean: floa
     return (mean + std * torch.randn(n, generator=generator)).exp()
 
 
+def per_video_cond_aug(cond_aug, b: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """cond_aug per video (b,): `sample_cond_aug` draws when None; a scalar is shared; else b values."""
+    if cond_aug is None:
+        return sample_cond_aug(b, generator)
+    aug = torch.as_tensor(cond_aug, dtype=torch.float32).flatten()
+    return aug.repeat(b) if aug.numel() == 1 else aug
+
+
 def edm_loss(unet, latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, cond: VideoCond,
              num_frames: int, reduce: bool = True) -> torch.Tensor:
     """E[lambda(s) ||D(x + s n; s) - x||^2] (paper eq. 7-8) with the variant's preconditioning (App. D.2).
