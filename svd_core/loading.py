@@ -264,18 +264,24 @@ def load(path: "str | os.PathLike", *, device="cpu", dtype: torch.dtype | None =
 def save(model: SVDModel, path: "str | os.PathLike", metadata: Mapping[str, str] | None = None,
          dtype: torch.dtype | None = None) -> Path:
     """Write the model in the released layout (spec in metadata), atomically: temp file, then rename."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
                for k, v in model.state_dict().items()}
     meta = {SPEC_METADATA_KEY: model.spec.to_json(), "format": "pt"}
     meta.update(metadata or {})
+    return save_tensors(tensors, path, meta)
+
+
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: "str | os.PathLike",
+                 metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically: a temp file beside `path`, then a rename (nothing half-written)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

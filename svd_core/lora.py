@@ -44,7 +44,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -230,24 +229,14 @@ def lora_state_dict(lora: LoRA, naming: str = "native", model: nn.Module | None 
 def save_lora(lora: LoRA, path: "str | os.PathLike", *, naming: str = "native", model: nn.Module | None = None,
               metadata: dict | None = None) -> Path:
     """Write `lora` as safetensors atomically (temp file, then rename), metadata under "svd_suite.lora"."""
-    from safetensors.torch import save_file
+    from .loading import save_tensors
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = lora_state_dict(lora, naming, model)
     info = {**lora.metadata(), **(metadata or {})}
     if naming == "peft":  # alpha / r folded into lora_B: the file's layers have scale 1
         info.update(alpha=float(lora.rank), alpha_folded=lora.alpha)
     meta = {"format": "pt", METADATA_KEY: json.dumps(info, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_tensors(tensors, path, meta)
 
 
 # key suffix -> role; checked in order (longest first)

@@ -6,13 +6,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..loading import save_tensors
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 CACHE_VERSION = 1
@@ -202,20 +203,6 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @torch.no_grad()
 def encode_window(model, frames: torch.Tensor) -> dict[str, torch.Tensor]:
     """t 3 H W in [0, 1] -> scaled VAE latents (t 4 h w), CLIP embeddings of the first and last frame (2 d) and
@@ -248,7 +235,7 @@ def build_cache(model, windows: Sequence[Window], cache_dir: str | os.PathLike, 
             tensors = encode_window(model, read_window(w, height, width))
             meta = {"cache_version": str(CACHE_VERSION), "window": json.dumps(
                 {"record": asdict(w.record), "start": w.start, "stride": w.stride, "num_frames": w.num_frames})}
-            _atomic_save(tensors, path, meta)
+            save_tensors(tensors, path, meta)
         paths.append(path)
         if progress is not None:
             progress(i + 1, len(windows))

@@ -16,9 +16,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..loading import save_tensors
 from . import modes
 from .config import TrainConfig
-from .data import CachedDataset, _atomic_save, collate, global_batches
+from .data import CachedDataset, collate, global_batches
 from .distributed import DistInfo, all_mean, barrier, wrap
 from .ema import EMA, _full
 from .objective import NoiseDistribution, drop_conditioning, edm_loss
@@ -234,7 +235,7 @@ class Trainer:
                 "config": self.cfg.to_json(), "losses": json.dumps(self.losses), "val": json.dumps(self.val),
                 "world": str(self.info.world)}
         if self.info.is_main:
-            _atomic_save(tensors, self.state_path, meta)
+            save_tensors(tensors, self.state_path, meta)
         barrier(self.info)
         return self.state_path
 
