@@ -24,7 +24,17 @@ from typing import Any
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
-WORKFLOWS = REPO / "workflows"
+WORKFLOWS = REPO / "workflows"  # UI workflows only: ComfyUI's template browser lists every *.json directly here
+WORKFLOWS_API = WORKFLOWS / "api"  # NAME.api.json twins (POST /prompt)
+WORKFLOWS_TESTS = WORKFLOWS / "tests"  # NAME.test.json test metadata
+
+
+def api_path(name: str) -> Path:
+    return WORKFLOWS_API / f"{name}.api.json"
+
+
+def meta_path(name: str) -> Path:
+    return WORKFLOWS_TESTS / f"{name}.test.json"
 PACK_NAME = "svd_suite"  # folder name of the pack inside custom_nodes/
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 # the frontend adds one extra serialized value after these widgets (not an input of the node)
@@ -77,13 +87,13 @@ class Workflow:
 def load_workflows(complete_only: bool = True) -> list[Workflow]:
     """Workflows with a NAME.test.json; incomplete ones (a twin missing) only when complete_only=False (ui/api None)."""
     out = []
-    for meta_path in sorted(WORKFLOWS.glob("*.test.json")):
-        name = meta_path.name[: -len(".test.json")]
-        ui_path, api_path = WORKFLOWS / f"{name}.json", WORKFLOWS / f"{name}.api.json"
-        if not (ui_path.is_file() and api_path.is_file()) and complete_only:
+    for meta in sorted(WORKFLOWS_TESTS.glob("*.test.json")):
+        name = meta.name[: -len(".test.json")]
+        ui, api = WORKFLOWS / f"{name}.json", api_path(name)
+        if not (ui.is_file() and api.is_file()) and complete_only:
             continue
         read = lambda p: json.loads(p.read_text()) if p.is_file() else None  # noqa: E731
-        out.append(Workflow(name, read(ui_path), read(api_path), json.loads(meta_path.read_text())))
+        out.append(Workflow(name, read(ui), read(api), json.loads(meta.read_text())))
     return out
 
 
@@ -120,6 +130,10 @@ def _input_specs(info: dict) -> tuple[list[str], dict[str, tuple]]:
     return order, specs
 
 
+def _optional(info: dict) -> set[str]:
+    return set(info["input"].get("optional", {}))
+
+
 def is_widget(spec: tuple) -> bool:
     typ, opts = spec
     return (isinstance(typ, list) or typ in WIDGET_TYPES) and not opts.get("forceInput", False)
@@ -137,7 +151,12 @@ def widget_extras(name: str, spec: tuple) -> int:
 
 
 def ui_to_api(ui: dict, object_info: dict) -> dict:
-    """The API prompt a UI-format workflow stands for (the frontend's graphToPrompt, for our plain graphs)."""
+    """The API prompt a UI-format workflow stands for (the frontend's graphToPrompt, for our plain graphs).
+
+    Forward compatible: a workflow saved on one ComfyUI release stays meaningful on a newer one, whose native nodes
+    may declare extra *optional* widgets (e.g. ``CreateVideo.bit_depth``) after the ones the file knows. Such a widget
+    has no value in ``widgets_values``, so it is left out of the prompt (the server uses its default), exactly as
+    the newer frontend does when it loads an older file. A missing *required* widget is still an error."""
     links = {link[0]: link for link in ui["links"]}
     prompt = {}
     for node in ui["nodes"]:
@@ -147,6 +166,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         if class_type not in object_info:
             raise KeyError(f"UI node {node_id}: node type {class_type!r} is not in /object_info")
         order, specs = _input_specs(object_info[class_type])
+        optional = _optional(object_info[class_type])
         ui_inputs = {i["name"]: i for i in node.get("inputs", [])}
         values = node.get("widgets_values", [])
         idx, inputs = 0, {}
@@ -156,8 +176,12 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
             link_id = ui_in.get("link") if ui_in else None
             if is_widget(spec):
                 if isinstance(values, dict):
+                    if name not in values and name in optional and link_id is None:
+                        continue
                     value = values.get(name)
                 else:
+                    if idx >= len(values) and name in optional and link_id is None:
+                        continue  # an optional widget newer than the file: the server's default applies
                     if idx >= len(values):
                         raise ValueError(f"UI node {node_id} ({class_type}): widgets_values too short at {name!r}")
                     value = values[idx]

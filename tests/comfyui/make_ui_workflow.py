@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_harness import WORKFLOWS, ComfyServer, comfyui_dir, make_files  # noqa: E402
+from comfy_harness import WORKFLOWS, WORKFLOWS_API, ComfyServer, api_path, comfyui_dir, make_files, meta_path  # noqa: E402
 from gui import App, launch, seed_settings  # noqa: E402
 
 LAYOUT_JS = """() => {
@@ -62,11 +62,11 @@ LAYOUT_JS = """() => {
 def main(names: list[str]) -> int:
     from playwright.sync_api import sync_playwright
 
-    names = names or sorted(p.name[: -len(".api.json")] for p in WORKFLOWS.glob("*.api.json"))
+    names = names or sorted(p.name[: -len(".api.json")] for p in WORKFLOWS_API.glob("*.api.json"))
     metas = {}
     for name in names:
-        meta_path = WORKFLOWS / f"{name}.test.json"
-        metas[name] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta = meta_path(name)
+        metas[name] = json.loads(meta.read_text()) if meta.exists() else {}
     with tempfile.TemporaryDirectory(prefix="svd-ui-") as tmp:
         base = Path(tmp)
         for meta in metas.values():
@@ -79,7 +79,7 @@ def main(names: list[str]) -> int:
                 browser = launch(pw)
                 app = App(browser, server.url)
                 for name in names:
-                    api = json.loads((WORKFLOWS / f"{name}.api.json").read_text())
+                    api = json.loads(api_path(name).read_text())
                     app.load_api(api, name)
                     app.evaluate(LAYOUT_JS)
                     ui = app.serialize()

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from comfy_harness import (WORKFLOWS, Workflow, check_against_object_info, check_outputs, diff_prompts,
-                           load_workflows, ui_to_api)
+from comfy_harness import (PACK_NAME, WORKFLOWS, WORKFLOWS_API, Workflow, check_against_object_info, check_outputs,
+                           diff_prompts, load_workflows, ui_to_api)
 
 WORKFLOW_LIST = load_workflows()
 BY_NAME = {wf.name: wf for wf in WORKFLOW_LIST}
@@ -16,12 +16,11 @@ REQUIRED = {"svd_img2vid", "svd_xt_img2vid", "sv3d_orbit", "txt2img2vid"}
 
 
 def test_every_shipped_workflow_has_twins_and_metadata():
-    api_names = {p.name[: -len(".api.json")] for p in WORKFLOWS.glob("*.api.json")}
-    ui_names = {p.name[: -len(".json")] for p in WORKFLOWS.glob("*.json")
-                if not p.name.endswith((".api.json", ".test.json"))}
+    api_names = {p.name[: -len(".api.json")] for p in WORKFLOWS_API.glob("*.api.json")}
+    ui_names = {p.name[: -len(".json")] for p in WORKFLOWS.glob("*.json")}
     meta_names = {wf.name for wf in load_workflows(complete_only=False)}
     assert api_names == ui_names == meta_names == set(BY_NAME), (
-        "every workflow needs NAME.json, NAME.api.json and NAME.test.json (workflows/README.md)",
+        "every workflow needs NAME.json, api/NAME.api.json and tests/NAME.test.json (workflows/README.md)",
         api_names, ui_names, meta_names)
     assert REQUIRED <= set(BY_NAME)
     readme = (WORKFLOWS / "README.md").read_text()
@@ -29,6 +28,32 @@ def test_every_shipped_workflow_has_twins_and_metadata():
         assert f"`{name}`" in readme, f"workflows/README.md does not describe {name}"
     for name in REQUIRED - {"txt2img2vid"}:
         assert BY_NAME[name].run, f"{name} must execute in the real-ComfyUI test"
+
+
+def test_template_browser_lists_only_ui_workflows(comfy):
+    """ComfyUI lists every *.json directly in a pack's workflows/ folder as a template (app/custom_node_manager.py):
+    exactly the UI workflows must be there, each one a LiteGraph graph the frontend can open."""
+    templates = comfy.get("/workflow_templates", timeout=30)
+    assert sorted(templates.get(PACK_NAME, [])) == sorted(BY_NAME)
+    for name in BY_NAME:
+        served = comfy.get(f"/api/workflow_templates/{PACK_NAME}/{name}.json", timeout=30)
+        assert served.get("version") == 0.4 and served["nodes"] and "links" in served, name
+
+
+def with_new_optional_widget(object_info: dict, types: set[str]) -> dict:
+    """object_info as a newer ComfyUI might declare it: each node type gained an optional widget at the end."""
+    info = {t: json.loads(json.dumps(object_info[t])) for t in types}
+    for spec in info.values():
+        spec["input"].setdefault("optional", {})["svd_test_new_widget"] = ["INT", {"default": 0}]
+        spec["input_order"].setdefault("optional", []).append("svd_test_new_widget")
+    return info
+
+
+@pytest.mark.parametrize("name", sorted(BY_NAME))
+def test_twins_stay_equal_when_newer_nodes_add_optional_widgets(name, object_info):
+    wf: Workflow = BY_NAME[name]
+    info = with_new_optional_widget(object_info, {n["type"] for n in wf.ui["nodes"]})
+    assert diff_prompts(wf.api, ui_to_api(wf.ui, info)) == []
 
 
 @pytest.mark.parametrize("name", sorted(BY_NAME))
