@@ -1,0 +1,106 @@
+"""Node reference pages, docs/nodes/<group>.md, rendered from the real server's /object_info.
+
+One page per node group (the part of the category after `svd/`): each node's display name, id, description, and
+a table of its inputs and outputs with type, default/range and tooltip, exactly as ComfyUI shows them.
+`tests/comfyui/test_comfyui_nodes.py::test_node_docs_are_current` fails when a page no longer matches the schemas;
+regenerate with `.venv/bin/python tests/comfyui/node_docs.py` (starts the test ComfyUI, writes the pages).
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "nodes"
+PREFIX = "SVDSuite_"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _range(opts: dict, typ: str) -> str:
+    parts = []
+    if typ == "COMBO" or "options" in opts:
+        options = [str(o) for o in opts.get("options", [])]
+        if not options or any("." in o or "/" in o for o in options):  # file lists depend on the user's folders
+            parts.append("a file from its ComfyUI folder")
+        else:
+            parts.append(", ".join(f"`{o}`" for o in options[:8]) + (f", … ({len(options)})" if len(options) > 8 else ""))
+    if "default" in opts:
+        parts.append(f"default `{opts['default']}`")
+    if "min" in opts or "max" in opts:
+        parts.append(f"{opts.get('min', '')} … {opts.get('max', '')}")
+    return "; ".join(parts)
+
+
+def _inputs(info: dict) -> list[str]:
+    rows = []
+    for section in ("required", "optional"):
+        for name in info["input_order"].get(section, []):
+            spec = info["input"][section][name]
+            typ = spec[0] if isinstance(spec[0], str) else "COMBO"
+            opts = spec[1] if len(spec) > 1 else {}
+            if typ == "COMBO" and "options" not in opts and isinstance(spec[0], list):
+                opts = dict(opts, options=spec[0])
+            req = "" if section == "required" else " (optional)"
+            rows.append(f"| `{name}`{req} | {typ} | {_cell(_range(opts, typ))} | {_cell(opts.get('tooltip', ''))} |")
+    return rows
+
+
+def _outputs(info: dict) -> list[str]:
+    tips = info.get("output_tooltips") or [""] * len(info["output"])
+    return [f"| `{name}` | {typ} | {_cell(tip or '')} |"
+            for name, typ, tip in zip(info["output_name"], info["output"], tips)]
+
+
+def render(object_info: dict) -> dict[str, str]:
+    """{file name: page text} for every group of the pack's nodes."""
+    groups: dict[str, list[dict]] = {}
+    for node_id, info in object_info.items():
+        if node_id.startswith(PREFIX):
+            groups.setdefault(info["category"].split("/", 1)[-1].replace("/", "_"), []).append(info)
+    pages = {}
+    for group, nodes in sorted(groups.items()):
+        lines = [f"# `svd/{group}` nodes", "",
+                 "Generated from the nodes' own schemas (`tests/comfyui/node_docs.py`); the tooltips are the ones the",
+                 "ComfyUI GUI shows. Workflows using them: `workflows/README.md`.", ""]
+        for info in sorted(nodes, key=lambda i: i["display_name"]):
+            lines += [f"## {info['display_name']} (`{info['name']}`)", "", _cell(info.get("description", "")), ""]
+            inputs = _inputs(info)
+            if inputs:
+                lines += ["| input | type | values | what it does |", "|---|---|---|---|", *inputs, ""]
+            outputs = _outputs(info)
+            if outputs:
+                lines += ["| output | type | what it is |", "|---|---|---|", *outputs, ""]
+        pages[f"{group}.md"] = "\n".join(lines).rstrip() + "\n"
+    index = ["# Node reference", "", "The pack's nodes by menu group (**svd/…** in ComfyUI's node menu):", ""]
+    index += [f"- [svd/{name[:-3]}]({name}): " + ", ".join(sorted(i["display_name"] for i in groups[name[:-3]]))
+              for name in sorted(pages)]
+    pages["README.md"] = "\n".join(index) + "\n"
+    return pages
+
+
+def main() -> int:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from comfy_harness import ComfyServer, comfyui_dir
+
+    with tempfile.TemporaryDirectory(prefix="svd-docs-") as tmp:
+        server = ComfyServer(base=Path(tmp), comfy=comfyui_dir()).start()
+        try:
+            object_info = server.get("/object_info", timeout=60)
+        finally:
+            server.stop()
+    pages = render(object_info)
+    DOCS.mkdir(parents=True, exist_ok=True)
+    for stale in DOCS.glob("*.md"):
+        if stale.name not in pages:
+            stale.unlink()  # only our generated pages live in docs/nodes/
+    for name, text in pages.items():
+        (DOCS / name).write_text(text)
+        print(f"wrote docs/nodes/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
