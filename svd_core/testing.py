@@ -95,3 +95,73 @@ def make_test_video(path: "str | Path", frames: int = 4, width: int = 64, height
         video.append(torch.stack([x, y, 0.3 + 0.7 * disc]))  # 3 h w
     video = (torch.stack(video) + 0.01 * torch.randn(frames, 3, height, width, generator=gen)).clamp(0, 1)
     return write_video(video, path, fps=fps)
+
+
+# ---- the diffusers peer on the same weights (parity tests, benchmarks); diffusers/transformers imported lazily ----
+def hf_clip_from_open_clip(visual_sd: dict, spec: CLIPSpec):
+    """open_clip `visual.*` -> transformers CLIPVisionModelWithProjection (inverse of our diffusers loader map): the
+    peer's image encoder on our weights."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(hidden_size=spec.width, intermediate_size=int(spec.width * spec.mlp_ratio),
+                           projection_dim=spec.embed_dim, num_hidden_layers=spec.layers,
+                           num_attention_heads=spec.width // spec.head_width, image_size=spec.image_size,
+                           patch_size=spec.patch_size, hidden_act="gelu", layer_norm_eps=1e-5)
+    hf = CLIPVisionModelWithProjection(cfg)
+    sd = {"vision_model.embeddings.class_embedding": visual_sd["class_embedding"],
+          "vision_model.embeddings.patch_embedding.weight": visual_sd["conv1.weight"],
+          "vision_model.embeddings.position_embedding.weight": visual_sd["positional_embedding"],
+          "vision_model.pre_layrnorm.weight": visual_sd["ln_pre.weight"],
+          "vision_model.pre_layrnorm.bias": visual_sd["ln_pre.bias"],
+          "vision_model.post_layernorm.weight": visual_sd["ln_post.weight"],
+          "vision_model.post_layernorm.bias": visual_sd["ln_post.bias"],
+          "visual_projection.weight": visual_sd["proj"].t()}
+    for i in range(spec.layers):
+        s, d = f"transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
+        for p in ("weight", "bias"):
+            q, k, v = visual_sd[s + f"attn.in_proj_{p}"].chunk(3)
+            sd.update({d + f"self_attn.q_proj.{p}": q, d + f"self_attn.k_proj.{p}": k, d + f"self_attn.v_proj.{p}": v,
+                       d + f"self_attn.out_proj.{p}": visual_sd[s + f"attn.out_proj.{p}"],
+                       d + f"layer_norm1.{p}": visual_sd[s + f"ln_1.{p}"],
+                       d + f"layer_norm2.{p}": visual_sd[s + f"ln_2.{p}"],
+                       d + f"mlp.fc1.{p}": visual_sd[s + f"mlp.c_fc.{p}"],
+                       d + f"mlp.fc2.{p}": visual_sd[s + f"mlp.c_proj.{p}"]})
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    if unexpected or not all("position_ids" in k for k in missing):
+        raise RuntimeError(f"open_clip -> transformers CLIP map is stale: missing {missing}, unexpected {unexpected}")
+    return hf.eval()
+
+
+def diffusers_pipeline(model, num_frames: int):
+    """diffusers' StableVideoDiffusionPipeline on `model`'s weights (UNet, temporal VAE, CLIP image encoder) with the
+    reference sampler (Euler, Karras sigmas 700 -> 0.002, v-prediction): the peer of parity tests and benchmarks."""
+    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
+                           UNetSpatioTemporalConditionModel)
+    from transformers import CLIPImageProcessor
+
+    from .convert import state_dict_sgm_to_diffusers, unet_layout, vae_layout
+
+    spec = model.spec
+    mc = spec.unet.model_channels
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=spec.height // 8, in_channels=8, out_channels=4, block_out_channels=tuple(mc * c for c in spec.unet.channel_mult),
+        addition_time_embed_dim=256, projection_class_embeddings_input_dim=768, layers_per_block=2,
+        cross_attention_dim=spec.unet.context_dim,
+        num_attention_heads=tuple(mc * c // spec.unet.num_head_channels for c in spec.unet.channel_mult),
+        num_frames=num_frames)
+    unet.load_state_dict(state_dict_sgm_to_diffusers(model.unet.state_dict(), "unet", **unet_layout(spec.unet)))
+    ch = spec.vae.ch
+    vae = AutoencoderKLTemporalDecoder(down_block_types=("DownEncoderBlock2D",) * len(spec.vae.ch_mult),
+                                       block_out_channels=tuple(ch * c for c in spec.vae.ch_mult), latent_channels=4,
+                                       layers_per_block=2)
+    vae.load_state_dict(state_dict_sgm_to_diffusers(model.first_stage_model.state_dict(), "vae",
+                                                    **vae_layout(spec.vae)))
+    visual = model.conditioner.clip.open_clip.model.visual.state_dict()
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="v_prediction", interpolation_type="linear", use_karras_sigmas=True, sigma_min=0.002,
+        sigma_max=700.0, timestep_spacing="leading", timestep_type="continuous", steps_offset=1,
+        final_sigmas_type="zero")
+    return StableVideoDiffusionPipeline(vae=vae.eval(), image_encoder=hf_clip_from_open_clip(visual, spec.clip),
+                                        unet=unet.eval(), scheduler=scheduler,
+                                        feature_extractor=CLIPImageProcessor())

@@ -10,7 +10,7 @@ import torch
 
 from svd_core import pipeline as P
 from svd_core.guidance import Guidance
-from svd_core.testing import TINY_SV3D_P, TINY_SV3D_U, tiny_model
+from svd_core.testing import TINY_SV3D_P, TINY_SV3D_U, diffusers_pipeline, tiny_model
 from svd_core.variants import TINY
 
 
@@ -151,71 +151,6 @@ def test_scale_one_skips_the_unconditional_branch(model):
 # --------------------------------------------------------------------------------------------- diffusers parity
 
 
-def _hf_clip_from_open_clip(visual_sd: dict, spec):
-    """open_clip `visual.*` -> transformers CLIPVisionModelWithProjection (inverse of our diffusers loader map)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    cfg = CLIPVisionConfig(hidden_size=spec.width, intermediate_size=int(spec.width * spec.mlp_ratio),
-                           projection_dim=spec.embed_dim, num_hidden_layers=spec.layers,
-                           num_attention_heads=spec.width // spec.head_width, image_size=spec.image_size,
-                           patch_size=spec.patch_size, hidden_act="gelu", layer_norm_eps=1e-5)
-    hf = CLIPVisionModelWithProjection(cfg)
-    sd = {"vision_model.embeddings.class_embedding": visual_sd["class_embedding"],
-          "vision_model.embeddings.patch_embedding.weight": visual_sd["conv1.weight"],
-          "vision_model.embeddings.position_embedding.weight": visual_sd["positional_embedding"],
-          "vision_model.pre_layrnorm.weight": visual_sd["ln_pre.weight"],
-          "vision_model.pre_layrnorm.bias": visual_sd["ln_pre.bias"],
-          "vision_model.post_layernorm.weight": visual_sd["ln_post.weight"],
-          "vision_model.post_layernorm.bias": visual_sd["ln_post.bias"],
-          "visual_projection.weight": visual_sd["proj"].t()}
-    for i in range(spec.layers):
-        s, d = f"transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
-        for p in ("weight", "bias"):
-            q, k, v = visual_sd[s + f"attn.in_proj_{p}"].chunk(3)
-            sd.update({d + f"self_attn.q_proj.{p}": q, d + f"self_attn.k_proj.{p}": k, d + f"self_attn.v_proj.{p}": v,
-                       d + f"self_attn.out_proj.{p}": visual_sd[s + f"attn.out_proj.{p}"],
-                       d + f"layer_norm1.{p}": visual_sd[s + f"ln_1.{p}"],
-                       d + f"layer_norm2.{p}": visual_sd[s + f"ln_2.{p}"],
-                       d + f"mlp.fc1.{p}": visual_sd[s + f"mlp.c_fc.{p}"],
-                       d + f"mlp.fc2.{p}": visual_sd[s + f"mlp.c_proj.{p}"]})
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
-    assert not unexpected and all("position_ids" in k for k in missing)
-    return hf.eval()
-
-
-def _diffusers_pipeline(model, num_frames):
-    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
-                           UNetSpatioTemporalConditionModel)
-    from transformers import CLIPImageProcessor
-
-    from svd_core.convert import state_dict_sgm_to_diffusers, unet_layout, vae_layout
-
-    spec = model.spec
-    mc = spec.unet.model_channels
-    unet = UNetSpatioTemporalConditionModel(
-        sample_size=16, in_channels=8, out_channels=4, block_out_channels=tuple(mc * c for c in spec.unet.channel_mult),
-        addition_time_embed_dim=256, projection_class_embeddings_input_dim=768, layers_per_block=2,
-        cross_attention_dim=spec.unet.context_dim,
-        num_attention_heads=tuple(mc * c // spec.unet.num_head_channels for c in spec.unet.channel_mult),
-        num_frames=num_frames)
-    unet.load_state_dict(state_dict_sgm_to_diffusers(model.unet.state_dict(), "unet", **unet_layout(spec.unet)))
-    ch = spec.vae.ch
-    vae = AutoencoderKLTemporalDecoder(down_block_types=("DownEncoderBlock2D",) * len(spec.vae.ch_mult),
-                                       block_out_channels=tuple(ch * c for c in spec.vae.ch_mult), latent_channels=4,
-                                       layers_per_block=2)
-    vae.load_state_dict(state_dict_sgm_to_diffusers(model.first_stage_model.state_dict(), "vae",
-                                                    **vae_layout(spec.vae)))
-    visual = model.conditioner.clip.open_clip.model.visual.state_dict()
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="v_prediction", interpolation_type="linear", use_karras_sigmas=True, sigma_min=0.002,
-        sigma_max=700.0, timestep_spacing="leading", timestep_type="continuous", steps_offset=1,
-        final_sigmas_type="zero")
-    return StableVideoDiffusionPipeline(vae=vae.eval(), image_encoder=_hf_clip_from_open_clip(visual, spec.clip),
-                                        unet=unet.eval(), scheduler=scheduler,
-                                        feature_extractor=CLIPImageProcessor())
-
-
 def test_whole_sampling_loop_matches_diffusers_pipeline():
     """Same tiny weights, same initial noise, Euler + Karras sigmas, linear CFG 1.0 -> 3.0, cond_aug 0.02.
 
@@ -234,7 +169,7 @@ def test_whole_sampling_loop_matches_diffusers_pipeline():
         enc.quant_conv.weight.copy_(torch.eye(q.shape[0])[:, :, None, None])
         enc.quant_conv.bias.zero_()
     frames, steps, seed = 4, 4, 123
-    pipe = _diffusers_pipeline(model, frames)
+    pipe = diffusers_pipeline(model, frames)
     from PIL import Image
 
     pixels = torch.randint(0, 256, (128, 128, 3), generator=torch.Generator().manual_seed(9), dtype=torch.uint8)
