@@ -2,22 +2,45 @@
 
 ComfyUI imports this file as a package named after its path (``custom_nodes/<folder>``), so everything inside the
 pack is imported relatively (ComfyUI owns the top-level module ``nodes``). The engine `svd_core` lives next to this
-file; when it was not pip-installed (plain clone into ``custom_nodes/``) the pack folder is appended to sys.path.
+file and the pack always runs that copy, the one its nodes were written against: it is loaded by file location
+under its own name, so neither an `svd_core` installed elsewhere (another checkout's `pip install -e`, an older
+release) can stand in for it, nor can the pack folder's `nodes/` shadow ComfyUI's on sys.path. A pack shipped
+without the engine folder falls back to an installed `svd_core`.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
 
-try:
-    import svd_core  # noqa: F401  (pip install . / -e . made it importable)
-except ModuleNotFoundError:
-    _PACK_DIR = os.path.dirname(os.path.abspath(__file__))
-    if _PACK_DIR not in sys.path:
-        # appended, never prepended: ComfyUI's own top-level modules (nodes, utils, ...) must keep winning
-        sys.path.append(_PACK_DIR)
-    import svd_core  # noqa: F401
+_PACK_DIR = os.path.dirname(os.path.realpath(__file__))
+
+
+def _own_engine() -> None:
+    engine = os.path.join(_PACK_DIR, "svd_core")
+    loaded = sys.modules.get("svd_core")
+    if loaded is not None:
+        where = os.path.dirname(os.path.realpath(loaded.__file__ or ""))
+        if where != engine and os.path.isdir(engine):
+            logging.warning("[svd] svd_core was already imported from %s, not from the pack (%s): nodes and engine "
+                            "may disagree; restart ComfyUI", where, engine)
+        return
+    init = os.path.join(engine, "__init__.py")
+    if not os.path.isfile(init):
+        import svd_core  # noqa: F401  (installed engine, pack shipped without its source)
+        return
+    spec = importlib.util.spec_from_file_location("svd_core", init, submodule_search_locations=[engine])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["svd_core"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["svd_core"]
+        raise
+
+
+_own_engine()
 
 try:
     from comfy_api.latest import ComfyExtension, io

@@ -19,11 +19,12 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ").strip()
 
 
-def _range(opts: dict, typ: str) -> str:
+def _range(opts: dict, typ: str, local: frozenset[str]) -> str:
     parts = []
     if typ == "COMBO" or "options" in opts:
-        options = [str(o) for o in opts.get("options", [])]
-        if not options or any("." in o or "/" in o for o in options):  # file lists depend on the user's folders
+        # lists of the user's files depend on their folders: only the fixed choices are documented
+        options = [str(o) for o in opts.get("options", []) if not ("." in str(o) or "/" in str(o) or str(o) in local)]
+        if not options:
             parts.append("a file from its ComfyUI folder")
         else:
             parts.append(", ".join(f"`{o}`" for o in options[:8]) + (f", … ({len(options)})" if len(options) > 8 else ""))
@@ -34,7 +35,7 @@ def _range(opts: dict, typ: str) -> str:
     return "; ".join(parts)
 
 
-def _inputs(info: dict) -> list[str]:
+def _inputs(info: dict, local: frozenset[str]) -> list[str]:
     rows = []
     for section in ("required", "optional"):
         for name in info["input_order"].get(section, []):
@@ -44,7 +45,7 @@ def _inputs(info: dict) -> list[str]:
             if typ == "COMBO" and "options" not in opts and isinstance(spec[0], list):
                 opts = dict(opts, options=spec[0])
             req = "" if section == "required" else " (optional)"
-            rows.append(f"| `{name}`{req} | {typ} | {_cell(_range(opts, typ))} | {_cell(opts.get('tooltip', ''))} |")
+            rows.append(f"| `{name}`{req} | {typ} | {_cell(_range(opts, typ, local))} | {_cell(opts.get('tooltip', ''))} |")
     return rows
 
 
@@ -54,8 +55,13 @@ def _outputs(info: dict) -> list[str]:
             for name, typ, tip in zip(info["output_name"], info["output"], tips)]
 
 
-def render(object_info: dict) -> dict[str, str]:
-    """{file name: page text} for every group of the pack's nodes."""
+def local_names(base: Path) -> frozenset[str]:
+    """Names of everything in a server's base folders: combo options that list them are the user's files."""
+    return frozenset(p.name for p in base.rglob("*") if "custom_nodes" not in p.parts)
+
+
+def render(object_info: dict, local: frozenset[str] = frozenset()) -> dict[str, str]:
+    """{file name: page text} for every group of the pack's nodes (`local`: see local_names)."""
     groups: dict[str, list[dict]] = {}
     for node_id, info in object_info.items():
         if node_id.startswith(PREFIX):
@@ -67,7 +73,7 @@ def render(object_info: dict) -> dict[str, str]:
                  "ComfyUI GUI shows. Workflows using them: `workflows/README.md`.", ""]
         for info in sorted(nodes, key=lambda i: i["display_name"]):
             lines += [f"## {info['display_name']} (`{info['name']}`)", "", _cell(info.get("description", "")), ""]
-            inputs = _inputs(info)
+            inputs = _inputs(info, local)
             if inputs:
                 lines += ["| input | type | values | what it does |", "|---|---|---|---|", *inputs, ""]
             outputs = _outputs(info)

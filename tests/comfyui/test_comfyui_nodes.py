@@ -90,11 +90,11 @@ def test_object_info_lists_every_node_with_tooltips(object_info):
     assert CKPT in object_info["SVDSuite_CheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"]
 
 
-def test_node_docs_are_current(object_info):
+def test_node_docs_are_current(comfy, object_info):
     """docs/nodes/ is the schemas rendered (tests/comfyui/node_docs.py): a changed node needs its page regenerated."""
-    from node_docs import DOCS, render
+    from node_docs import DOCS, local_names, render
 
-    pages = render(object_info)
+    pages = render(object_info, local_names(comfy.base))
     assert sorted(p.name for p in DOCS.glob("*.md")) == sorted(pages)
     stale = [name for name, text in pages.items() if (DOCS / name).read_text() != text]
     assert not stale, f"docs/nodes/{stale} out of date: run .venv/bin/python tests/comfyui/node_docs.py"
