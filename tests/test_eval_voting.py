@@ -139,18 +139,19 @@ def test_voting_in_headless_chromium(study_dirs, tmp_path):
             page.wait_for_selector("#code", state="visible", timeout=10000)
             page.fill("#code", "not-a-code-of-this-study")
             page.click("#start")
-            page.wait_for_function("document.getElementById('status').textContent.includes('unknown participant')",
-                                   timeout=10000)
+            page.wait_for_selector("#status:has-text('unknown participant')", timeout=10000)
             page.fill("#code", code)
             page.click("#start")
             for n in range(1, 16):  # 12 pairs + 3 attention checks: every pair this participant can see
-                page.wait_for_function(f"document.getElementById('pair').dataset.number === '{n}'", timeout=10000)
+                page.wait_for_selector(f"#pair[data-number='{n}']", state="attached", timeout=10000)
                 pid = page.get_attribute("#pair", "data-pair-id")
                 row = server.app.store.pair(pid)
                 if n == 1:  # the videos really load in the browser
-                    page.wait_for_function("document.getElementById('left').readyState >= 1", timeout=10000)
+                    page.locator("#left").evaluate("v => v.readyState >= 1 || new Promise((ok) => "
+                                                   "v.addEventListener('loadedmetadata', ok))")
                     assert page.evaluate("document.getElementById('left').videoWidth") == 48
-                    assert "red square" in page.inner_text("#prompt") or page.is_visible("#cond")
+                assert page.inner_text("#prompt") == "Prompt: " + row["prompt"]
+                assert page.is_visible("#cond") == bool(row["image_path"])
                 if row["is_check"]:
                     choice = row["expected"]
                 else:
@@ -158,7 +159,7 @@ def test_voting_in_headless_chromium(study_dirs, tmp_path):
                 for axis in ("visual_quality", "prompt_following"):
                     page.click(f".axis[data-axis='{axis}'] button[data-choice='{choice}']")
                     clicks += 1
-            page.wait_for_function("document.getElementById('pair').dataset.number === 'done'", timeout=10000)
+            page.wait_for_selector("#pair[data-number='done']", state="attached", timeout=10000)
             assert f"Votes cast: {clicks}" in page.inner_text("#status")
             page.goto(server.url + "leaderboard")
             assert "organiser token" in page.inner_text("body")

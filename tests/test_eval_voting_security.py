@@ -319,3 +319,16 @@ def test_csv_export_quotes_model_names(server):
     votes = read_votes_csv(body.decode())
     assert len(votes) == 6 and {v.model_a for v in votes} | {v.model_b for v in votes} == set(MODELS)
     assert all((v.model_a if v.winner == "a" else v.model_b) == MODELS[0] for v in votes)
+
+
+def test_foreign_votes_database_is_one_clear_error(media, tmp_path):
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    old = tmp_path / "old.sqlite"
+    import sqlite3
+    sqlite3.connect(old).executescript("CREATE TABLE pairs (id TEXT, session TEXT); CREATE TABLE votes (id INT);")
+    app = make_app(media, tmp_path)
+    study = app.study
+    app.close()
+    for name in ("junk.sqlite", "old.sqlite"):
+        with pytest.raises(ValueError, match="new --db file"):
+            VotingApp(study, str(tmp_path / name))

@@ -298,7 +298,7 @@ class VotingStudy(io.ComfyNode):
                 io.String.Input("manifest", default="", tooltip="study manifest .json (instead of models)"),
                 io.Int.Input("attention_checks", default=4, min=0, max=100,
                              tooltip="degraded-copy attention-check pairs generated (with models)"),
-                io.Int.Input("participants", default=10, min=1, max=1000,
+                io.Int.Input("participants", default=10, min=1, max=1000, optional=True,
                              tooltip="participant codes the study holds (a reopened study keeps its codes); "
                                      "each participant opens the page with ?code=THEIR_CODE"),
             ],

@@ -55,13 +55,14 @@ class VoteStore:
         self._lock = threading.RLock()
         self._rng = random.Random(seed) if seed is not None else secrets.SystemRandom()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # autocommit
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
         try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             self._db.close()
-            raise ValueError(f"votes database {path!r} has another layout ({exc}); use a new --db file") from None
+            raise ValueError(f"votes database {path!r} is not a database of this study version ({exc}); give a new "
+                             "--db file (or study name)") from None
 
     def close(self) -> None:
         with self._lock:

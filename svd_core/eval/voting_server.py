@@ -257,8 +257,11 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None or len(body) != (n if method == "POST" else 0):
             return self._send(_error(408, "request body not received in time"))
         self.server.request_read()
-        url = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(url.query, max_num_fields=20).items()} if url.query else {}
+        try:
+            url = urlsplit(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query, max_num_fields=20).items()} if url.query else {}
+        except ValueError as exc:  # an invalid URL, or too many query fields
+            return self._send(_error(400, f"bad request target: {str(exc)[:100]}"))
         self._send(self.server.app.handle(method, url.path, query, body, headers))
 
     def _send(self, resp: Response):
@@ -381,7 +384,7 @@ class StandaloneServer:
         return f"http://{host}:{port}/"
 
     def start(self) -> "StandaloneServer":
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.1,), daemon=True)
         self.thread.start()
         return self
 
