@@ -332,3 +332,38 @@ def test_foreign_votes_database_is_one_clear_error(media, tmp_path):
     for name in ("junk.sqlite", "old.sqlite"):
         with pytest.raises(ValueError, match="new --db file"):
             VotingApp(study, str(tmp_path / name))
+
+
+def test_cli_serve_prints_token_and_codes_and_refuses_hostile_manifests(media, tmp_path, capsys):
+    """`eval serve`: a manifest reaching /etc/passwd is one clean error; a real study prints the organiser token
+    and the participant codes, and its results need that token."""
+    import subprocess
+    import sys
+
+    from svd_core.__main__ import main
+
+    (tmp_path / "evil.json").write_text(json.dumps({"items": [{"id": "x", "videos": {
+        "a": "/etc/passwd", "b": "../../../../../../etc/passwd"}}]}))
+    assert main(["eval", "serve", str(tmp_path / "evil.json"), "--db", str(tmp_path / "e.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a video file" in err and "Traceback" not in err
+    assert main(["eval", "serve", "--model", f"a={media / 'media' / 'good'}", "--model",
+                 f"b={media / 'media' / 'bad'}", "--db", str(tmp_path / "c.sqlite"), "--codes", "5000"]) == 2
+    assert "--codes 5000" in capsys.readouterr().err
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "svd_core", "eval", "serve", "--model",
+                             f"good={media / 'media' / 'good'}", "--model", f"bad={media / 'media' / 'bad'}",
+                             "--checks", "1", "--db", str(tmp_path / "cli.sqlite"), "--port", "0", "--codes", "3",
+                             "--token", "organiser-token-0123456789"], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": repo})
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert lines[1] == "organiser token: organiser-token-0123456789\n", lines
+    codes = lines[3].split(": ", 1)[1].split()
+    assert lines[3].startswith("participant codes (3): ") and len(codes) == 3 and len(set(codes)) == 3
+    import sqlite3
+    assert sorted(codes) == sorted(r[0] for r in sqlite3.connect(tmp_path / "cli.sqlite").execute(
+        "SELECT code FROM participants"))
