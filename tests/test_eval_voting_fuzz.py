@@ -4,6 +4,7 @@ drawn), never a 5xx, a hang or a file outside the media root; the server still a
 examples and time; the outcome counts are printed (run with -s) for the issue's closing note."""
 import collections
 import json
+import os
 import socket
 import threading
 import time
@@ -142,9 +143,53 @@ def test_app_handler_never_raises(srv, method, route, query, body, headers, plai
     json.loads(resp.body) if resp.content_type == "application/json" else None
 
 
+JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
+                              st.sampled_from(["m/a.webm", "m/b.webm", "../secret.txt", "/etc/passwd", "x.png",
+                                               "m/../../secret.webm", "", "a\nb", "__check_good__"]), TEXT),
+                    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                            st.dictionaries(st.one_of(TEXT, st.sampled_from(
+                                                ["id", "videos", "prompt", "image", "good", "bad"])), inner,
+                                                max_size=3)), max_leaves=12)
+MANIFEST_KEYS = st.sampled_from(["name", "axes", "check_every", "max_failed_checks", "items", "attention_checks",
+                                 "organiser_token", "media_root"])
+
+
+@pytest.fixture(scope="module")
+def manifest_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("manifests")
+    (root / "study").mkdir()
+    (root / "secret.txt").write_bytes(SECRET)
+    (root / "secret.webm").write_bytes(SECRET)
+    for name in ("a", "b"):
+        write_video(str(root / "study" / "m" / f"{name}.webm"), moving_square(num_frames=2, seed=0), fps=8)
+    return root
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(patch=st.dictionaries(MANIFEST_KEYS, JSON, max_size=3), item_patch=st.dictionaries(
+    st.sampled_from(["id", "videos", "prompt", "image"]), JSON, max_size=2))
+def test_random_manifests_load_inside_the_root_or_fail_cleanly(manifest_dir, patch, item_patch):
+    from svd_core.eval.study import load_study
+
+    item = {"id": "x", "videos": {"a": "m/a.webm", "b": "m/b.webm"}, **item_patch}
+    path = manifest_dir / "study" / "study.json"
+    path.write_text(json.dumps({"items": [item], **patch}))
+    try:
+        st_ = load_study(str(path))
+    except (ValueError, FileNotFoundError) as exc:
+        OUTCOMES["manifest:" + type(exc).__name__] += 1
+        assert "study" in str(exc) and SECRET.decode() not in str(exc)
+        return
+    OUTCOMES["manifest:loaded"] += 1
+    root = os.path.realpath(manifest_dir / "study")
+    files = [p for it in st_.items for p in [*it.videos.values(), it.image] if p]
+    assert files and all(os.path.commonpath([f, root]) == root for f in files)
+
+
 def test_server_still_answers_after_fuzzing(srv):
     threads = threading.active_count()
     status, resp = _exchange(srv, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{srv.httpd.server_address[1]}\r\n\r\n".encode())
     assert status == 200 and b"Video preference study" in resp
     assert threads < 40
     print("voting API fuzz outcomes:", dict(sorted(OUTCOMES.items(), key=str)))
+

@@ -129,7 +129,8 @@ class Study:
                 "items": [{"id": i.id, "prompt": i.prompt, "image": rel(i.image),
                            "videos": {m: rel(p) for m, p in i.videos.items()}} for i in self.items],
                 "attention_checks": [{"id": c.id, "prompt": c.prompt, "image": rel(c.image), "good": rel(c.good),
-                                      "bad": rel(c.bad)} for c in self.checks]}
+                                      "bad": rel(c.bad)} for c in self.checks],
+                **({"organiser_token": self.organiser_token} if self.organiser_token else {})}
 
 
 def load_study(path: str) -> Study:
