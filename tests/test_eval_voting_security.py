@@ -184,9 +184,10 @@ def test_body_size_and_content_length_limits(server):
     head = "POST /api/vote HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n" % (
         server.httpd.server_address[1])
     cases = {f"Content-Length: {300 << 20}": 413, f"Content-Length: {MAX_BODY + 1}": 413, "Content-Length: -1": 400,
-             "Content-Length: abc": 400, "Content-Length: 1e3": 400, "Transfer-Encoding: chunked": 400, "": 411}
+             "Content-Length: abc": 400, "Content-Length: 1e3": 400, "Content-Length: \xb2": 400,
+             "Transfer-Encoding: chunked": 400, "": 411}
     for line, expected in cases.items():
-        status, headers, body = raw(server, (head + (line + "\r\n" if line else "") + "\r\n").encode(),
+        status, headers, body = raw(server, (head + (line + "\r\n" if line else "") + "\r\n").encode("latin-1"),
                                     half_close=False)
         assert status == expected, (line, body)
         assert "error" in json.loads(body) and headers["x-content-type-options"] == "nosniff"

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import stat
@@ -67,9 +68,9 @@ def body_length(headers: dict) -> int | str:
     raw = headers.get("content-length")
     if raw is None:
         return 0
-    if not raw.strip().isdigit() or len(raw.strip()) > 12:
+    if not re.fullmatch(r"[0-9]{1,12}", raw.strip()):  # ASCII digits only ("²".isdigit() is True)
         return f"Content-Length {raw[:40]!r} is not a non-negative integer"
-    n = int(raw)
+    n = int(raw.strip())
     return n if n <= MAX_BODY else f"request body of {n} bytes is over the {MAX_BODY}-byte limit"
 
 
@@ -123,7 +124,8 @@ class VotingApp:
     def handle(self, method: str, path: str, query: dict[str, str], body: bytes,
                headers: dict | None = None) -> Response:
         """Dispatch one request (`headers` with lower-case names); errors become JSON `{error}` with a 4xx status."""
-        resp = self._route(method, "/" + path.strip("/"), query, body, {k.lower(): v for k, v in (headers or {}).items()})
+        headers = {k.lower(): v for k, v in (headers or {}).items()}
+        resp = self._route(method, "/" + path.strip("/"), query, body, headers)
         for k, v in SECURITY_HEADERS.items():
             resp.headers.setdefault(k, v)
         if resp.content_type.startswith("text/html"):
