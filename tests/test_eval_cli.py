@@ -94,14 +94,16 @@ def _free_port():
 
 def test_serve_process_killed_mid_session_loses_no_vote(tmp_path):
     for m in ("m1", "m2"):
-        video_set(tmp_path / m, n=2, seed=0 if m == "m1" else 5)
+        video_set(tmp_path / m, n=3, seed=0 if m == "m1" else 5)
     port, db = _free_port(), tmp_path / "votes.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "svd_core", "eval", "serve", "--model", f"m1={tmp_path / 'm1'}",
                              "--model", f"m2={tmp_path / 'm2'}", "--checks", "1", "--db", str(db), "--port",
                              str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert "voting page: http://127.0.0.1" in proc.stdout.readline()
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert "voting page: http://127.0.0.1" in lines[0] and lines[1].startswith("organiser token: ")
+        code = lines[3].split(": ", 1)[1].split()[0]  # "participant codes (10): CODE ..."
         base = f"http://127.0.0.1:{port}/"
 
         def call(path, body=None):
@@ -110,17 +112,17 @@ def test_serve_process_killed_mid_session_loses_no_vote(tmp_path):
             with urllib.request.urlopen(req, timeout=10) as r:
                 return json.loads(r.read())
 
-        sid = call("api/session", {})["session"]
         for _ in range(3):
-            p = call(f"api/next?session={sid}")
-            call("api/vote", {"session": sid, "pair_id": p["pair_id"], "axis": "visual_quality", "choice": "right"})
+            p = call(f"api/next?code={code}")
+            for axis in ("visual_quality", "prompt_following"):
+                call("api/vote", {"code": code, "pair_id": p["pair_id"], "axis": axis, "choice": "right"})
         proc.send_signal(signal.SIGKILL)  # no clean shutdown
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()
-    assert sqlite3.connect(db).execute("SELECT count(*) FROM votes").fetchone()[0] == 3
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM votes").fetchone()[0] == 6
 
 
 class _MeanColor:

@@ -20,8 +20,8 @@ PREFERENCE = ("good", "bad")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy-vote")
-    video_set(base / "input" / "vote_good", n=2, seed=0)
-    video_set(base / "input" / "vote_bad", n=2, seed=0, noise=70.0)
+    video_set(base / "input" / "vote_good", n=4, seed=0)
+    video_set(base / "input" / "vote_bad", n=4, seed=0, noise=70.0)
     srv = ComfyServer(base=base, comfy=comfyui_dir()).start()
     try:
         yield srv
@@ -35,11 +35,22 @@ def test_voting_page_on_the_comfyui_server(server):
     missing = requests.get(server.url + "/svd/vote/nostudy/", timeout=10)
     assert missing.status_code == 404 and "SVDSuite_VotingStudy" in missing.json()["error"]
     prompt = {"1": {"class_type": "SVDSuite_VotingStudy", "inputs": {
-        "name": "realui", "models": "good=vote_good\nbad=vote_bad", "manifest": "", "attention_checks": 1}}}
+        "name": "realui", "models": "good=vote_good\nbad=vote_bad", "manifest": "", "attention_checks": 1,
+        "participants": 2}}}
     entry, _ = server.wait(server.queue(prompt), timeout=120)
     assert entry["status"]["status_str"] == "success", server.log_tail()
-    assert entry["outputs"]["1"]["text"][0].startswith("voting page: /svd/vote/realui/")
+    text = entry["outputs"]["1"]["text"][0]
+    assert text.startswith("voting page: /svd/vote/realui/")
+    token = text.split("leaderboard?token=")[1].split()[0]
+    codes = text.split("participant codes: ")[1].split()
     db = server.output_dir / "svd_eval" / "votes" / "realui.sqlite"
+    assert len(codes) == 2 and sorted(codes) == sorted(r[0] for r in sqlite3.connect(db).execute(
+        "SELECT code FROM participants"))
+    base = server.url + "/svd/vote/realui/"
+    assert requests.get(base + "api/votes.csv", timeout=10).status_code == 401
+    assert requests.get(base + "api/next", params={"code": "made-up-code-123"}, timeout=10).status_code == 403
+    cross = requests.post(base + "api/vote", json={}, headers={"Origin": "http://evil.example"}, timeout=10)
+    assert cross.status_code == 403
     clicks = 0
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
@@ -47,9 +58,9 @@ def test_voting_page_on_the_comfyui_server(server):
             "--disable-component-update", "--disable-sync"])
         try:
             page = browser.new_page()
-            page.goto(server.url + "/svd/vote/realui/")
-            for n in range(1, 7):
-                page.wait_for_function(f"document.getElementById('pair').dataset.number === '{n}'", timeout=15000)
+            page.goto(base + f"?code={codes[0]}")
+            for n in range(1, 6):  # 4 pairs and the attention check of the first block
+                page.wait_for_selector(f"#pair[data-number='{n}']", state="attached", timeout=15000)
                 pid = page.get_attribute("#pair", "data-pair-id")
                 left, right, is_check, expected = sqlite3.connect(db).execute(
                     "SELECT left_model, right_model, is_check, expected FROM pairs WHERE id = ?", (pid,)).fetchone()
@@ -57,8 +68,8 @@ def test_voting_page_on_the_comfyui_server(server):
                 for axis in ("visual_quality", "prompt_following"):
                     page.click(f".axis[data-axis='{axis}'] button[data-choice='{choice}']")
                     clicks += 1
-            page.wait_for_function("document.getElementById('pair').dataset.number === '7'", timeout=15000)
-            page.click("a[href='leaderboard']")
+            page.wait_for_selector("#pair[data-number='done']", state="attached", timeout=15000)
+            page.goto(base + f"leaderboard?token={token}")
             page.wait_for_selector("table.leaderboard")
             for axis in ("visual_quality", "prompt_following"):
                 models = page.locator(f"table[data-axis='{axis}'] td.model").all_inner_texts()
@@ -66,5 +77,8 @@ def test_voting_page_on_the_comfyui_server(server):
         finally:
             browser.close()
     con = sqlite3.connect(db)
-    assert con.execute("SELECT count(*) FROM votes").fetchone()[0] == clicks == 12
+    assert con.execute("SELECT count(*) FROM votes").fetchone()[0] == clicks == 10
     assert con.execute("SELECT count(*) FROM votes WHERE is_check = 1 AND correct = 1").fetchone()[0] == 2
+    csv_text = requests.get(base + "api/votes.csv", headers={"Authorization": "Bearer " + token}, timeout=10).text
+    assert csv_text.count("\n") == 1 + 8 and all(line.split(",")[2] == ("a" if line.startswith("good") else "b")
+                                                  for line in csv_text.splitlines()[1:])

@@ -20,7 +20,7 @@ RANK = {m: i for i, m in enumerate(MODELS)}
 def study_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     for m_i, m in enumerate(MODELS):
-        for k in range(2):
+        for k in range(4):  # 4 items x 3 model pairs = 12 pairs per participant (+ one check per 5)
             write_video(str(root / m / f"prompt{k}.webm"), moving_square(num_frames=6, seed=10 * k + m_i), fps=8)
     (root / "strong" / "prompt0.txt").write_text("a red square moving right")
     from PIL import Image
@@ -36,7 +36,7 @@ def make_study(root, **kw):
 
 def test_study_from_folders_and_manifest_roundtrip(study_dirs, tmp_path):
     st = make_study(study_dirs)
-    assert [it.id for it in st.items] == ["prompt0", "prompt1"]
+    assert [it.id for it in st.items] == ["prompt0", "prompt1", "prompt2", "prompt3"]
     assert st.items[0].prompt == "a red square moving right" and st.items[1].prompt == "prompt1"
     assert st.items[1].image.endswith("prompt1.png") and st.items[0].image is None
     assert st.models == sorted(MODELS) and len(st.checks) == 2
@@ -49,9 +49,10 @@ def test_study_from_folders_and_manifest_roundtrip(study_dirs, tmp_path):
         load_study(str(bad))
 
 
-def _http(url, body=None):
+def _http(url, body=None, headers=None):
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+                                 headers={"Content-Type": "application/json", **(headers or {})},
+                                 method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.headers.get("Content-Type"), r.read()
@@ -66,10 +67,10 @@ def test_http_api_votes_are_committed_and_blinded(study_dirs, tmp_path):
     try:
         status, ctype, page = _http(url)
         assert status == 200 and "text/html" in ctype and b"Video preference study: demo" in page
-        sid = json.loads(_http(url + "api/session", {})[2])["session"]
+        sid, other = server.app.store.ensure_codes(2)
         seen_checks, lefts = 0, []
         for n in range(1, 11):
-            pair = json.loads(_http(url + f"api/next?session={sid}")[2])
+            pair = json.loads(_http(url + f"api/next?code={sid}")[2])
             assert pair["number"] == n and pair["axes"] == ["visual_quality", "prompt_following"]
             assert not any(m in json.dumps(pair) for m in MODELS)  # blinded: no model names reach the page
             status, ctype, data = _http(url + f"media/{pair['pair_id']}/left")
@@ -78,20 +79,24 @@ def test_http_api_votes_are_committed_and_blinded(study_dirs, tmp_path):
                                               (pair["pair_id"],)).fetchone()
             lefts.append(row[0])
             seen_checks += row[2]
-            assert bool(row[2]) == (n % 5 == 0)  # every 5th pair is an attention check
-            r = json.loads(_http(url + "api/vote", {"session": sid, "pair_id": pair["pair_id"],
+            r = json.loads(_http(url + "api/vote", {"code": sid, "pair_id": pair["pair_id"],
                                                     "axis": "visual_quality", "choice": "left"})[2])
             # committed at once: another connection sees the vote while the server still runs
-            assert sqlite3.connect(db).execute("SELECT count(*) FROM votes").fetchone()[0] == r["votes_cast"] == n
-        assert seen_checks == 2
+            count = sqlite3.connect(db).execute("SELECT count(*) FROM votes").fetchone()[0]
+            assert count == r["votes_cast"] == 2 * n - 1
+            if n % 5 == 0:  # one attention check in every block of 5 pairs
+                assert seen_checks == n // 5
+            # the unfinished pair (one axis of two answered) comes back, e.g. after a reload
+            assert json.loads(_http(url + f"api/next?code={sid}")[2])["pair_id"] == pair["pair_id"]
+            _http(url + "api/vote", {"code": sid, "pair_id": pair["pair_id"], "axis": "prompt_following",
+                                     "choice": "left"})
         assert len(set(lefts)) > 1  # order is randomized
-        assert _http(url + "api/vote", {"session": sid, "pair_id": "nope", "axis": "visual_quality",
+        assert _http(url + "api/vote", {"code": sid, "pair_id": "nope", "axis": "visual_quality",
                                         "choice": "left"})[0] == 404
-        assert _http(url + "api/vote", {"session": sid, "pair_id": pair["pair_id"], "axis": "smell",
+        assert _http(url + "api/vote", {"code": sid, "pair_id": pair["pair_id"], "axis": "smell",
                                         "choice": "left"})[0] == 400
         assert _http(url + "media/../../etc/passwd")[0] == 404
-        other = json.loads(_http(url + "api/session", {})[2])["session"]
-        assert _http(url + "api/vote", {"session": other, "pair_id": pair["pair_id"], "axis": "visual_quality",
+        assert _http(url + "api/vote", {"code": other, "pair_id": pair["pair_id"], "axis": "visual_quality",
                                         "choice": "left"})[0] == 403
     finally:
         server.stop()
@@ -100,7 +105,7 @@ def test_http_api_votes_are_committed_and_blinded(study_dirs, tmp_path):
 
 def test_failed_attention_checks_drop_a_session(study_dirs, tmp_path):
     app = VotingApp(make_study(study_dirs), str(tmp_path / "v.sqlite"), num_orderings=20, seed=1)
-    good, careless = app.store.new_session(), app.store.new_session()
+    good, careless = app.store.issue_codes(2)
     for sid, attentive in ((good, True), (careless, False)):
         for _ in range(10):
             p = app.store.next_pair(sid)
@@ -111,8 +116,8 @@ def test_failed_attention_checks_drop_a_session(study_dirs, tmp_path):
                 else:
                     choice = "left" if RANK[row["left_model"]] < RANK[row["right_model"]] else "right"
                 app.store.cast(sid, p["pair_id"], axis, choice)
-    assert app.store.failed_sessions() == {careless}
-    assert app.store.counts()["excluded_sessions"] == 1
+    assert app.store.failed_participants() == {careless}
+    assert app.store.counts()["excluded_participants"] == 1 and app.store.counts()["excluded_codes"] == [careless]
     assert len(app.store.votes()) == 16 and len(app.store.votes(include_failed=True)) == 32
     assert all(CHECK_GOOD not in (v.model_a, v.model_b) and CHECK_BAD not in (v.model_a, v.model_b)
                for v in app.store.votes(include_failed=True))
@@ -124,22 +129,30 @@ def test_voting_in_headless_chromium(study_dirs, tmp_path):
 
     db = tmp_path / "browser.sqlite"
     server = StandaloneServer(VotingApp(make_study(study_dirs), str(db), num_orderings=200, seed=2), port=0).start()
-    clicks = 0
+    clicks, code = 0, server.app.store.ensure_codes(1)[0]
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"])
             page = browser.new_page()
-            page.goto(server.url)
-            for n in range(1, 16):
-                page.wait_for_function(f"document.getElementById('pair').dataset.number === '{n}'", timeout=10000)
+            page.goto(server.url)  # no code yet: the page asks for one
+            page.wait_for_selector("#code", state="visible", timeout=10000)
+            page.fill("#code", "not-a-code-of-this-study")
+            page.click("#start")
+            page.wait_for_selector("#status:has-text('unknown participant')", timeout=10000)
+            page.fill("#code", code)
+            page.click("#start")
+            for n in range(1, 16):  # 12 pairs + 3 attention checks: every pair this participant can see
+                page.wait_for_selector(f"#pair[data-number='{n}']", state="attached", timeout=10000)
                 pid = page.get_attribute("#pair", "data-pair-id")
                 row = server.app.store.pair(pid)
                 if n == 1:  # the videos really load in the browser
-                    page.wait_for_function("document.getElementById('left').readyState >= 1", timeout=10000)
+                    page.locator("#left").evaluate("v => v.readyState >= 1 || new Promise((ok) => "
+                                                   "v.addEventListener('loadedmetadata', ok))")
                     assert page.evaluate("document.getElementById('left').videoWidth") == 48
-                    assert "red square" in page.inner_text("#prompt") or page.is_visible("#cond")
+                assert page.inner_text("#prompt") == "Prompt: " + row["prompt"]
+                assert page.is_visible("#cond") == bool(row["image_path"])
                 if row["is_check"]:
                     choice = row["expected"]
                 else:
@@ -147,9 +160,11 @@ def test_voting_in_headless_chromium(study_dirs, tmp_path):
                 for axis in ("visual_quality", "prompt_following"):
                     page.click(f".axis[data-axis='{axis}'] button[data-choice='{choice}']")
                     clicks += 1
-            page.wait_for_function("document.getElementById('pair').dataset.number === '16'", timeout=10000)
-            assert f"votes cast: {clicks}" in page.inner_text("#status")
-            page.click("a[href='leaderboard']")
+            page.wait_for_selector("#pair[data-number='done']", state="attached", timeout=10000)
+            assert f"Votes cast: {clicks}" in page.inner_text("#status")
+            page.goto(server.url + "leaderboard")
+            assert "organiser token" in page.inner_text("body")
+            page.goto(server.url + f"leaderboard?token={server.app.token}")
             page.wait_for_selector("table.leaderboard")
             for axis in ("visual_quality", "prompt_following"):
                 rows = page.locator(f"table[data-axis='{axis}'] tr").all()[1:]
@@ -160,14 +175,14 @@ def test_voting_in_headless_chromium(study_dirs, tmp_path):
                 highs = [float(r.locator("span.high").inner_text()) for r in rows]
                 assert elos == sorted(elos, reverse=True)
                 assert all(lo <= e <= hi for lo, e, hi in zip(lows, elos, highs))
-            assert "0 sessions left out" in page.inner_text("#counts")
+            assert "from 1 participants; 0 participants left out" in page.inner_text("#counts")
             browser.close()
     finally:
         server.stop()
         server.app.close()
     # nothing lost: after the server stopped, a fresh connection finds every click
     con = sqlite3.connect(db)
-    assert con.execute("SELECT count(*) FROM votes").fetchone()[0] == clicks == 30
+    assert con.execute("SELECT count(*) FROM votes").fetchone()[0] == clicks
     assert con.execute("SELECT count(*) FROM votes WHERE is_check = 1").fetchone()[0] == 6
     assert con.execute("SELECT count(*) FROM votes WHERE is_check = 1 AND correct = 1").fetchone()[0] == 6
 
@@ -196,14 +211,24 @@ def test_aiohttp_routes_serve_the_same_app(study_dirs, tmp_path):
             assert r.status == 302 and r.headers["Location"] == "/svd/vote/aio/"
             r = await client.get("/svd/vote/aio/")
             assert r.status == 200 and "Video preference study: demo" in await r.text()
-            sid = (await (await client.post("/svd/vote/aio/api/session", json={})).json())["session"]
-            pair = await (await client.get(f"/svd/vote/aio/api/next?session={sid}")).json()
+            sid = app.store.ensure_codes(1)[0]
+            pair = await (await client.get(f"/svd/vote/aio/api/next?code={sid}")).json()
             r = await client.get(f"/svd/vote/aio/media/{pair['pair_id']}/right")
             assert r.status == 200 and r.headers["Content-Type"] == "video/webm" and len(await r.read()) > 100
-            r = await client.post("/svd/vote/aio/api/vote", json={"session": sid, "pair_id": pair["pair_id"],
-                                                                  "axis": "visual_quality", "choice": "tie"})
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+            vote = {"code": sid, "pair_id": pair["pair_id"], "axis": "visual_quality", "choice": "tie"}
+            r = await client.post("/svd/vote/aio/api/vote", json=vote, headers={"Origin": "http://evil.example"})
+            assert r.status == 403 and "cross-origin" in (await r.json())["error"]
+            r = await client.post("/svd/vote/aio/api/vote", data=b"x" * (1 << 20),
+                                  headers={"Content-Type": "application/json"})
+            assert r.status == 413
+            r = await client.post("/svd/vote/aio/api/vote", json=vote)
             assert (await r.json())["votes_cast"] == 1
-            lb = await (await client.get("/svd/vote/aio/api/leaderboard")).json()
+            r = await client.post("/svd/vote/aio/api/vote", json=vote)
+            assert r.status == 409  # votes are final
+            assert (await client.get("/svd/vote/aio/api/leaderboard")).status == 401
+            lb = await (await client.get("/svd/vote/aio/api/leaderboard",
+                                         headers={"Authorization": "Bearer " + app.token})).json()
             assert lb["counts"]["votes"] == 1 and len(lb["axes"]["visual_quality"]["ratings"]) == 2
             r = await client.get("/svd/vote/nope/")
             assert r.status == 404 and "SVDSuite_VotingStudy" in (await r.json())["error"]

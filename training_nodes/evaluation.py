@@ -298,13 +298,19 @@ class VotingStudy(io.ComfyNode):
                 io.String.Input("manifest", default="", tooltip="study manifest .json (instead of models)"),
                 io.Int.Input("attention_checks", default=4, min=0, max=100,
                              tooltip="degraded-copy attention-check pairs generated (with models)"),
+                io.Int.Input("participants", default=10, min=1, max=1000, optional=True,
+                             tooltip="participant codes the study holds (a reopened study keeps its codes); "
+                                     "each participant opens the page with ?code=THEIR_CODE"),
             ],
-            outputs=[io.String.Output(display_name="url", tooltip="path of the voting page on this server")],
+            outputs=[io.String.Output(display_name="url", tooltip="path of the voting page on this server"),
+                     io.String.Output(display_name="organiser_token",
+                                      tooltip="token for the leaderboard and the CSV export (?token=...)"),
+                     io.String.Output(display_name="codes", tooltip="participant codes, one per line")],
             is_output_node=True, not_idempotent=True,
         )
 
     @classmethod
-    def execute(cls, name, models, manifest, attention_checks) -> io.NodeOutput:
+    def execute(cls, name, models, manifest, attention_checks, participants=10) -> io.NodeOutput:
         import re
 
         from svd_core.eval.study import load_study, study_from_folders
@@ -330,9 +336,12 @@ class VotingStudy(io.ComfyNode):
             study = study_from_folders(name, dirs, num_checks=attention_checks,
                                        check_dir=os.path.join(out_dir, f"{name}_checks"))
         study.name = name
-        url = register_study(name, VotingApp(study, os.path.join(out_dir, f"{name}.sqlite")))
-        text = f"voting page: {url}  leaderboard: {url}leaderboard  (votes: output/svd_eval/votes/{name}.sqlite)"
-        return io.NodeOutput(url, ui=ui.PreviewText(text))
+        app = VotingApp(study, os.path.join(out_dir, f"{name}.sqlite"))
+        codes = app.store.ensure_codes(participants)
+        url = register_study(name, app)
+        text = (f"voting page: {url}?code=PARTICIPANT_CODE  leaderboard: {url}leaderboard?token={app.token}  "
+                f"(votes: output/svd_eval/votes/{name}.sqlite)\nparticipant codes: {' '.join(codes)}")
+        return io.NodeOutput(url, app.token, "\n".join(codes), ui=ui.PreviewText(text))
 
 
 class LoadVideoFrames(io.ComfyNode):

@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="SQLite file for the votes (created if missing)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8189)
+    p.add_argument("--token", default=os.environ.get("SVD_VOTE_TOKEN"),
+                   help="organiser token for the leaderboard, CSV export and new codes (default: $SVD_VOTE_TOKEN, "
+                        "the manifest's organiser_token, or a random one printed at start)")
+    p.add_argument("--codes", type=int, default=10,
+                   help="participant codes the study holds (printed at start; more via POST api/codes)")
 
     p = sub.add_parser("prompts", help="class-balanced UCF-101 prompt list (one 'class<TAB>prompt' per line)")
     p.add_argument("--num", type=int, default=2048)
@@ -182,9 +187,15 @@ def _run(args) -> int:
             study = study_from_folders(args.name, dirs, image_dir=args.images, num_checks=args.checks)
         else:
             raise ValueError("serve needs a study manifest or two or more --model NAME=DIR")
-        server = StandaloneServer(VotingApp(study, args.db), args.host, args.port)
-        print(f"voting page: {server.url}  leaderboard: {server.url}leaderboard  (Ctrl+C stops; votes are saved "
-              f"as they are cast in {args.db})", flush=True)
+        if not 0 <= args.codes <= 1000:
+            raise ValueError(f"--codes {args.codes}: expected 0 to 1000 participant codes")
+        server = StandaloneServer(VotingApp(study, args.db, token=args.token), args.host, args.port)
+        codes = server.app.store.ensure_codes(args.codes)
+        print(f"voting page: {server.url}?code=PARTICIPANT_CODE\n"
+              f"organiser token: {server.app.token}\n"
+              f"leaderboard: {server.url}leaderboard?token={server.app.token}\n"
+              f"participant codes ({len(codes)}): {' '.join(codes)}\n"
+              f"(Ctrl+C stops; votes are saved as they are cast in {args.db})", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:

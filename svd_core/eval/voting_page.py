@@ -19,9 +19,11 @@ PAGE = """<!doctype html>
 <style>__STYLE__</style></head>
 <body>
 <h1>Video preference study: __TITLE__</h1>
-<p>Watch both videos, then answer every question. Left and right are shuffled for every pair.
-   <a href="leaderboard">Leaderboard</a></p>
-<div id="pair" data-pair-id="" data-number="0">
+<p>Watch both videos, then answer every question. Left and right are shuffled for every pair; each answer is
+   final.</p>
+<form id="login" style="display:none"><label>Participant code (from the study organiser):
+  <input id="code" autocomplete="off" size="24"></label> <button id="start" type="submit">Start</button></form>
+<div id="pair" data-pair-id="" data-number="0" style="display:none">
   <div id="prompt"></div>
   <img id="cond" alt="conditioning image">
   <div id="media">
@@ -32,29 +34,32 @@ PAGE = """<!doctype html>
 </div>
 <p id="status">loading...</p>
 <script>
-const state = { session: sessionStorage.getItem("svd_vote_session"), pair: null, answered: {}, cast: 0 };
+const KEY = "svd_vote_code";
+const state = { code: null, pair: null, answered: {}, cast: 0 };
 const $ = (id) => document.getElementById(id);
 async function api(path, body) {
   const r = await fetch(path, body === undefined ? {} :
     { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   const data = await r.json();
-  if (!r.ok) throw new Error(data.error || r.statusText);
+  if (!r.ok) { const e = new Error(data.error || r.statusText); e.status = r.status; throw e; }
   return data;
 }
-async function ensureSession() {
-  if (!state.session) {
-    state.session = (await api("api/session", {})).session;
-    sessionStorage.setItem("svd_vote_session", state.session);
-  }
+function askCode(message) {  // no code, or a wrong one: the participant types the organiser's code
+  state.code = null; sessionStorage.removeItem(KEY);
+  $("pair").style.display = "none"; $("login").style.display = "block"; $("status").textContent = message;
 }
 async function loadPair() {
-  await ensureSession();
   let p;
-  try { p = await api("api/next?session=" + encodeURIComponent(state.session)); }
-  catch (e) {  // stale session (new database): start a fresh one
-    sessionStorage.removeItem("svd_vote_session"); state.session = null; await ensureSession();
-    p = await api("api/next?session=" + encodeURIComponent(state.session));
+  try { p = await api("api/next?code=" + encodeURIComponent(state.code)); }
+  catch (e) { if (e.status === 403) return askCode(e.message); throw e; }
+  sessionStorage.setItem(KEY, state.code);
+  $("login").style.display = "none";
+  if (p.done) {
+    $("pair").style.display = "none"; $("pair").dataset.number = "done";
+    $("status").textContent = "Thank you: you have seen every pair. Votes cast: " + state.cast;
+    return;
   }
+  $("pair").style.display = "block";
   state.pair = p; state.answered = {};
   $("prompt").textContent = p.prompt ? "Prompt: " + p.prompt : "";
   const media = "media/" + p.pair_id + "/";
@@ -75,21 +80,30 @@ async function loadPair() {
   $("status").textContent = "Pair " + p.number + " - votes cast: " + state.cast;
 }
 async function vote(axis, choice, button) {
-  const pairId = state.pair.pair_id;
-  const r = await api("api/vote", { session: state.session, pair_id: pairId, axis: axis, choice: choice });
+  if (axis in state.answered) return;  // answers are final
+  const div = button.parentElement;
+  for (const b of div.querySelectorAll("button")) b.disabled = true;
+  const r = await api("api/vote", { code: state.code, pair_id: state.pair.pair_id, axis: axis, choice: choice });
   state.cast = r.votes_cast; state.answered[axis] = choice;
-  const div = button.parentElement; div.classList.add("done");
-  for (const b of div.querySelectorAll("button")) b.classList.toggle("chosen", b === button);
+  div.classList.add("done"); button.classList.add("chosen");
   $("status").textContent = "Pair " + state.pair.number + " - votes cast: " + state.cast;
   if (state.pair.axes.every((a) => a in state.answered)) await loadPair();
 }
-loadPair().catch((e) => { $("status").textContent = "error: " + e.message; });
+$("login").onsubmit = (ev) => {
+  ev.preventDefault(); state.code = $("code").value.trim();
+  loadPair().catch((e) => { $("status").textContent = "error: " + e.message; });
+};
+state.code = new URLSearchParams(location.search).get("code") || sessionStorage.getItem(KEY);
+if (location.search) history.replaceState(null, "", location.pathname);  // the code leaves the address bar
+if (state.code) loadPair().catch((e) => { $("status").textContent = "error: " + e.message; });
+else askCode("Enter your participant code to start.");
 </script>
 </body></html>
 """
 
 
 def voting_page(title: str) -> str:
+    """The participant's page: asks for (or reads `?code=`) the organiser-issued code, then serves pairs."""
     return PAGE.replace("__STYLE__", STYLE).replace("__TITLE__", html.escape(title))
 
 
@@ -97,9 +111,10 @@ def leaderboard_page(title: str, tables: dict, counts: dict) -> str:
     """Server-rendered leaderboard: one table per axis with Elo and its bootstrap interval."""
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard: {html.escape(title)}"
              f"</title><style>{STYLE}</style></head><body><h1>Leaderboard: {html.escape(title)}</h1>",
-             f"<p id='counts'>{counts['votes'] - counts['check_votes']} votes from {counts['sessions']} sessions; "
-             f"{counts['excluded_sessions']} sessions left out for failed attention checks. "
-             "<a href='./'>Back to voting</a></p>"]
+             f"<p id='counts'>{counts['votes'] - counts['check_votes']} votes from {counts['participants']} "
+             f"participants; {counts['excluded_participants']} participants left out for failed attention checks"
+             f"{': ' if counts['excluded_codes'] else ''}"
+             f"<span id='excluded'>{html.escape(', '.join(counts['excluded_codes']))}</span>.</p>"]
     if not tables:
         parts.append("<p id='empty'>No votes yet.</p>")
     for axis, t in tables.items():
