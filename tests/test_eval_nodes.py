@@ -58,6 +58,8 @@ SCRIPT = textwrap.dedent(r'''
         out["metrics_error"] = str(e)
     r = ev.EloFromVotes.execute("votes.csv", 100, 0.95, 0)
     out["elo"] = json.loads(r.result[1])
+    r = ev.EloFromVotes.execute("votes.csv", 100, 0.95, 0, aggregate=True)
+    out["elo_aggregated"] = json.loads(r.result[1])
     r = ev.ComparisonGrid.execute(a, "svd, xt", 3, 0, "models_as_columns", images_2=b)
     out["grid"] = list(r.result[0].shape)
     r = ev.VotingStudy.execute("demo", "a=set_a\nb=set_b", "", 1)
@@ -109,6 +111,9 @@ def test_metric_elo_grid_and_study_nodes(node_run):
     assert "missing.pth" in node_run["metrics_error"] and "lpips_weights" in node_run["metrics_error"]
     for axis in ("visual_quality", "prompt_following"):
         assert node_run["elo"][axis]["ratings"][0]["model"] == "xt"
+    assert "aggregated" not in node_run["elo"]
+    agg = node_run["elo_aggregated"]["aggregated"]  # App. E.1.2, all axes' votes pooled
+    assert agg["num_votes"] == 200 and agg["ratings"][0]["model"] == "xt"
     assert node_run["grid"] == [1, 18 + 3 * 32 + 2 * 4, 2 * 48 + 4, 3]
     url, studies, models, checks = node_run["study"]
     assert url == "/svd/vote/demo/" and studies == ["demo"] and models == ["a", "b"] and checks == 1

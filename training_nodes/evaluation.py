@@ -212,7 +212,8 @@ class VideoMetrics(io.ComfyNode):
 
 
 class EloFromVotes(io.ComfyNode):
-    """Elo table (App. E.1.2: K = 1, start 1000, bootstrapped over random orderings) from a votes CSV."""
+    """Elo table (App. E.1.2: K = 1, start 1000, bootstrapped over random orderings) from a votes CSV, per axis and
+    optionally aggregated over the axes."""
 
     @classmethod
     def define_schema(cls):
@@ -229,6 +230,9 @@ class EloFromVotes(io.ComfyNode):
                                tooltip="width of the percentile interval over orderings"),
                 io.Int.Input("ordering_seed", default=0, min=0, max=2**31 - 1,
                              tooltip="seed of the random vote orderings (same seed, same table)"),
+                io.Boolean.Input("aggregate", default=False, optional=True,
+                                 tooltip="also rate all axes' votes pooled into one 'aggregated' table "
+                                         "(paper App. E.1.2)"),
             ],
             outputs=[io.String.Output(display_name="table", tooltip="ranked models, Elo and interval per axis"),
                      io.String.Output(display_name="json", tooltip="the same as JSON")],
@@ -236,13 +240,14 @@ class EloFromVotes(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, votes_file, orderings, ci, ordering_seed) -> io.NodeOutput:
+    def execute(cls, votes_file, orderings, ci, ordering_seed, aggregate=False) -> io.NodeOutput:
         import json
 
-        from svd_core.eval.elo import elo_by_axis, format_tables, read_votes_csv
+        from svd_core.eval.elo import elo_by_axis, elo_by_axis_and_aggregate, format_tables, read_votes_csv
 
         path = _file(PREFIX + "EloFromVotes", "votes_file", votes_file)
-        tables = elo_by_axis(read_votes_csv(path), num_orderings=orderings, ci=ci, seed=ordering_seed)
+        rate = elo_by_axis_and_aggregate if aggregate else elo_by_axis
+        tables = rate(read_votes_csv(path), num_orderings=orderings, ci=ci, seed=ordering_seed)
         text = format_tables(tables)
         return io.NodeOutput(text, json.dumps({a: t.as_dict() for a, t in tables.items()}), ui=ui.PreviewText(text))
 
