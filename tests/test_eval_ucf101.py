@@ -155,6 +155,7 @@ def test_resumable_run_gives_the_same_fvd_without_regenerating(model, real_dir, 
     again = ucf101.evaluate_ucf101(model, real_dir, str(out), ext, settings=settings, num_samples=2,
                                    cache_dir=cache)
     assert prompts == [] and again.generated_now == 0 and again.fvd == full.fvd
+    assert sum(extracted) == 2  # unchanged files: both sets' statistics from the cache
     # resuming with other settings is refused, naming the difference
     with pytest.raises(ValueError, match=r"other settings: cfg_scale 7.0 -> 5.0"):
         ucf101.evaluate_ucf101(model, real_dir, str(out), ext, num_samples=2,

@@ -310,8 +310,8 @@ def evaluate_ucf101(model, real_dir: str, out_dir: str, extractor: FeatureExtrac
                     progress: Progress | None = None, generate_fn=None) -> UCF101Result:
     """Generate (or resume) the samples, then FVD against the real set under the UCF-101 protocol.
 
-    Real-set statistics are cached in `cache_dir` (default `out_dir/fvd_stats`) and reused while the real files,
-    the extractor and the preprocessing are unchanged.
+    Statistics (real set and samples) are cached in `cache_dir` (default `out_dir/fvd_stats`) and reused while
+    the files, the extractor and the preprocessing are unchanged.
     """
     real = real_videos(real_dir)
     counts = class_counts(real)
@@ -323,7 +323,7 @@ def evaluate_ucf101(model, real_dir: str, out_dir: str, extractor: FeatureExtrac
     pre = UCF101.preprocess
     cache = cache_dir or os.path.join(out_dir, "fvd_stats")
     real_stats = files_stats(real, extractor, pre, batch_size=batch_size, cache_dir=cache, name="ucf101-real")
-    gen_stats = files_stats(paths, extractor, pre, batch_size=batch_size, name="generated")
+    gen_stats = files_stats(paths, extractor, pre, batch_size=batch_size, cache_dir=cache, name="generated")
     value = fvd_from_stats(gen_stats, real_stats)
     per_class: dict[str, int] = {}
     for s in plan:
