@@ -173,6 +173,12 @@ def test_errors_name_the_fix(real_dir, i3d, tmp_path):
         ucf101.evaluate_ucf101(svd, str(tmp_path / "none"), str(tmp_path / "o"), ext)
     with pytest.raises(ValueError, match="num_frames=8 .* 16"):
         ucf101.UCF101Settings(num_frames=8)
+    with pytest.raises(ValueError, match="narrower than UCF-101's 4:3 frame"):
+        ucf101.UCF101Settings(height=64, width=64)  # 240x240 after the resize: no 240x320 crop
+    with pytest.raises(ValueError, match="width=100 must be a multiple of 64"):
+        ucf101.UCF101Settings(width=100)
+    with pytest.raises(ValueError, match="between 1 and 1000000"):
+        ucf101.make_plan(REAL, num_samples=10**9)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match="unreadable manifest"):

@@ -43,6 +43,7 @@ MANIFEST_FORMAT = "svd_core.eval.ucf101/1"
 VIDEO_DIR = "videos"
 CFG_SCALE = 7.0  # paper: classifier-free guidance scale 7 for the UCF-101 samples
 DEFAULT_NUM_SAMPLES = 10_000
+MAX_SAMPLES = 1_000_000  # bounds the plan and manifest held in memory
 _UCF_NAME = re.compile(r"^v_([A-Za-z]+)_g\d+_c\d+$")  # UCF-101 file stems: v_ApplyEyeMakeup_g08_c01
 Progress = Callable[[int, int], None]  # (videos done, videos planned)
 
@@ -72,6 +73,13 @@ class UCF101Settings:
                              "UCF-101 FVD protocol feeds to I3D; use --frames 16 (the paper's value)")
         if self.fps <= 0:
             raise ValueError(f"fps={self.fps!r} must be > 0 (paper: 25)")
+        for name, v in (("height", self.height), ("width", self.width)):
+            if v < 64 or v % 64:
+                raise ValueError(f"{name}={v} must be a multiple of 64 and at least 64 (protocol: 320x576)")
+        ch, cw = UCF101.preprocess.crop
+        if self.width * ch < self.height * cw:  # short side -> 240, then a 240x320 crop: needs w / h >= 4 / 3
+            raise ValueError(f"{self.width}x{self.height} (w x h) is narrower than UCF-101's 4:3 frame, so the "
+                             f"protocol's {cw}x{ch} crop does not fit; use a width >= 4/3 of the height (320x576)")
 
 
 @dataclass(frozen=True)
@@ -145,8 +153,8 @@ def class_counts(files: Sequence[str]) -> dict[str, int]:
 def allocate(num_samples: int, counts: dict[str, int]) -> dict[str, int]:
     """Split `num_samples` over the classes in proportion to `counts` (largest remainders, ties to the earlier
     class), so the samples follow the real set's class distribution."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise ValueError(f"num_samples must be between 1 and {MAX_SAMPLES}, got {num_samples}")
     total = sum(counts.values())
     if total < 1:
         raise ValueError("no classes to sample from")
@@ -186,8 +194,9 @@ def make_plan(counts: dict[str, int] | None, num_samples: int | None = DEFAULT_N
     elif not counts:
         counts = {c: 1 for c in UCF101_CLASSES}  # class of the real videos unknown: balanced over all 101
     if samples_per_class is not None:
-        if samples_per_class < 1:
-            raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+        if not 1 <= samples_per_class * len(counts) <= MAX_SAMPLES:
+            raise ValueError(f"samples_per_class must be >= 1 and give at most {MAX_SAMPLES} videos, got "
+                             f"{samples_per_class} x {len(counts)} classes")
         return plan_samples({c: samples_per_class for c in counts}, seed)
     n = sum(counts.values()) if num_samples is None else num_samples
     return plan_samples(allocate(n, counts), seed)
