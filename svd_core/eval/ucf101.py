@@ -22,7 +22,6 @@ produces the same videos, hence the same FVD, as an uninterrupted one. Real-set 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import tempfile
@@ -35,8 +34,6 @@ from .features import FeatureExtractor
 from .fvd import files_stats, fvd_from_stats
 from .protocols import UCF101, UCF101_CLASSES, action_to_prompt
 from .video_io import VIDEO_EXTS, list_videos
-
-log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "svd_core.eval.ucf101/1"
