@@ -73,7 +73,10 @@ def test_settings_and_generation_calls_use_the_papers_values(monkeypatch, tmp_pa
     # the CLI's defaults are the same values
     import argparse
 
+    from svd_core.cli import common
+    from svd_core.eval import cli
     from svd_core.eval.cli import add_arguments
+    assert cli.SAMPLER_CHOICES == common.SAMPLER_CHOICES and cli.DEFAULT_UCF_SAMPLES == ucf101.DEFAULT_NUM_SAMPLES
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     a = parser.parse_args(["ucf101", "--checkpoint", "c", "--real", "r", "--out", "o"])

@@ -9,7 +9,9 @@ import sys
 
 import numpy as np
 
-DEFAULT_UCF_SAMPLES = 10_000  # svd_core.eval.ucf101.DEFAULT_NUM_SAMPLES (not imported: keeps --help light)
+# = ucf101.DEFAULT_NUM_SAMPLES and cli.common.SAMPLER_CHOICES (not imported: those load torch; tests check equality)
+DEFAULT_UCF_SAMPLES = 10_000
+SAMPLER_CHOICES = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=320, help="sample height (protocol: 320)")
     p.add_argument("--width", type=int, default=576, help="sample width (protocol: 576)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the variant's)")
-    p.add_argument("--sampler", choices=("euler", "heun", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde"),
-                   default="euler")
+    p.add_argument("--sampler", choices=SAMPLER_CHOICES, default="euler")
     p.add_argument("--schedule", choices=("karras", "exponential"), default="karras")
     p.add_argument("--motion-score", type=float, default=None, help="motion conditioning (default: the variant's)")
     p.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
