@@ -48,6 +48,10 @@ def test_eval_elo_prints_ratings_with_intervals(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     top = data["visual_quality"]["ratings"][0]
     assert top["model"] == "svd_xt" and top["low"] < top["elo"] < top["high"]
+    assert main(["eval", "elo", str(tmp_path / "votes.csv"), "--orderings", "50", "--aggregate", "--json"]) == 0
+    agg = json.loads(capsys.readouterr().out)
+    assert list(agg) == ["visual_quality", "prompt_following", "aggregated"]
+    assert agg["aggregated"]["num_votes"] == 900 and agg["aggregated"]["ratings"][0]["model"] == "svd_xt"
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     assert main(["eval", "elo", str(tmp_path / "bad.csv")]) == 2
     assert "lacks column" in capsys.readouterr().err

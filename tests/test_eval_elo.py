@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from svd_core.eval.elo import (Vote, bootstrap_elo, elo_by_axis, elo_sequential, expected_score, format_tables,
-                               read_votes_csv, write_votes_csv)
+from svd_core.eval.elo import (Vote, aggregate_elo, bootstrap_elo, elo_by_axis, elo_by_axis_and_aggregate,
+                               elo_sequential, expected_score, format_tables, read_votes_csv, write_votes_csv)
 from svd_core.eval.standins import votes_csv
 
 
@@ -90,3 +90,39 @@ def test_csv_errors(tmp_path):
     p.write_text("model_a,model_b,winner\na,a,a\n")
     with pytest.raises(ValueError, match="compared with itself"):
         read_votes_csv(str(p))
+
+
+def test_aggregated_elo_pools_the_axes_votes_hand_computed():
+    """Paper App. E.1.2 (K = 1, start 1000, mean over random orderings) with the axes aggregated as one pool of
+    games (the "aggregated" preference next to prompt alignment and visual quality, paper Figs. 3-4).
+
+    Votes: visual_quality A>B twice, prompt_following B>A once. Pooled, an ordering is one of three outcome
+    sequences for A (W W L, W L W, L W W), each with probability 1/3. By hand, with E = 1/(1+10^(-d/400)):
+      W: 1000.5; W: E = 1/(1+10^(-1/400)) = 0.5014391, A = 1000.9985609; L: E = 0.5028741, A = 1000.4956868
+      W: 1000.5; L: A = 1000.5 - 0.5014391 = 999.9985609; W: E = 0.4999959 (d = -0.0028782), A = 1000.4985650
+      L:  999.5; W: E = 0.4985609, A = 1000.0014391;      W: E = 0.5000041, A = 1000.5014350
+    so the aggregated rating of A is their mean 1000.4985623 (B: 2000 minus it), the interval spans the
+    extremes; per axis A is 1000.9985609 (visual quality) and 999.5 (prompt following)."""
+    votes = [Vote("A", "B", "a", "visual_quality"), Vote("A", "B", "a", "visual_quality"),
+             Vote("A", "B", "b", "prompt_following")]
+    seqs = [1000.4956868307, 1000.4985650304, 1000.5014349696]
+    t = aggregate_elo(votes, num_orderings=30000, ci=1.0, seed=0)
+    a = t.models.index("A")
+    assert t.axis == "aggregated" and t.num_votes == 3 and t.wins == {"A": 2, "B": 1}
+    assert t.rating[a] == pytest.approx(np.mean(seqs), abs=1e-4)  # sampling error of the mean: ~1e-5
+    assert t.low[a] == pytest.approx(seqs[0], abs=1e-9) and t.high[a] == pytest.approx(seqs[2], abs=1e-9)
+    assert t.rating.sum() == pytest.approx(2000.0)
+    tables = elo_by_axis_and_aggregate(votes, num_orderings=50)
+    assert list(tables) == ["visual_quality", "prompt_following", "aggregated"]
+    vq, pf = tables["visual_quality"], tables["prompt_following"]
+    assert vq.rating[vq.models.index("A")] == pytest.approx(1000.9985609, abs=1e-6)
+    assert pf.rating[pf.models.index("A")] == pytest.approx(999.5)
+    # not the mean of the per-axis ratings (1000.2492804): the axes are pooled vote by vote
+    assert tables["aggregated"].rating[a] == pytest.approx(np.mean(seqs), abs=2e-3)
+    # restricted to one axis, the aggregate is that axis's table
+    only = aggregate_elo(votes, axes=["visual_quality"], num_orderings=10)
+    assert only.rating[a] == pytest.approx(1000.9985609, abs=1e-6)
+    with pytest.raises(ValueError, match="axis 'motion' has no votes"):
+        aggregate_elo(votes, axes=["motion"])
+    with pytest.raises(ValueError, match="already use the axis name 'aggregated'"):
+        elo_by_axis_and_aggregate([Vote("A", "B", "a", "aggregated")])

@@ -50,6 +50,34 @@ SCRIPT = textwrap.dedent(r'''
         ev.FVDImages.execute(a, b, 5, "i3d_torchscript.pt", "none", 0)
     except ValueError as e:
         out["fvd_images_error"] = str(e)
+    # UCF-101 FVD node: a thin tiny t2v model behind the loader's handle interface (spec, name, acquire)
+    from dataclasses import replace
+    from svd_core import testing
+    from svd_core.eval.video_io import write_video
+    for k, cls in enumerate(["Archery", "Archery", "YoYo"]):
+        write_video(os.path.join(inp, "ucf_real", cls, f"v_{cls}_g{k:02d}_c01.avi"),
+                    moving_square(num_frames=18, seed=k), fps=25)
+    T = testing.TINY_T2V
+    thin = replace(T, name="tiny_t2v_thin", unet=replace(T.unet, num_res_blocks=1),
+                   vae=replace(T.vae, ch=16, norm_groups=16, num_res_blocks=1))
+    class Handle:
+        def __init__(self, model):
+            self.model, self.spec, self.name = model, model.spec, model.spec.name
+        def acquire(self):
+            return self.model
+    t2v = Handle(testing.tiny_model(thin, seed=1))
+    args = ("ucf_real", "i3d_torchscript.pt", "run1", 2, 0, 7.0, 16, 25, 128, 64, 1, 0)
+    r = ev.UCF101FVD.execute(t2v, *args)
+    again = ev.UCF101FVD.execute(t2v, *args)
+    run = os.path.join(base, "output", "svd_eval", "ucf101", "run1")
+    man = json.load(open(os.path.join(run, "manifest.json")))
+    out["ucf101"] = [r.result[0], r.result[1], again.result[0], again.result[1], sorted(os.listdir(run)),
+                     [(p["class"], p["prompt"], p["seed"]) for p in man["plan"]], man["settings"]["cfg_scale"]]
+    for bad in ((Handle(testing.tiny_model("tiny")),) + args, (t2v,) + args[:2] + ("../x",) + args[3:]):
+        try:
+            ev.UCF101FVD.execute(*bad)
+        except ValueError as e:
+            out.setdefault("ucf101_errors", []).append(str(e))
     r = ev.VideoMetrics.execute((a + 0.1).clamp(0, 1), a, "lpips_alex.safetensors", "alex", "none", "ViT-H-14")
     out["metrics"] = list(r.result[:4]) + [r.result[4].splitlines()[0]]
     try:
@@ -58,6 +86,8 @@ SCRIPT = textwrap.dedent(r'''
         out["metrics_error"] = str(e)
     r = ev.EloFromVotes.execute("votes.csv", 100, 0.95, 0)
     out["elo"] = json.loads(r.result[1])
+    r = ev.EloFromVotes.execute("votes.csv", 100, 0.95, 0, aggregate=True)
+    out["elo_aggregated"] = json.loads(r.result[1])
     r = ev.ComparisonGrid.execute(a, "svd, xt", 3, 0, "models_as_columns", images_2=b)
     out["grid"] = list(r.result[0].shape)
     r = ev.VotingStudy.execute("demo", "a=set_a\nb=set_b", "", 1)
@@ -76,7 +106,7 @@ def node_run(tmp_path_factory):
     (tmp / "run.py").write_text(SCRIPT)
     base = tmp / "base"
     proc = subprocess.run([sys.executable, str(tmp / "run.py"), str(comfy), str(REPO), str(base)],
-                          capture_output=True, text=True, timeout=300, cwd=str(tmp))
+                          capture_output=True, text=True, timeout=600, cwd=str(tmp))
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
@@ -84,7 +114,7 @@ def node_run(tmp_path_factory):
 
 def test_schemas_have_prefix_category_and_tooltips(node_run):
     assert sorted(node_run["schemas"]) == sorted("SVDSuite_" + n for n in (
-        "LoadVideoFrames", "FVDFolders", "FVDImages", "VideoMetrics", "EloFromVotes", "ComparisonGrid", "VotingStudy"))
+        "LoadVideoFrames", "FVDFolders", "FVDImages", "UCF101FVD", "VideoMetrics", "EloFromVotes", "ComparisonGrid", "VotingStudy"))
     for node_id, s in node_run["schemas"].items():
         assert s["category"] == "svd/evaluation" and s["untipped"] == [], node_id
 
@@ -109,6 +139,23 @@ def test_metric_elo_grid_and_study_nodes(node_run):
     assert "missing.pth" in node_run["metrics_error"] and "lpips_weights" in node_run["metrics_error"]
     for axis in ("visual_quality", "prompt_following"):
         assert node_run["elo"][axis]["ratings"][0]["model"] == "xt"
+    assert "aggregated" not in node_run["elo"]
+    agg = node_run["elo_aggregated"]["aggregated"]  # App. E.1.2, all axes' votes pooled
+    assert agg["num_votes"] == 200 and agg["ratings"][0]["model"] == "xt"
     assert node_run["grid"] == [1, 18 + 3 * 32 + 2 * 4, 2 * 48 + 4, 3]
     url, studies, models, checks = node_run["study"]
     assert url == "/svd/vote/demo/" and studies == ["demo"] and models == ["a", "b"] and checks == 1
+
+
+def test_ucf101_fvd_node(node_run):
+    """Paper Sec. 4.3 / App. E through the node: class-name prompts, CFG 7, per-sample seeds, the FVD reported
+    with the protocol name; queued again, nothing is regenerated and the value is the same."""
+    fvd, report, fvd2, report2, files, plan, cfg = node_run["ucf101"]
+    assert fvd > 0 and fvd2 == fvd and cfg == 7.0
+    assert report.startswith(f"FVD (ucf101) = {fvd:.4f}") and "2 generated, 2 new; 3 real; 2 classes" in report
+    assert "2 generated, 0 new" in report2
+    assert files == ["fvd.json", "fvd_stats", "manifest.json", "videos"]
+    assert plan == [["Archery", "archery", 0], ["YoYo", "yo yo", 1]]
+    not_t2v, bad_name = node_run["ucf101_errors"]
+    assert "input 'svd_model'" in not_t2v and "text-to-video" in not_t2v
+    assert "input 'run_name'" in bad_name

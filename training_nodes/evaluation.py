@@ -22,6 +22,7 @@ if EVAL_FOLDER not in folder_paths.folder_names_and_paths:
     folder_paths.folder_names_and_paths[EVAL_FOLDER] = ([os.path.join(folder_paths.models_dir, EVAL_FOLDER)],
                                                        EVAL_EXTS)
 NONE = "none"
+SVDModel = io.Custom("SVDSUITE_MODEL")  # the pack's model type (nodes/_comfy.py)
 
 
 def _eval_files() -> list[str]:
@@ -160,6 +161,77 @@ class FVDImages(io.ComfyNode):
         return io.NodeOutput(value, report, ui=ui.PreviewText(report))
 
 
+class UCF101FVD(io.ComfyNode):
+    """Zero-shot UCF-101 FVD of a text-to-video model (paper Sec. 4.3 / App. E): generates the class-name-prompted
+    samples into output/svd_eval/ucf101/<run_name>/ (resumable: Cancel, then queue again to continue) and scores them
+    against the real videos."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "UCF101FVD", display_name="UCF-101 zero-shot FVD (text-to-video)", category=CATEGORY,
+            description="Generates UCF-101 class-name-prompted videos (CFG 7, 16 frames @ 25 fps, 320x576 by "
+                        "default, the paper's values) and reports their FVD against the real set; resumable.",
+            inputs=[
+                SVDModel.Input("svd_model", tooltip="a text-to-video model (variant t2v) from the SVD loader"),
+                io.String.Input("real_folder", default="UCF-101",
+                                tooltip="real UCF-101 videos (Class/v_Class_gNN_cNN.avi or flat): absolute path or "
+                                        "relative to input/"),
+                io.Combo.Input("i3d_name", options=_eval_files(),
+                               tooltip="I3D TorchScript (StyleGAN-V's i3d_torchscript.pt) in models/svd_eval/"),
+                io.String.Input("run_name", default="ucf101",
+                                tooltip="run folder output/svd_eval/ucf101/<run_name>/ (same name and settings: "
+                                        "resume; other settings: use another name)"),
+                io.Int.Input("num_samples", default=10000, min=0, max=1000000,
+                             tooltip="videos in total, in the real set's class proportions (10k, the zero-shot "
+                                     "protocol); 0: as many as the real set holds"),
+                io.Int.Input("samples_per_class", default=0, min=0, max=10000,
+                             tooltip="videos per class instead of num_samples; 0 uses num_samples"),
+                io.Float.Input("cfg", default=7.0, min=0.1, max=30.0, step=0.1,
+                               tooltip="classifier-free guidance scale on every frame (paper: 7)"),
+                io.Int.Input("num_frames", default=16, min=16, max=256, tooltip="frames per video (paper: 16)"),
+                io.Int.Input("fps", default=25, min=1, max=60, tooltip="fps conditioning and file rate (paper: 25)"),
+                io.Int.Input("width", default=576, min=64, max=4096, step=64, tooltip="sample width (protocol: 576)"),
+                io.Int.Input("height", default=320, min=64, max=4096, step=64,
+                             tooltip="sample height (protocol: 320)"),
+                io.Int.Input("steps", default=0, min=0, max=1000, tooltip="sampling steps; 0: the variant's"),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="video i uses seed + i"),
+            ],
+            outputs=[io.Float.Output(display_name="fvd", tooltip="FVD of the samples against the real set (lower: "
+                                                                 "closer)"),
+                     io.String.Output(display_name="report", tooltip="FVD with the protocol and counts, as text")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, svd_model, real_folder, i3d_name, run_name, num_samples, samples_per_class, cfg, num_frames,
+                fps, width, height, steps, seed) -> io.NodeOutput:
+        import re
+
+        from svd_core.eval.ucf101 import UCF101Settings, evaluate_ucf101
+
+        node = PREFIX + "UCF101FVD"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", run_name or "") or run_name.strip(".") == "":
+            raise ValueError(f"{node}: input 'run_name': {run_name!r} must be letters, digits, '_', '-', '.'")
+        if svd_model.spec.cond_mode != "text":
+            raise ValueError(f"{node}: input 'svd_model': {svd_model.name} is a {svd_model.spec.name} model; load a "
+                             "text-to-video checkpoint (variant t2v)")
+        real = _folder(node, "real_folder", real_folder)
+        try:
+            settings = UCF101Settings(cfg_scale=cfg, num_frames=num_frames, fps=float(fps), height=height,
+                                      width=width, steps=steps or None, seed=seed, model=svd_model.name)
+        except ValueError as exc:
+            raise ValueError(f"{node}: {exc}") from exc
+        out = os.path.join(folder_paths.get_output_directory(), "svd_eval", "ucf101", run_name)
+        extractor = _i3d(node, i3d_name)
+        res = evaluate_ucf101(svd_model.acquire(), real, out, extractor, settings=settings,
+                              num_samples=num_samples or None, samples_per_class=samples_per_class or None,
+                              device=mm.get_torch_device(), progress=_progress())
+        report = (f"FVD ({res.protocol}) = {res.fvd:.4f}  ({res.num_generated} generated, {res.generated_now} new; "
+                  f"{res.num_real} real; {len(res.classes)} classes; output/svd_eval/ucf101/{run_name})")
+        return io.NodeOutput(res.fvd, report, ui=ui.PreviewText(report))
+
+
 class VideoMetrics(io.ComfyNode):
     """PSNR / SSIM / LPIPS / CLIP-S per frame (or view) between a generated and a reference IMAGE batch."""
 
@@ -212,7 +284,8 @@ class VideoMetrics(io.ComfyNode):
 
 
 class EloFromVotes(io.ComfyNode):
-    """Elo table (App. E.1.2: K = 1, start 1000, bootstrapped over random orderings) from a votes CSV."""
+    """Elo table (App. E.1.2: K = 1, start 1000, bootstrapped over random orderings) from a votes CSV, per axis and
+    optionally aggregated over the axes."""
 
     @classmethod
     def define_schema(cls):
@@ -229,6 +302,9 @@ class EloFromVotes(io.ComfyNode):
                                tooltip="width of the percentile interval over orderings"),
                 io.Int.Input("ordering_seed", default=0, min=0, max=2**31 - 1,
                              tooltip="seed of the random vote orderings (same seed, same table)"),
+                io.Boolean.Input("aggregate", default=False, optional=True,
+                                 tooltip="also rate all axes' votes pooled into one 'aggregated' table "
+                                         "(paper App. E.1.2)"),
             ],
             outputs=[io.String.Output(display_name="table", tooltip="ranked models, Elo and interval per axis"),
                      io.String.Output(display_name="json", tooltip="the same as JSON")],
@@ -236,13 +312,14 @@ class EloFromVotes(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, votes_file, orderings, ci, ordering_seed) -> io.NodeOutput:
+    def execute(cls, votes_file, orderings, ci, ordering_seed, aggregate=False) -> io.NodeOutput:
         import json
 
-        from svd_core.eval.elo import elo_by_axis, format_tables, read_votes_csv
+        from svd_core.eval.elo import elo_by_axis, elo_by_axis_and_aggregate, format_tables, read_votes_csv
 
         path = _file(PREFIX + "EloFromVotes", "votes_file", votes_file)
-        tables = elo_by_axis(read_votes_csv(path), num_orderings=orderings, ci=ci, seed=ordering_seed)
+        rate = elo_by_axis_and_aggregate if aggregate else elo_by_axis
+        tables = rate(read_votes_csv(path), num_orderings=orderings, ci=ci, seed=ordering_seed)
         text = format_tables(tables)
         return io.NodeOutput(text, json.dumps({a: t.as_dict() for a, t in tables.items()}), ui=ui.PreviewText(text))
 
@@ -397,4 +474,4 @@ def _register_routes() -> None:
 
 _register_routes()
 
-NODES = [LoadVideoFrames, FVDFolders, FVDImages, VideoMetrics, EloFromVotes, ComparisonGrid, VotingStudy]
+NODES = [LoadVideoFrames, FVDFolders, FVDImages, UCF101FVD, VideoMetrics, EloFromVotes, ComparisonGrid, VotingStudy]

@@ -1,4 +1,5 @@
-"""`python -m svd_core eval {fvd,elo,mv,serve,prompts}`: FVD, Elo from votes, multi-view metrics, voting page."""
+"""`python -m svd_core eval {fvd,ucf101,elo,mv,serve,prompts}`: FVD, the zero-shot UCF-101 FVD run, Elo from votes,
+multi-view metrics, voting page."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,13 @@ import sys
 
 import numpy as np
 
+# = ucf101.DEFAULT_NUM_SAMPLES and cli.common.SAMPLER_CHOICES (not imported: those load torch; tests check equality)
+DEFAULT_UCF_SAMPLES = 10_000
+SAMPLER_CHOICES = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="eval_command", required=True, metavar="{fvd,elo,mv,serve,prompts}")
+    sub = parser.add_subparsers(dest="eval_command", required=True, metavar="{fvd,ucf101,elo,mv,serve,prompts}")
 
     p = sub.add_parser("fvd", help="FVD between two folders of videos (or cached statistics files)")
     p.add_argument("dir_a", help="folder of videos / frame folders, or a .safetensors statistics file")
@@ -27,6 +32,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    p = sub.add_parser("ucf101", help="zero-shot UCF-101 FVD of a text-to-video checkpoint (paper Sec. 4.3): "
+                                      "generate class-name-prompted samples (resumable), score against the real set")
+    p.add_argument("--checkpoint", required=True, help="text-to-video checkpoint (variant t2v), .safetensors")
+    p.add_argument("--real", required=True, help="real UCF-101 videos: the dataset folder (Class/v_Class_gNN_cNN.avi) "
+                                                 "or a flat folder of videos")
+    p.add_argument("--out", required=True, help="run folder: videos/, manifest.json, fvd.json, fvd_stats/ (rerun "
+                                                "with the same options to resume)")
+    p.add_argument("--i3d", default=None, help="I3D TorchScript file (i3d_torchscript.pt of StyleGAN-V)")
+    p.add_argument("--extractor", default="i3d", help="feature extractor: i3d (needs --i3d), a registered name, or "
+                                                      "MODULE:FACTORY")
+    p.add_argument("--num-samples", default=str(DEFAULT_UCF_SAMPLES),
+                   help=f"videos in total, spread over the classes in the real set's proportions (default "
+                        f"{DEFAULT_UCF_SAMPLES}); 'real' for as many as the real set holds")
+    p.add_argument("--samples-per-class", type=int, default=None, help="videos per class instead of --num-samples")
+    p.add_argument("--classes", default=None, help="comma-separated UCF-101 classes to sample (default: the real "
+                                                   "set's classes)")
+    p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale, every frame (paper: 7)")
+    p.add_argument("--frames", type=int, default=16, help="frames per video (paper: 16)")
+    p.add_argument("--fps", type=float, default=25.0, help="fps conditioning and file rate (paper: 25)")
+    p.add_argument("--height", type=int, default=320, help="sample height (protocol: 320)")
+    p.add_argument("--width", type=int, default=576, help="sample width (protocol: 576)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the variant's)")
+    p.add_argument("--sampler", choices=SAMPLER_CHOICES, default="euler")
+    p.add_argument("--schedule", choices=("karras", "exponential"), default="karras")
+    p.add_argument("--motion-score", type=float, default=None, help="motion conditioning (default: the variant's)")
+    p.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per feature-extractor pass")
+    p.add_argument("--cache-dir", default=None, help="real-set statistics cache (default OUT/fvd_stats)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                   help="weights dtype (auto: float16 on GPU, float32 on CPU)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     p = sub.add_parser("elo", help="bootstrapped Elo ratings from a votes table (paper App. E.1.2)")
     p.add_argument("votes", help="CSV with columns model_a, model_b, winner (a / b / tie / model name), axis")
     p.add_argument("--orderings", type=int, default=1000, help="random vote orderings bootstrapped (paper: 1000)")
@@ -34,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--initial", type=float, default=1000.0, help="initial rating (paper: 1000)")
     p.add_argument("--ci", type=float, default=0.95, help="width of the percentile interval")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aggregate", action="store_true",
+                   help="also rate all axes' votes pooled into one table, 'aggregated' (paper App. E.1.2)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("mv", help="PSNR / SSIM / LPIPS / CLIP-S between generated and ground-truth views")
@@ -132,6 +172,44 @@ def _extractor(args):
     return get_extractor(args.extractor, device=args.device)
 
 
+def run_ucf101(args) -> int:
+    """Load the t2v checkpoint, generate / resume the samples, print the FVD with the protocol name."""
+    from ..cli.common import load_model
+    from .ucf101 import UCF101Settings, evaluate_ucf101, model_id
+
+    if args.num_samples == "real":
+        num = None
+    else:
+        try:
+            num = int(args.num_samples)
+        except ValueError:
+            raise ValueError(f"--num-samples {args.num_samples!r}: expected a number of videos or 'real'") from None
+    settings = UCF101Settings(cfg_scale=args.cfg, num_frames=args.frames, fps=args.fps, height=args.height,
+                              width=args.width, steps=args.steps, sampler=args.sampler, schedule=args.schedule,
+                              motion_score=args.motion_score, seed=args.seed, model=model_id(args.checkpoint))
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    import torch
+
+    args.offload = False
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ext_args = argparse.Namespace(extractor=args.extractor, i3d=args.i3d, device=args.device)
+    extractor = _extractor(ext_args)  # before generating: a missing I3D file fails fast
+    model, device = load_model(args)
+
+    def progress(done, total):
+        print(f"\rvideos {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+    res = evaluate_ucf101(model, args.real, args.out, extractor, settings=settings, num_samples=num,
+                          samples_per_class=args.samples_per_class, classes=classes, cache_dir=args.cache_dir,
+                          batch_size=args.batch_size, device=device, progress=progress)
+    if args.json:
+        print(json.dumps(res.as_dict()))
+    else:
+        print(f"FVD ({res.protocol}): {res.fvd:.4f}  ({res.num_generated} generated, {res.generated_now} new; "
+              f"{res.num_real} real; {len(res.classes)} classes)")
+    return 0
+
+
 def run(args) -> int:
     try:
         return _run(args)
@@ -155,11 +233,14 @@ def _run(args) -> int:
         value = fvd_folders(args.dir_a, args.dir_b, ext, pre, batch_size=args.batch_size, cache_dir=args.cache_dir)
         print(json.dumps({"fvd": value, "protocol": args.protocol}) if args.json else f"FVD: {value:.4f}")
         return 0
+    if cmd == "ucf101":
+        return run_ucf101(args)
     if cmd == "elo":
-        from .elo import elo_by_axis, format_tables, read_votes_csv
+        from .elo import elo_by_axis, elo_by_axis_and_aggregate, format_tables, read_votes_csv
 
-        tables = elo_by_axis(read_votes_csv(args.votes), num_orderings=args.orderings, k=args.k,
-                             initial=args.initial, ci=args.ci, seed=args.seed)
+        rate = elo_by_axis_and_aggregate if args.aggregate else elo_by_axis
+        tables = rate(read_votes_csv(args.votes), num_orderings=args.orderings, k=args.k,
+                      initial=args.initial, ci=args.ci, seed=args.seed)
         print(json.dumps({a: t.as_dict() for a, t in tables.items()}, indent=2) if args.json
               else format_tables(tables), end="" if not args.json else "\n")
         return 0

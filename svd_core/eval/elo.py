@@ -177,3 +177,31 @@ def format_tables(tables: dict[str, EloTable]) -> str:
             lines.append(f"  {rank:<5}{m:<28}{r:9.2f}  [{lo:7.2f}, {hi:7.2f}]{wg:>11}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+AGGREGATE_AXIS = "aggregated"
+
+
+def aggregate_elo(votes: list[Vote], axes: "list[str] | tuple[str, ...] | None" = None, **kw) -> EloTable:
+    """Aggregated Elo across axes (paper App. E.1.2; the "aggregated" preference shown next to prompt alignment
+    and visual quality in Figs. 3-4): every vote of every axis is one game, and the pooled games are rated as
+    App. E.1.2 rates one axis (K = 1, start 1000, mean over random orderings). A model thus gains from a win on
+    either axis, in proportion to the votes cast; `axes` restricts the pool (default: every axis present).
+    Keyword arguments as `bootstrap_elo` (num_orderings, k, initial, ci, seed)."""
+    present = sorted({v.axis for v in votes})
+    if axes:
+        unknown = [a for a in axes if a not in present]
+        if unknown:
+            raise ValueError(f"axis {unknown[0]!r} has no votes; the votes have axes {', '.join(present)}")
+    chosen = set(axes or present)
+    pooled = [Vote(v.model_a, v.model_b, v.winner, AGGREGATE_AXIS) for v in votes if v.axis in chosen]
+    return bootstrap_elo(pooled, axis=AGGREGATE_AXIS, **kw)
+
+
+def elo_by_axis_and_aggregate(votes: list[Vote], **kw) -> dict[str, EloTable]:
+    """`elo_by_axis` plus the pooled table of all axes (`aggregate_elo`) under the key "aggregated"."""
+    tables = elo_by_axis(votes, **kw)
+    if AGGREGATE_AXIS in tables:
+        raise ValueError(f"the votes already use the axis name {AGGREGATE_AXIS!r}; rename that axis to aggregate")
+    tables[AGGREGATE_AXIS] = aggregate_elo(votes, **kw)
+    return tables

@@ -46,25 +46,33 @@ def compute_stats(clips: Iterable, extractor: FeatureExtractor, pre: ClipPreproc
 
 def folder_stats(folder: str, extractor: FeatureExtractor, pre: ClipPreprocess, batch_size: int = 8,
                  cache_dir: str | None = None, progress: Progress | None = None) -> FeatureStats:
-    """Statistics of every video in `folder`, read from / written to `cache_dir` when given.
-
-    The cache file name hashes the file list (paths, sizes, mtimes), the extractor id and the preprocessing,
-    so a changed video set or protocol recomputes instead of reusing stale statistics.
-    """
+    """Statistics of every video in `folder`, read from / written to `cache_dir` when given (see `files_stats`)."""
     files = list_videos(folder)
     if len(files) < 2:
         raise ValueError(f"FVD needs at least 2 videos in {folder!r}, found {len(files)} "
                          "(video files or folders of frames)")
+    stats = files_stats(files, extractor, pre, batch_size, cache_dir, progress,
+                        name=os.path.basename(os.path.normpath(folder)))
+    stats.meta["folder"] = os.path.abspath(folder)
+    return stats
+
+
+def files_stats(files: list[str], extractor: FeatureExtractor, pre: ClipPreprocess, batch_size: int = 8,
+                cache_dir: str | None = None, progress: Progress | None = None, name: str = "videos") -> FeatureStats:
+    """Statistics of the given video files / frame folders, read from / written to `cache_dir` when given.
+
+    The cache file name hashes the file list (paths, sizes, mtimes), the extractor id and the preprocessing,
+    so a changed video set or protocol recomputes instead of reusing stale statistics.
+    """
     cache = None
     if cache_dir:
         key = stats_cache_key(files, extractor.id, pre.to_dict())
-        cache = os.path.join(cache_dir, f"fvdstats-{os.path.basename(os.path.normpath(folder))}-{key}.safetensors")
+        cache = os.path.join(cache_dir, f"fvdstats-{name}-{key}.safetensors")
         if os.path.isfile(cache):
             log.info("FVD: reusing cached statistics %s", cache)
             return FeatureStats.load(cache)
     clips = (read_video(f, num_frames=pre.num_frames, fps=pre.fps) for f in files)
     stats = compute_stats(clips, extractor, pre, batch_size, total=len(files), progress=progress)
-    stats.meta["folder"] = os.path.abspath(folder)
     stats.meta["num_videos"] = len(files)
     if cache:
         stats.save(cache)

@@ -64,11 +64,8 @@ def action_to_prompt(action: str) -> str:
 
 def ucf101_prompts(num_samples: int = 2048, classes: tuple[str, ...] = UCF101_CLASSES) -> list[tuple[str, str]]:
     """Class-balanced (class, prompt) list: every class `num_samples // n` times, the remainder spread over
-    the first classes, interleaved class by class so any prefix of the list stays balanced."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    out = []
-    for i in range(num_samples):
-        c = classes[i % len(classes)]
-        out.append((c, action_to_prompt(c)))
-    return out
+    the first classes, interleaved class by class so any prefix of the list stays balanced (the plan of
+    `ucf101.make_plan` with equal class weights)."""
+    from .ucf101 import allocate, plan_samples
+
+    return [(s.cls, s.prompt) for s in plan_samples(allocate(num_samples, {c: 1 for c in classes}))]
