@@ -34,7 +34,9 @@ def canonical_strides(x: torch.Tensor) -> torch.Tensor:
     """A channels-last `x` with the textbook strides (a view).
 
     oneDNN gives a batch of one frame / video an arbitrary batch stride; PyTorch's group norm then misreads the
-    layout, copies its input to NCHW and returns NCHW, and the next channels-last conv copies it back."""
+    layout, copies its input to NCHW and returns NCHW, and the next channels-last conv copies it back.
+    (as_strided keeps x's storage offset when given none: no `storage_offset()` call, which torch.compile cannot
+    trace.)"""
     if x.ndim not in (4, 5) or x.is_contiguous() or x.requires_grad:  # (as_strided's backward is a scatter)
         return x
     fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
@@ -45,7 +47,7 @@ def canonical_strides(x: torch.Tensor) -> torch.Tensor:
     for i in range(len(spatial) - 2, -1, -1):
         strides[i] = strides[i + 1] * spatial[i + 1]  # ... d h w: each axis steps over the ones inside it
     batch = strides[0] * spatial[0]
-    return x.as_strided(x.shape, (batch, 1, *strides), x.storage_offset())
+    return x.as_strided(x.shape, (batch, 1, *strides))
 
 
 def records(*tensors: torch.Tensor | None) -> bool:
