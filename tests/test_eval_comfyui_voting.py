@@ -60,7 +60,7 @@ def test_voting_page_on_the_comfyui_server(server):
             page = browser.new_page()
             page.goto(base + f"?code={codes[0]}")
             for n in range(1, 6):  # 4 pairs and the attention check of the first block
-                page.wait_for_selector(f"#pair[data-number='{n}']", state="attached", timeout=15000)
+                page.wait_for_selector(f"#pair[data-number='{n}']", state="attached", timeout=60000)
                 pid = page.get_attribute("#pair", "data-pair-id")
                 left, right, is_check, expected = sqlite3.connect(db).execute(
                     "SELECT left_model, right_model, is_check, expected FROM pairs WHERE id = ?", (pid,)).fetchone()
@@ -68,7 +68,7 @@ def test_voting_page_on_the_comfyui_server(server):
                 for axis in ("visual_quality", "prompt_following"):
                     page.click(f".axis[data-axis='{axis}'] button[data-choice='{choice}']")
                     clicks += 1
-            page.wait_for_selector("#pair[data-number='done']", state="attached", timeout=15000)
+            page.wait_for_selector("#pair[data-number='done']", state="attached", timeout=60000)
             page.goto(base + f"leaderboard?token={token}")
             page.wait_for_selector("table.leaderboard")
             for axis in ("visual_quality", "prompt_following"):
