@@ -137,14 +137,14 @@ def test_voting_in_headless_chromium(study_dirs, tmp_path):
                 "--disable-component-update", "--disable-sync"])
             page = browser.new_page()
             page.goto(server.url)  # no code yet: the page asks for one
-            page.wait_for_selector("#code", state="visible", timeout=10000)
+            page.wait_for_selector("#code", state="visible", timeout=60000)
             page.fill("#code", "not-a-code-of-this-study")
             page.click("#start")
-            page.wait_for_selector("#status:has-text('unknown participant')", timeout=10000)
+            page.wait_for_selector("#status:has-text('unknown participant')", timeout=60000)
             page.fill("#code", code)
             page.click("#start")
             for n in range(1, 16):  # 12 pairs + 3 attention checks: every pair this participant can see
-                page.wait_for_selector(f"#pair[data-number='{n}']", state="attached", timeout=10000)
+                page.wait_for_selector(f"#pair[data-number='{n}']", state="attached", timeout=60000)
                 pid = page.get_attribute("#pair", "data-pair-id")
                 row = server.app.store.pair(pid)
                 if n == 1:  # the videos really load in the browser
@@ -160,7 +160,7 @@ def test_voting_in_headless_chromium(study_dirs, tmp_path):
                 for axis in ("visual_quality", "prompt_following"):
                     page.click(f".axis[data-axis='{axis}'] button[data-choice='{choice}']")
                     clicks += 1
-            page.wait_for_selector("#pair[data-number='done']", state="attached", timeout=10000)
+            page.wait_for_selector("#pair[data-number='done']", state="attached", timeout=60000)
             assert f"Votes cast: {clicks}" in page.inner_text("#status")
             page.goto(server.url + "leaderboard")
             assert "organiser token" in page.inner_text("body")
