@@ -106,6 +106,12 @@ SCRIPT = textwrap.dedent(r'''
         with open(os.path.join(inp, name), "w") as f:
             json.dump({"items": [{"id": "1", "videos": videos}]}, f)
         res["run"].append(outcome(lambda: evaluation.VotingStudy.execute("s", "", name, 0)))
+    # a model folder of a study holding a link that leads out (its video would be served, its .txt shown)
+    os.makedirs(os.path.join(inp, "leaky"))
+    os.symlink(os.path.join(outside, "secret.txt"), os.path.join(inp, "leaky", "a.txt"))
+    open(os.path.join(inp, "leaky", "a.mp4"), "wb").close()
+    res["study_link"] = outcome(lambda: evaluation.VotingStudy.execute("s3", "a=clips\nb=leaky", "", 0))
+    res["eval_model"] = [outcome(evaluation._eval_path, "N", v, "i3d_name") for v in ("../../x", "/etc/passwd")]
     print("RESULT " + json.dumps(res))
 ''')
 
@@ -230,3 +236,12 @@ def test_nodes_refuse_at_run_time(run):
         assert got[0] == "refused", got
         assert "SVDSuite_VotingStudy: input 'manifest': lists a video or image that is missing or outside" in got[1]
     assert len({s[1] for s in studies}) == 1
+
+
+def test_study_folder_link_and_eval_model_names(run):
+    got = run["study_link"]
+    assert got[0] == "refused" and "SVDSuite_VotingStudy: input 'models': 'a.txt' in a model folder links" in got[1]
+    assert "TOP-SECRET" not in got[1]
+    for got, reason in zip(run["eval_model"], ("goes up with '..'", "is an absolute path")):
+        assert got[0] == "refused" and "N: input 'i3d_name'" in got[1] and reason in got[1], got
+        assert "models/svd_eval" in got[1] and "found:" in got[1]

@@ -14,9 +14,9 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 try:  # the pack is a package inside ComfyUI (custom_nodes/<pack>), whose own top-level module is `nodes`
-    from ..nodes._comfy import bad_input, check_inputs, node_path, path_error
+    from ..nodes._comfy import bad_input, check_inputs, check_inside, node_path, path_error
 except ImportError:  # the repository itself on sys.path
-    from nodes._comfy import bad_input, check_inputs, node_path, path_error
+    from nodes._comfy import bad_input, check_inputs, check_inside, node_path, path_error
 
 PREFIX = "SVDSuite_"
 CATEGORY = "svd/evaluation"
@@ -34,11 +34,11 @@ def _eval_files() -> list[str]:
 
 
 def _eval_path(node: str, name: str, what: str) -> str:
-    path = folder_paths.get_full_path(EVAL_FOLDER, name)
-    if not path:
-        raise ValueError(f"{node}: input '{what}': {name!r} is not in models/{EVAL_FOLDER}/ "
-                         f"(found: {', '.join(_eval_files()) or 'nothing'}); put the file there and refresh")
-    return path
+    try:
+        return node_path(node, what, name, EVAL_FOLDER, kind="file", links_out=True)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (found: {', '.join(_eval_files()) or 'nothing'}); put the file there and "
+                         f"refresh") from None
 
 
 def _folder(node: str, what: str, value: str) -> str:
@@ -310,9 +310,9 @@ def _study_name(name) -> bool:
     return isinstance(name, str) and bool(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name))
 
 
-def _confined_study(node: str, load_study, path: str):
-    """A study manifest whose videos and images all lie inside ComfyUI's input folder (the node's check; the
-    voting server serves only the study's own files)."""
+def _manifest_study(node: str, load_study, path: str):
+    """A study from a manifest in input/ whose videos and images lie in input/ too (links followed). The node's
+    check: the voting server serves only the study's own files."""
     # one message for a missing file and a file outside input/: the node says nothing about files outside
     outside = bad_input(node, "manifest", "lists a video or image that is missing or outside ComfyUI's input "
                                           "folder; put the study's files in input/, paths relative to the manifest")
@@ -323,11 +323,14 @@ def _confined_study(node: str, load_study, path: str):
     except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise bad_input(node, "manifest", f"not a usable study manifest ({type(exc).__name__}: "
                                           f"{str(exc)[:200]})") from None
-    root = os.path.realpath(folder_paths.get_input_directory())
     media = [p for it in study.items for p in (it.image, *it.videos.values())]
     media += [p for c in study.checks for p in (c.good, c.bad, c.image)]
-    if any(p and os.path.commonpath([root, os.path.realpath(p)]) != root for p in media):
-        raise outside
+    try:
+        for p in media:
+            if p:
+                check_inside(node, "manifest", p, "input")
+    except ValueError:
+        raise outside from None
     return study
 
 
@@ -385,11 +388,15 @@ class VotingStudy(io.ComfyNode):
         out_dir = os.path.join(folder_paths.get_output_directory(), "svd_eval", "votes")
         os.makedirs(out_dir, exist_ok=True)
         if manifest.strip():
-            study = _confined_study(node, load_study, _file(node, "manifest", manifest))
+            study = _manifest_study(node, load_study, _file(node, "manifest", manifest))
         else:
             dirs = {m: _folder(node, "models", d) for m, d in _model_lines(node, models).items()}
             if len(dirs) < 2:
                 raise ValueError(f"{node}: input 'models': give two or more 'model=folder' lines (or a manifest)")
+            for d in dirs.values():  # videos and STEM.txt prompts are read (and served): no links leading out
+                for f in os.listdir(d):
+                    check_inside(node, "models", os.path.join(d, f), "input",
+                                 what=f"{f[:80]!r} in a model folder links to a file that")
             study = study_from_folders(name, dirs, num_checks=attention_checks,
                                        check_dir=os.path.join(out_dir, f"{name}_checks"))
         study.name = name
