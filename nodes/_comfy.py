@@ -112,6 +112,8 @@ def _relative_parts(value) -> list[str]:
     parts = [p for p in value.replace("\\", "/").split("/") if p not in ("", ".")]
     if ".." in parts:
         raise PathRefused("goes up with '..'")
+    if len(value) > 1024 or any(len(p.encode()) > 255 for p in parts):
+        raise PathRefused("is too long (at most 1024 characters, 255 bytes per name)")
     return parts
 
 
@@ -202,10 +204,12 @@ def check_inside(node_id: str, input_name: str, path: str, folder: str | tuple[s
 def plain_name(node_id: str, input_name: str, value, suffix: str = "") -> str:
     """A single file or folder name (no folders, no leading '.', no NUL), ending in `suffix` when given."""
     ok = isinstance(value, str) and value.strip() and "\x00" not in value and not value.startswith(".") \
-        and not any(c in value for c in "/\\:") and value.endswith(suffix) and value != suffix
+        and not any(c in value for c in "/\\:") and value.endswith(suffix) and value != suffix \
+        and len(value.encode()) <= 255
     if not ok:
         what = f"a plain name ending in {suffix}" if suffix else "a plain name"
-        raise bad_input(node_id, input_name, f"{_shown(value)} must be {what} (no folders, no leading '.')")
+        raise bad_input(node_id, input_name, f"{_shown(value)} must be {what} (no folders, no leading '.', at "
+                                             f"most 255 bytes)")
     return value
 
 

@@ -136,6 +136,8 @@ CONFINE = [
     ("C:\\Windows\\x", "input", {}, "is an absolute path"),
     ("C:x", "input", {}, "is an absolute path"),
     ("a\x00b", "input", {}, "contains a NUL byte"),
+    ("x" * 300, "output", {}, "is too long"),
+    ("a/" * 600, "output", {}, "is too long"),
     ("", "input", {}, "is empty"),
     ("   ", "output", {}, "is empty"),
     (".", "output", {}, "names the folder itself"),
@@ -149,7 +151,8 @@ CONFINE = [
 ]
 NAMES = [("run_1", "", True), ("cam.safetensors", ".safetensors", True), ("a/b", "", False), ("a\\b", "", False),
          ("..", "", False), (".hidden", "", False), ("x\x00y", "", False), ("", "", False), ("C:x", "", False),
-         ("x.ckpt", ".safetensors", False), (".safetensors", ".safetensors", False)]
+         ("x.ckpt", ".safetensors", False), (".safetensors", ".safetensors", False),
+         ("n" * 256, "", False)]
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +177,7 @@ def run(tmp_path_factory):
     return json.loads(lines[-1][len("RESULT "):])
 
 
-@pytest.mark.parametrize("i", range(len(CONFINE)), ids=[repr(c[0]) + "-" + str(c[1]) for c in CONFINE])
+@pytest.mark.parametrize("i", range(len(CONFINE)), ids=[repr(c[0])[:40] + "-" + str(c[1]) for c in CONFINE])
 def test_confine(run, i):
     value, folder, kw, expected = CONFINE[i]
     got = run["confine"][i]
