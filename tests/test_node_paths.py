@@ -112,6 +112,28 @@ SCRIPT = textwrap.dedent(r'''
     open(os.path.join(inp, "leaky", "a.mp4"), "wb").close()
     res["study_link"] = outcome(lambda: evaluation.VotingStudy.execute("s3", "a=clips\nb=leaky", "", 0))
     res["eval_model"] = [outcome(evaluation._eval_path, "N", v, "i3d_name") for v in ("../../x", "/etc/passwd")]
+    # property (hypothesis, bounded): any value built from path pieces is refused or lands inside its folder
+    from hypothesis import given, settings, strategies as st
+    pieces = st.sampled_from(["..", ".", "a", "clips", "out_link", "in_link", "/", "\\", "C:", "\x00", " ", "~",
+                              "%2e%2e", "\u2025", "a.mp4", "//server/"])
+    counts = {"ok": 0, "refused": 0, "escaped": []}
+
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True)
+    @given(st.lists(pieces, max_size=8).map("".join), st.sampled_from(["input", "output", "temp"]))
+    def prop(value, folder):
+        root = os.path.realpath(_comfy.folder_roots(folder)[0])
+        try:
+            path = _comfy.node_path("N", "x", value, folder, allow_root=True)
+        except _comfy.NodeInputError as exc:
+            assert str(exc).startswith("N: input 'x': ")
+            counts["refused"] += 1
+            return
+        counts["ok"] += 1
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:
+            counts["escaped"].append([value, folder])
+
+    prop()
+    res["property"] = counts
     print("RESULT " + json.dumps(res))
 ''')
 
@@ -248,3 +270,12 @@ def test_study_folder_link_and_eval_model_names(run):
     for got, reason in zip(run["eval_model"], ("goes up with '..'", "is an absolute path")):
         assert got[0] == "refused" and "N: input 'i3d_name'" in got[1] and reason in got[1], got
         assert "models/svd_eval" in got[1] and "found:" in got[1]
+
+
+def test_property_no_value_escapes(run):
+    """Hypothesis (400 examples, derandomized): every value built from path pieces ('..', '/', '\\', 'C:', NUL,
+    links in and out, ...) is refused naming node and input, or resolves inside its folder."""
+    counts = run["property"]
+    print("property:", counts)
+    assert counts["escaped"] == []
+    assert counts["ok"] > 20 and counts["refused"] > 100, counts
