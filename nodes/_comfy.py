@@ -1,4 +1,5 @@
-"""What every generation node shares: the pack's ComfyUI types, ComfyUI-managed models, progress and interrupt.
+"""What every node of the pack shares: its ComfyUI types, ComfyUI-managed models, progress and interrupt, and the
+confinement of every input that becomes a path to ComfyUI's folders (`node_path`).
 
 Devices and memory come from `comfy.model_management` (`--cpu`, low-VRAM offload, the *Free model and node cache*
 button), progress from `comfy.utils.ProgressBar`, interrupts from
@@ -6,8 +7,10 @@ button), progress from `comfy.utils.ProgressBar`, interrupts from
 """
 from __future__ import annotations
 
+import os
 import threading
 import weakref
+from pathlib import PureWindowsPath
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,6 +20,7 @@ from einops import rearrange
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
+import folder_paths
 from comfy_api.latest import io
 
 # ComfyUI socket types of the pack (prefixed: core already has MODEL, CONDITIONING, GUIDER, ...)
@@ -69,6 +73,177 @@ def check_inputs(cls, **values: Any) -> bool | str:
             if high is not None and value > high:
                 return f"{cls.ID}: input '{name}' = {value} is above the maximum {high}"
     return True
+
+
+# ------------------------------------------------------------------------------------------------ paths
+# Every node input that becomes a path is resolved inside one of ComfyUI's folders: "input", "output", "temp", or a
+# models folder known to `folder_paths` ("checkpoints", "loras", "svd_eval", ...). Absolute paths, "..", NUL bytes
+# and symbolic links leading out are refused; "/" and "\\" both separate folders (a workflow made on Windows).
+_DATA_FOLDERS = {"input": folder_paths.get_input_directory, "output": folder_paths.get_output_directory,
+                 "temp": folder_paths.get_temp_directory}
+
+
+class PathRefused(ValueError):
+    """A path value that would leave its folder (or names nothing usable); the message says why, never the contents."""
+
+
+def folder_roots(folder: str) -> list[str]:
+    """The directories of a ComfyUI folder: input/, output/, temp/, or every path of a models folder (extra paths)."""
+    if folder in _DATA_FOLDERS:
+        return [_DATA_FOLDERS[folder]()]
+    return folder_paths.get_folder_paths(folder)
+
+
+def folder_label(folder: str) -> str:
+    return f"ComfyUI's {folder} folder" if folder in _DATA_FOLDERS else f"models/{folder}"
+
+
+def _relative_parts(value) -> list[str]:
+    """The components of a relative path value, or PathRefused (absolute, '..', NUL, empty, not text)."""
+    if not isinstance(value, str):
+        raise PathRefused(f"is a {type(value).__name__}, not a path")
+    if "\x00" in value:
+        raise PathRefused("contains a NUL byte")
+    if not value.strip():
+        raise PathRefused("is empty")
+    win = PureWindowsPath(value)
+    if value.startswith(("/", "\\")) or os.path.isabs(value) or win.drive or win.root:
+        raise PathRefused("is an absolute path")
+    parts = [p for p in value.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PathRefused("goes up with '..'")
+    if len(value) > 1024 or any(len(p.encode()) > 255 for p in parts):
+        raise PathRefused("is too long (at most 1024 characters, 255 bytes per name)")
+    return parts
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([root, path]) == root
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def confine(value: str, roots: list[str], kind: str | None = None, allow_root: bool = False,
+            links_out: bool = False) -> str:
+    """`value` resolved (symbolic links followed) inside the first of `roots` where it is a `kind` ("file", "dir";
+    None: anything, or nothing yet, for outputs): the real path, or PathRefused saying why.
+
+    `links_out=True` accepts a symbolic link inside a root that points elsewhere (models folders: ComfyUI itself
+    lists and loads model files linked into them); the value itself must still name something inside the root.
+    """
+    parts = _relative_parts(value)
+    if not parts and not allow_root:
+        raise PathRefused("names the folder itself, not something inside it")
+    candidates = []
+    for root in roots:
+        base = os.path.realpath(root)
+        lexical = os.path.join(base, *parts)
+        path = os.path.realpath(lexical)
+        if not _inside(path, base):
+            if not links_out:
+                raise PathRefused("leads outside the folder through a symbolic link")
+            path = lexical
+        exists = os.path.isfile(path) if kind == "file" else os.path.isdir(path) if kind == "dir" else \
+            os.path.lexists(lexical)
+        if exists:
+            return path
+        candidates.append(path)
+    if kind is None and candidates:
+        return candidates[0]  # not there yet (an output): in the first folder
+    raise PathRefused(f"is not an existing {_KINDS[kind]}")
+
+
+_KINDS = {"file": "file", "dir": "folder", None: "path"}
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 160 else text[:150] + "...'"
+
+
+def node_path(node_id: str, input_name: str, value: str, folder: str | tuple[str, ...], kind: str | None = None,
+              allow_root: bool = False, links_out: bool = False) -> str:
+    """The real path a node input names inside ComfyUI's `folder` (or the first of several folders where it is a
+    `kind`), or NodeInputError naming the node, the input and the folder it must stay in."""
+    folders = (folder,) if isinstance(folder, str) else tuple(folder)
+    roots = [r for f in folders for r in folder_roots(f)]
+    where = " or ".join(folder_label(f) for f in folders)
+    try:
+        return confine(value, roots, kind, allow_root, links_out)
+    except PathRefused as exc:
+        raise bad_input(node_id, input_name, f"{_shown(value)} {exc}; give a {_KINDS[kind]} relative to {where} "
+                                             f"(no absolute paths, no '..', no links leading out)") from None
+
+
+def path_error(node_id: str, input_name: str, value, folder: str | tuple[str, ...], allow_root: bool = False,
+               links_out: bool = False) -> str | None:
+    """For `validate_inputs`: the refusal message of a path input, or None (also for a linked input, known at run
+    time). Existence is checked at execution: an earlier node of the same prompt may write the file."""
+    if value is None:
+        return None
+    try:
+        node_path(node_id, input_name, value, folder, None, allow_root, links_out)
+    except NodeInputError as exc:
+        return str(exc)
+    return None
+
+
+def check_inside(node_id: str, input_name: str, path: str, folder: str | tuple[str, ...],
+                 what: str = "the folder it carries") -> str:
+    """A path that travelled between nodes (a dataset folder, ...) or was found in a folder or manifest, still
+    inside ComfyUI's `folder` (or one of several; links followed): its real path."""
+    folders = (folder,) if isinstance(folder, str) else tuple(folder)
+    real = os.path.realpath(path)
+    if not any(_inside(real, os.path.realpath(r)) for f in folders for r in folder_roots(f)):
+        raise bad_input(node_id, input_name, f"{what} is outside {' and '.join(folder_label(f) for f in folders)}")
+    return real
+
+
+
+def plain_name(node_id: str, input_name: str, value, suffix: str = "") -> str:
+    """A single file or folder name (no folders, no leading '.', no NUL), ending in `suffix` when given."""
+    ok = isinstance(value, str) and value.strip() and "\x00" not in value and not value.startswith(".") \
+        and not any(c in value for c in "/\\:") and value.endswith(suffix) and value != suffix \
+        and len(value.encode()) <= 255
+    if not ok:
+        what = f"a plain name ending in {suffix}" if suffix else "a plain name"
+        raise bad_input(node_id, input_name, f"{_shown(value)} must be {what} (no folders, no leading '.', at "
+                                             f"most 255 bytes)")
+    return value
+
+
+def name_error(node_id: str, input_name: str, value, suffix: str = "") -> str | None:
+    """`plain_name` for `validate_inputs`: the refusal message, or None (also for a linked input)."""
+    if value is None:
+        return None
+    try:
+        plain_name(node_id, input_name, value, suffix)
+    except NodeInputError as exc:
+        return str(exc)
+    return None
+
+
+IF_EXISTS = ("new name", "error", "overwrite")
+
+
+def new_file(node_id: str, input_name: str, folder: str, name: str, if_exists: str = "new name") -> str:
+    """Where a node writes the file `name` in ComfyUI's `folder` (its first path): an existing file is kept and the
+    name numbered (name_00001.ext) unless the user chose "overwrite"; "error" refuses."""
+    plain_name(node_id, input_name, name)
+    root = os.path.realpath(folder_roots(folder)[0])
+    path = os.path.join(root, name)
+    if not os.path.lexists(path) or if_exists == "overwrite" and os.path.isfile(path) and not os.path.islink(path):
+        return path
+    if if_exists != "new name":
+        raise bad_input(node_id, input_name, f"{name!r} already exists in {folder_label(folder)}; choose another "
+                                             f"name or set if_exists to 'new name' (or 'overwrite' for a file)")
+    stem, ext = os.path.splitext(name)
+    for i in range(1, 100000):
+        path = os.path.join(root, f"{stem}_{i:05d}{ext}")
+        if not os.path.lexists(path):
+            return path
+    raise bad_input(node_id, input_name, f"no free numbered name for {name!r} in {folder_label(folder)}")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 import svd_core
 
-from ._comfy import DTYPES, PREFIX, SVDModel, bad_input, check_inputs, load_cached
+from ._comfy import DTYPES, PREFIX, SVDModel, bad_input, check_inputs, load_cached, node_path
 
 DTYPE_TOOLTIP = ("Weights dtype. auto: ComfyUI's choice for the device (float16 on most GPUs, float32 on CPU); "
                  "float32 is the reference precision.")
@@ -54,9 +54,7 @@ class CheckpointLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name: str, dtype: str = "auto") -> io.NodeOutput:
-        path = folder_paths.get_full_path("checkpoints", ckpt_name)
-        if path is None:
-            raise bad_input(cls.ID, "ckpt_name", f"{ckpt_name!r} is not in models/checkpoints")
+        path = node_path(cls.ID, "ckpt_name", ckpt_name, "checkpoints", kind="file", links_out=True)
         key = ("file", os.path.realpath(path), os.path.getmtime(path))
         loaded = load_cached(key, ckpt_name, lambda device, dt: svd_core.load(path, device=device, dtype=dt), dtype)
         return io.NodeOutput(loaded)
@@ -87,13 +85,8 @@ class DiffusersLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder: str, dtype: str = "auto") -> io.NodeOutput:
-        path = None
-        for root in folder_paths.get_folder_paths("diffusers"):
-            candidate = os.path.join(root, folder)
-            if os.path.isfile(os.path.join(candidate, "model_index.json")):
-                path = candidate
-                break
-        if path is None:
+        path = node_path(cls.ID, "folder", folder, "diffusers", kind="dir", links_out=True)
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
             raise bad_input(cls.ID, "folder", f"{folder!r} is not a diffusers folder in models/diffusers")
         stamp = os.path.getmtime(os.path.join(path, "model_index.json"))
         key = ("diffusers", os.path.realpath(path), stamp)

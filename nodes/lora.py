@@ -8,13 +8,12 @@ denoiser call and removed after it; merged: a copy of the UNet that shares every
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import folder_paths
 from comfy_api.latest import io
 
-from ._comfy import PREFIX, LoadedSVD, SVDModel, bad_input, check_inputs
+from ._comfy import PREFIX, LoadedSVD, SVDModel, bad_input, check_inputs, node_path
 
 MODES = ("unmerged", "merged")
 
@@ -78,9 +77,7 @@ class LoRALoader(io.ComfyNode):
 
         if not enabled or strength == 0.0:
             return io.NodeOutput(svd_model)
-        path = folder_paths.get_full_path("loras", lora_name)
-        if path is None or not os.path.isfile(path):
-            raise bad_input(cls.ID, "lora_name", f"{lora_name!r} is not in models/loras")
+        path = node_path(cls.ID, "lora_name", lora_name, "loras", kind="file", links_out=True)
         base = svd_model.base if isinstance(svd_model, LoRAModel) else svd_model
         prior = list(svd_model.stack) if isinstance(svd_model, LoRAModel) else []
         module = base.patcher.model  # layer names and shapes only: nothing is moved or changed

@@ -28,7 +28,12 @@ SCRIPT = textwrap.dedent(r'''
     video_set(os.path.join(inp, "set_a"), n=3, seed=0)
     video_set(os.path.join(inp, "set_b"), n=3, seed=0, noise=50.0)
     votes_csv(os.path.join(inp, "votes.csv"), {"xt": 300.0, "svd": 0.0}, n=200)
-    import training_nodes.evaluation as ev
+    import importlib.util  # the pack as ComfyUI imports it (a package; its modules import each other relatively)
+    spec = importlib.util.spec_from_file_location("svd_suite", os.path.join(repo, "__init__.py"),
+                                                  submodule_search_locations=[repo])
+    sys.modules["svd_suite"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["svd_suite"])
+    import svd_suite.training_nodes.evaluation as ev
     out = {"schemas": {}}
     for node in ev.NODES:
         s = node.define_schema()

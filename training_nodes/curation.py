@@ -15,6 +15,11 @@ from comfy_api.latest import io
 import comfy.model_management as mm
 import comfy.utils
 
+try:  # the pack is a package inside ComfyUI (custom_nodes/<pack>), whose own top-level module is `nodes`
+    from ..nodes._comfy import bad_input, check_inputs, check_inside, name_error, node_path, path_error, plain_name
+except ImportError:  # the repository itself on sys.path
+    from nodes._comfy import bad_input, check_inputs, check_inside, name_error, node_path, path_error, plain_name
+
 PREFIX = "SVDSuite_"
 CATEGORY = "svd/curation"
 MODEL_FOLDER = "svd_curation"  # models/svd_curation: open_clip / CoCa / aesthetics weights, model-config JSONs
@@ -46,12 +51,7 @@ class _Progress:
         return False
 
 
-def _bad(node: str, name: str, message: str) -> ValueError:
-    return ValueError(f"{node}: input '{name}': {message}")
-
-
-def _resolve_dir(path: str, base: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(base, path)
+_bad = bad_input
 
 
 def _cfg(clips: dict, **kw):
@@ -63,10 +63,7 @@ def _cfg(clips: dict, **kw):
 def _model_file(node: str, name: str, value: str) -> str | None:
     if value in ("", "none"):
         return None
-    path = folder_paths.get_full_path(MODEL_FOLDER, value)
-    if path is None:
-        raise _bad(node, name, f"{value!r} is not in models/{MODEL_FOLDER}")
-    return path
+    return node_path(node, name, value, MODEL_FOLDER, kind="file", links_out=True)
 
 
 def _model_files(with_none: bool = True) -> list[str]:
@@ -81,9 +78,11 @@ class LoadVideos(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id=cls.ID, display_name="Curation: Load Video Folder", category=CATEGORY,
-            description="Lists the videos of a folder (relative paths are inside ComfyUI's input folder).",
+            description="Lists the videos of a folder inside ComfyUI's input folder.",
             inputs=[
-                io.String.Input("folder", default="videos", tooltip="Folder of source videos; relative to input/."),
+                io.String.Input("folder", default="videos",
+                                tooltip="Folder of source videos, relative to ComfyUI's input folder ('.' for input/ "
+                                        "itself)."),
                 io.Boolean.Input("recursive", default=True, tooltip="Also list videos in sub-folders."),
             ],
             outputs=[Videos.Output(display_name="videos", tooltip="The source video paths."),
@@ -91,15 +90,22 @@ class LoadVideos(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, folder):
+        return path_error(cls.ID, "folder", folder, "input", allow_root=True) or True
+
+    @classmethod
     def execute(cls, folder, recursive=True):
         from svd_core.curation.video_io import CurationError, list_videos
 
+        path = node_path(cls.ID, "folder", folder, "input", kind="dir", allow_root=True)
         try:
-            videos = list_videos(_resolve_dir(folder, folder_paths.get_input_directory()), recursive=recursive)
+            videos = list_videos(path, recursive=recursive)
         except CurationError as exc:
             raise _bad(cls.ID, "folder", str(exc)) from exc
         if not videos:
             raise _bad(cls.ID, "folder", f"no videos (.mp4 .mov .mkv .webm .avi .m4v) in {folder!r}")
+        for v in videos:  # a link inside the folder must not lead out of input/ either
+            check_inside(cls.ID, "folder", v, "input", what="a video in it links to a file that")
         return io.NodeOutput(videos, len(videos))
 
 
@@ -165,7 +171,8 @@ class ClipVideos(io.ComfyNode):
             inputs=[
                 Cuts.Input("cuts", tooltip="Cuts from Detect Cuts."),
                 io.String.Input("dataset_dir", default="svd_curation/dataset",
-                                tooltip="Dataset folder (clips, cache, manifest); relative to output/."),
+                                tooltip="Dataset folder (clips, cache, manifest), relative to ComfyUI's output "
+                                        "folder."),
                 io.Float.Input("min_duration", default=1.0, min=0.0, max=600.0,
                                tooltip="Clips shorter than this many seconds are dropped."),
             ],
@@ -173,11 +180,18 @@ class ClipVideos(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, dataset_dir, min_duration):
+        return path_error(cls.ID, "dataset_dir", dataset_dir, "output") or \
+            check_inputs(cls, min_duration=min_duration)
+
+    @classmethod
     def execute(cls, cuts, dataset_dir, min_duration=1.0):
         from svd_core.curation.config import CurationConfig
         from svd_core.curation.stages import clip_rows
 
-        out_dir = _resolve_dir(dataset_dir, folder_paths.get_output_directory())
+        out_dir = node_path(cls.ID, "dataset_dir", dataset_dir, "output")
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise _bad(cls.ID, "dataset_dir", f"{dataset_dir!r} is a file in the output folder, not a folder")
         cfg = CurationConfig(out_dir=out_dir, min_duration=min_duration)
         bar = _Progress(len(cuts))
         rows = []
@@ -256,6 +270,13 @@ class LoadOpenClip(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model, weights):
+        json_error = path_error(cls.ID, "model", model, MODEL_FOLDER, links_out=True) \
+            if isinstance(model, str) and model.endswith(".json") else None
+        return path_error(cls.ID, "weights", weights, MODEL_FOLDER, links_out=True) or json_error or \
+            check_inputs(cls, weights=weights)
+
+    @classmethod
     def execute(cls, model, weights):
         path = _model_file(cls.ID, "weights", weights)
         if model.endswith(".json"):
@@ -278,6 +299,13 @@ class ClipScore(io.ComfyNode):
                                    tooltip="LAION improved-aesthetic-predictor MLP in models/svd_curation.")],
             outputs=[Clips.Output(display_name="clips", tooltip="Clips with clip_embedding, aesthetic, clip_score.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, aesthetic_weights):
+        if aesthetic_weights in ("", "none"):
+            return True
+        return path_error(cls.ID, "aesthetic_weights", aesthetic_weights, MODEL_FOLDER, links_out=True) or \
+            check_inputs(cls, aesthetic_weights=aesthetic_weights)
 
     @classmethod
     def execute(cls, clips, open_clip, aesthetic_weights="none"):
@@ -372,13 +400,17 @@ class WriteDataset(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, filename):
+        return name_error(cls.ID, "filename", filename, ".parquet") or True
+
+    @classmethod
     def execute(cls, clips, filename="manifest.parquet"):
         from svd_core.curation.manifest import write_manifest
 
-        if not filename.endswith(".parquet") or "/" in filename or "\\" in filename:
-            raise _bad(cls.ID, "filename", f"{filename!r} must be a plain name ending in .parquet")
+        plain_name(cls.ID, "filename", filename, ".parquet")
+        out_dir = check_inside(cls.ID, "clips", clips["out_dir"], "output")
         _Progress(1)
-        path = write_manifest(clips["rows"], os.path.join(clips["out_dir"], filename))
+        path = write_manifest(clips["rows"], os.path.join(out_dir, filename))
         return io.NodeOutput(path, ui={"text": [path]})
 
 
@@ -404,7 +436,7 @@ class DatasetStats(io.ComfyNode):
 
         _Progress(1)
         rows = clips["rows"]
-        png = os.path.join(clips["out_dir"], "motion_hist.png")
+        png = os.path.join(check_inside(cls.ID, "clips", clips["out_dir"], "output"), "motion_hist.png")
         rgb = motion_histogram(rows, png)  # h w 3 uint8
         image = torch.from_numpy(rgb).float().div(255.0)[None]  # 1 h w 3
         return io.NodeOutput(format_stats(table1_stats(rows)), image)

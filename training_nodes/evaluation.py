@@ -13,6 +13,11 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
+try:  # the pack is a package inside ComfyUI (custom_nodes/<pack>), whose own top-level module is `nodes`
+    from ..nodes._comfy import bad_input, check_inputs, check_inside, name_error, node_path, path_error, plain_name
+except ImportError:  # the repository itself on sys.path
+    from nodes._comfy import bad_input, check_inputs, check_inside, name_error, node_path, path_error, plain_name
+
 PREFIX = "SVDSuite_"
 CATEGORY = "svd/evaluation"
 # models/svd_eval/: i3d_torchscript.pt, LPIPS weights, open_clip checkpoints for CLIP-S (all user-supplied)
@@ -30,30 +35,38 @@ def _eval_files() -> list[str]:
 
 
 def _eval_path(node: str, name: str, what: str) -> str:
-    path = folder_paths.get_full_path(EVAL_FOLDER, name)
-    if not path:
-        raise ValueError(f"{node}: input '{what}': {name!r} is not in models/{EVAL_FOLDER}/ "
-                         f"(found: {', '.join(_eval_files()) or 'nothing'}); put the file there and refresh")
-    return path
+    try:
+        return node_path(node, what, name, EVAL_FOLDER, kind="file", links_out=True)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (found: {', '.join(_eval_files()) or 'nothing'}); put the file there and "
+                         f"refresh") from None
 
 
 def _folder(node: str, what: str, value: str) -> str:
-    """An absolute folder, or one relative to ComfyUI's input directory."""
-    value = (value or "").strip()
-    path = value if os.path.isabs(value) else os.path.join(folder_paths.get_input_directory(), value)
-    if not value or not os.path.isdir(path):
-        raise ValueError(f"{node}: input '{what}': folder {value!r} not found (absolute path, or relative to "
-                         f"ComfyUI's input folder {folder_paths.get_input_directory()})")
-    return path
+    """A folder inside ComfyUI's input directory ('.' for input/ itself)."""
+    return node_path(node, what, value.strip(), "input", kind="dir", allow_root=True)
 
 
 def _file(node: str, what: str, value: str) -> str:
-    value = (value or "").strip()
-    path = value if os.path.isabs(value) else os.path.join(folder_paths.get_input_directory(), value)
-    if not value or not os.path.isfile(path):
-        raise ValueError(f"{node}: input '{what}': file {value!r} not found (absolute path, or relative to "
-                         f"ComfyUI's input folder)")
-    return path
+    """A file inside ComfyUI's input directory."""
+    return node_path(node, what, value.strip(), "input", kind="file")
+
+
+def _input_error(node: str, what: str, value) -> str | None:
+    """`validate_inputs` check of a `_folder` / `_file` input."""
+    return path_error(node, what, value.strip() if isinstance(value, str) else value, "input", allow_root=True)
+
+
+def _model_lines(node: str, models: str) -> dict[str, str]:
+    """VotingStudy's 'model=folder' lines as {model: folder value}."""
+    dirs = {}
+    for line in models.splitlines():
+        if line.strip():
+            m, sep, d = line.partition("=")
+            if not sep:
+                raise bad_input(node, "models", f"line {line[:80]!r} is not 'model=folder'")
+            dirs[m.strip()] = d.strip()
+    return dirs
 
 
 def _progress():
@@ -102,8 +115,8 @@ class FVDFolders(io.ComfyNode):
             node_id=PREFIX + "FVDFolders", display_name="FVD (two folders)", category=CATEGORY,
             description="Frechet video distance between two folders of videos or frame folders.",
             inputs=[
-                io.String.Input("folder_a", default="", tooltip="videos of set A: absolute path or relative to input/"),
-                io.String.Input("folder_b", default="", tooltip="videos of set B: absolute path or relative to input/"),
+                io.String.Input("folder_a", default="", tooltip="videos of set A: a folder in ComfyUI's input folder"),
+                io.String.Input("folder_b", default="", tooltip="videos of set B: a folder in ComfyUI's input folder"),
                 *_common_fvd_inputs(),
                 io.Int.Input("batch_size", default=8, min=1, max=256, tooltip="clips per I3D forward pass"),
                 io.Boolean.Input("cache_stats", default=True,
@@ -113,6 +126,11 @@ class FVDFolders(io.ComfyNode):
                      io.String.Output(display_name="report", tooltip="FVD with its settings, as text")],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, folder_a, folder_b) -> bool | str:
+        node = PREFIX + "FVDFolders"
+        return _input_error(node, "folder_a", folder_a) or _input_error(node, "folder_b", folder_b) or True
 
     @classmethod
     def execute(cls, folder_a, folder_b, i3d_name, protocol, num_frames, batch_size, cache_stats) -> io.NodeOutput:
@@ -175,8 +193,8 @@ class UCF101FVD(io.ComfyNode):
             inputs=[
                 SVDModel.Input("svd_model", tooltip="a text-to-video model (variant t2v) from the SVD loader"),
                 io.String.Input("real_folder", default="UCF-101",
-                                tooltip="real UCF-101 videos (Class/v_Class_gNN_cNN.avi or flat): absolute path or "
-                                        "relative to input/"),
+                                tooltip="real UCF-101 videos (Class/v_Class_gNN_cNN.avi or flat): a folder in "
+                                        "ComfyUI's input folder"),
                 io.Combo.Input("i3d_name", options=_eval_files(),
                                tooltip="I3D TorchScript (StyleGAN-V's i3d_torchscript.pt) in models/svd_eval/"),
                 io.String.Input("run_name", default="ucf101",
@@ -204,15 +222,17 @@ class UCF101FVD(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, real_folder, run_name) -> bool | str:
+        node = PREFIX + "UCF101FVD"
+        return _input_error(node, "real_folder", real_folder) or name_error(node, "run_name", run_name) or True
+
+    @classmethod
     def execute(cls, svd_model, real_folder, i3d_name, run_name, num_samples, samples_per_class, cfg, num_frames,
                 fps, width, height, steps, seed) -> io.NodeOutput:
-        import re
-
         from svd_core.eval.ucf101 import UCF101Settings, evaluate_ucf101
 
         node = PREFIX + "UCF101FVD"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", run_name or "") or run_name.strip(".") == "":
-            raise ValueError(f"{node}: input 'run_name': {run_name!r} must be letters, digits, '_', '-', '.'")
+        plain_name(node, "run_name", run_name)
         if svd_model.spec.cond_mode != "text":
             raise ValueError(f"{node}: input 'svd_model': {svd_model.name} is a {svd_model.spec.name} model; load a "
                              "text-to-video checkpoint (variant t2v)")
@@ -295,7 +315,7 @@ class EloFromVotes(io.ComfyNode):
             inputs=[
                 io.String.Input("votes_file", default="votes.csv",
                                 tooltip="CSV with columns model_a, model_b, winner (a / b / tie / model name), axis; "
-                                        "absolute or relative to input/"),
+                                        "a file in ComfyUI's input folder"),
                 io.Int.Input("orderings", default=1000, min=1, max=100000,
                              tooltip="random vote orderings the final rating is bootstrapped over (paper: 1000)"),
                 io.Float.Input("ci", default=0.95, min=0.5, max=0.999, step=0.005,
@@ -310,6 +330,10 @@ class EloFromVotes(io.ComfyNode):
                      io.String.Output(display_name="json", tooltip="the same as JSON")],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, votes_file) -> bool | str:
+        return _input_error(PREFIX + "EloFromVotes", "votes_file", votes_file) or True
 
     @classmethod
     def execute(cls, votes_file, orderings, ci, ordering_seed, aggregate=False) -> io.NodeOutput:
@@ -359,6 +383,36 @@ class ComparisonGrid(io.ComfyNode):
         return io.NodeOutput(grid)
 
 
+def _study_name(name) -> bool:
+    import re
+
+    return isinstance(name, str) and bool(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name))
+
+
+def _manifest_study(node: str, load_study, path: str):
+    """A study from a manifest in input/ whose videos and images lie in input/ too (links followed). The node's
+    check: the voting server serves only the study's own files."""
+    # one message for a missing file and a file outside input/: the node says nothing about files outside
+    outside = bad_input(node, "manifest", "lists a video or image that is missing or outside ComfyUI's input "
+                                          "folder; put the study's files in input/, paths relative to the manifest")
+    try:
+        study = load_study(path)
+    except FileNotFoundError:
+        raise outside from None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise bad_input(node, "manifest", f"not a usable study manifest ({type(exc).__name__}: "
+                                          f"{str(exc)[:200]})") from None
+    media = [p for it in study.items for p in (it.image, *it.videos.values())]
+    media += [p for c in study.checks for p in (c.good, c.bad, c.image)]
+    try:
+        for p in media:
+            if p:
+                check_inside(node, "manifest", p, "input")
+    except ValueError:
+        raise outside from None
+    return study
+
+
 class VotingStudy(io.ComfyNode):
     """Starts (or reopens) a voting study served by this ComfyUI server at /svd/vote/<name>/."""
 
@@ -371,8 +425,10 @@ class VotingStudy(io.ComfyNode):
                 io.String.Input("name", default="study", tooltip="study name: the page is /svd/vote/<name>/"),
                 io.String.Input("models", multiline=True, default="",
                                 tooltip="one 'model=folder' per line (folders of videos matched by file name, "
-                                        "relative to input/ or absolute); or leave empty and give a manifest"),
-                io.String.Input("manifest", default="", tooltip="study manifest .json (instead of models)"),
+                                        "in ComfyUI's input folder); or leave empty and give a manifest"),
+                io.String.Input("manifest", default="",
+                                tooltip="study manifest .json in ComfyUI's input folder (instead of models); its "
+                                        "videos and images must be in the input folder too"),
                 io.Int.Input("attention_checks", default=4, min=0, max=100,
                              tooltip="degraded-copy attention-check pairs generated (with models)"),
                 io.Int.Input("participants", default=10, min=1, max=1000, optional=True,
@@ -387,29 +443,45 @@ class VotingStudy(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, name, models, manifest, attention_checks, participants=10) -> io.NodeOutput:
-        import re
+    def validate_inputs(cls, name, models, manifest) -> bool | str:
+        node = PREFIX + "VotingStudy"
+        if name is not None and not _study_name(name):
+            return f"{node}: input 'name': {name!r} must be letters, digits, '_', '-', '.' (not starting with '.')"
+        if isinstance(manifest, str) and manifest.strip():
+            return _input_error(node, "manifest", manifest) or True
+        if isinstance(models, str):
+            try:
+                lines = _model_lines(node, models)
+            except ValueError as exc:
+                return str(exc)
+            for folder in lines.values():
+                error = _input_error(node, "models", folder)
+                if error:
+                    return error
+            if len(lines) < 2:
+                return f"{node}: input 'models': give two or more 'model=folder' lines (or a manifest)"
+        return True
 
+    @classmethod
+    def execute(cls, name, models, manifest, attention_checks, participants=10) -> io.NodeOutput:
         from svd_core.eval.study import load_study, study_from_folders
         from svd_core.eval.voting_server import VotingApp, register_study
 
         node = PREFIX + "VotingStudy"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        if not _study_name(name):
             raise ValueError(f"{node}: input 'name': {name!r} must be letters, digits, '_', '-', '.'")
         out_dir = os.path.join(folder_paths.get_output_directory(), "svd_eval", "votes")
         os.makedirs(out_dir, exist_ok=True)
         if manifest.strip():
-            study = load_study(_file(node, "manifest", manifest))
+            study = _manifest_study(node, load_study, _file(node, "manifest", manifest))
         else:
-            dirs = {}
-            for line in models.splitlines():
-                if line.strip():
-                    m, sep, d = line.partition("=")
-                    if not sep:
-                        raise ValueError(f"{node}: input 'models': line {line!r} is not 'model=folder'")
-                    dirs[m.strip()] = _folder(node, "models", d)
+            dirs = {m: _folder(node, "models", d) for m, d in _model_lines(node, models).items()}
             if len(dirs) < 2:
                 raise ValueError(f"{node}: input 'models': give two or more 'model=folder' lines (or a manifest)")
+            for d in dirs.values():  # videos and STEM.txt prompts are read (and served): no links leading out
+                for f in os.listdir(d):
+                    check_inside(node, "models", os.path.join(d, f), "input",
+                                 what=f"{f[:80]!r} in a model folder links to a file that")
             study = study_from_folders(name, dirs, num_checks=attention_checks,
                                        check_dir=os.path.join(out_dir, f"{name}_checks"))
         study.name = name
@@ -444,6 +516,10 @@ class LoadVideoFrames(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, file) -> bool | str:
+        return path_error(PREFIX + "LoadVideoFrames", "file", file, "input") or check_inputs(cls, file=file)
+
+    @classmethod
     def execute(cls, file, max_frames, fps) -> io.NodeOutput:
         from svd_core.eval.video_io import read_video
 
@@ -454,8 +530,11 @@ class LoadVideoFrames(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, file, max_frames, fps):
-        path = os.path.join(folder_paths.get_input_directory(), file)
-        return os.path.getmtime(path) if os.path.isfile(path) else file
+        try:
+            path = node_path(PREFIX + "LoadVideoFrames", "file", file, "input", kind="file")
+        except ValueError:
+            return file
+        return os.path.getmtime(path)
 
 
 def _register_routes() -> None:

@@ -19,6 +19,11 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 
+try:  # the pack is a package inside ComfyUI (custom_nodes/<pack>), whose own top-level module is `nodes`
+    from ..nodes import _comfy
+except ImportError:  # the repository itself on sys.path
+    from nodes import _comfy
+
 PREFIX = "SVDSuite_"
 CATEGORY = "svd/training"
 SVDModel = io.Custom("SVDSUITE_MODEL")  # the pack's model type (nodes/_comfy.py)
@@ -33,8 +38,7 @@ MODE_CHOICES = ("preset", "lora", "temporal", "full")
 TRAINED_TOOLTIP = "The finished (or resumed) training run: its trained weights, EMA, LoRA and data."
 
 
-def _bad(node: str, name: str, message: str) -> ValueError:
-    return ValueError(f"{node}: input '{name}': {message}")
+_bad = _comfy.bad_input
 
 
 def _run_root() -> str:
@@ -71,8 +75,8 @@ class Dataset(io.ComfyNode):
                          "become the fps and motion-bucket micro-conditioning (App. D)."),
             inputs=[
                 io.String.Input("source", default="svd_train_clips",
-                                tooltip="Manifest (.parquet) or clip folder; relative paths are looked up in "
-                                        "ComfyUI's input folder, then its output folder."),
+                                tooltip="Manifest (.parquet) or clip folder, relative to ComfyUI's input folder "
+                                        "(looked up there first) or its output folder."),
                 io.Int.Input("max_windows_per_clip", default=0, min=0, max=100000,
                              tooltip="Training windows taken from each clip (0 = every non-overlapping window)."),
             ],
@@ -80,15 +84,15 @@ class Dataset(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, source, max_windows_per_clip):
+        return _comfy.path_error(cls.ID, "source", source, ("input", "output")) or \
+            _comfy.check_inputs(cls, max_windows_per_clip=max_windows_per_clip)
+
+    @classmethod
     def execute(cls, source, max_windows_per_clip=0):
         from svd_core.training.data import DataError, load_records
 
-        path = source
-        if not os.path.isabs(path):
-            for base in (folder_paths.get_input_directory(), folder_paths.get_output_directory()):
-                if os.path.exists(os.path.join(base, source)):
-                    path = os.path.join(base, source)
-                    break
+        path = _comfy.node_path(cls.ID, "source", source, ("input", "output"))
         if not os.path.exists(path):
             raise _bad(cls.ID, "source", f"{source!r} is neither a manifest nor a folder in input/ or output/")
         _Progress(1)
@@ -96,6 +100,8 @@ class Dataset(io.ComfyNode):
             records = load_records(path, _Progress.cancel)
         except (DataError, ValueError) as exc:
             raise _bad(cls.ID, "source", str(exc)) from exc
+        for r in records:  # a manifest's clips (or links in a clip folder) stay in input/ or output/ too
+            _comfy.check_inside(cls.ID, "source", r.path, ("input", "output"), what="a clip it lists")
         return io.NodeOutput({"source": path, "records": records, "max_per_clip": int(max_windows_per_clip)})
 
 
@@ -251,14 +257,9 @@ def _as_loaded(model, name: str):
     """Wrap a trained model like the loader does, so the generation nodes sample it."""
     load_device = mm.get_torch_device()
     offload = mm.unet_offload_device()
-    try:
-        from ..nodes._comfy import LoadedSVD  # the pack's model handle (the pack is a package inside ComfyUI)
-    except ImportError:
-        from nodes._comfy import LoadedSVD
-
     model.eval().requires_grad_(False)
-    return LoadedSVD(comfy.model_patcher.ModelPatcher(model.to(offload), load_device=load_device,
-                                                      offload_device=offload), name)
+    return _comfy.LoadedSVD(comfy.model_patcher.ModelPatcher(model.to(offload), load_device=load_device,
+                                                             offload_device=offload), name)
 
 
 class Train(io.ComfyNode):
@@ -276,7 +277,8 @@ class Train(io.ComfyNode):
                 TrainDataset.Input("dataset", tooltip="From Training Dataset."),
                 TrainSettings.Input("settings", tooltip="From Training Settings."),
                 io.String.Input("run_name", default="svd_run",
-                                tooltip="Folder in output/svd_training/ for state, loss curve and samples."),
+                                tooltip="Folder in output/svd_training/ for state, loss curve and samples (a plain "
+                                        "name)."),
                 io.Boolean.Input("resume", default=True,
                                  tooltip="Continue from the run's last saved state (after a crash or Cancel)."),
                 io.Int.Input("checkpoint_every", default=500, min=1, max=1_000_000,
@@ -295,6 +297,11 @@ class Train(io.ComfyNode):
                 io.String.Output(display_name="report", tooltip="Steps, losses, timings and written files."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, run_name, checkpoint_every, validate_every, sample_steps):
+        return _comfy.name_error(cls.ID, "run_name", run_name) or _comfy.check_inputs(
+            cls, checkpoint_every=checkpoint_every, validate_every=validate_every, sample_steps=sample_steps)
 
     @classmethod
     def execute(cls, train_model, dataset, settings, run_name, resume=True, checkpoint_every=500,
@@ -316,8 +323,7 @@ class Train(io.ComfyNode):
         from svd_core.training import api
         from svd_core.training.trainer import Interrupted
 
-        if not run_name or any(c in run_name for c in "/\\") or run_name.startswith("."):
-            raise _bad(cls.ID, "run_name", f"{run_name!r} must be a plain folder name")
+        _comfy.plain_name(cls.ID, "run_name", run_name)
         cfg = dataclasses.replace(settings, checkpoint_every=checkpoint_every, validate_every=validate_every,
                                   sample_steps=sample_steps, name=run_name)
         try:
@@ -328,6 +334,7 @@ class Train(io.ComfyNode):
         device = mm.get_torch_device()
         model.to(device)
         run_dir = os.path.join(_run_root(), run_name)
+        _comfy.check_inside(cls.ID, "run_name", run_dir, "output")  # svd_training/ or the run may be a link
         bar = _Progress(cfg.steps)
         try:
             data = api.prepare_data(model, cfg, dataset["source"], os.path.join(_run_root(), "cache"),
@@ -367,10 +374,13 @@ class Train(io.ComfyNode):
 # ------------------------------------------------------------------------------------------------------ outputs
 
 
-def _filename(node: str, name: str) -> str:
-    if not name.endswith(".safetensors") or "/" in name or "\\" in name or name.startswith("."):
-        raise _bad(node, "filename", f"{name!r} must be a plain file name ending in .safetensors")
-    return name
+IF_EXISTS_TOOLTIP = ("When the file already exists: 'new name' keeps it and writes name_00001.safetensors, 'error' "
+                     "stops, 'overwrite' replaces it.")
+
+
+def _validate_save(cls, filename, if_exists):
+    return _comfy.name_error(cls.ID, "filename", filename, ".safetensors") or \
+        _comfy.check_inputs(cls, if_exists=if_exists)
 
 
 class SaveCheckpoint(io.ComfyNode):
@@ -386,6 +396,8 @@ class SaveCheckpoint(io.ComfyNode):
                 Trained.Input("trained", tooltip=TRAINED_TOOLTIP),
                 io.String.Input("filename", default="svd_finetune.safetensors",
                                 tooltip="File name in models/checkpoints."),
+                io.Combo.Input("if_exists", options=list(_comfy.IF_EXISTS), default="new name",
+                               tooltip=IF_EXISTS_TOOLTIP),
                 io.Boolean.Input("use_ema", default=True, tooltip="Save the EMA weights (paper) or the last ones."),
                 io.Combo.Input("dtype", options=["float32", "float16", "bfloat16"], default="float16",
                                tooltip="Stored precision (float16 halves the file)."),
@@ -395,14 +407,18 @@ class SaveCheckpoint(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, trained, filename, use_ema=True, dtype="float16"):
+    def validate_inputs(cls, filename, if_exists):
+        return _validate_save(cls, filename, if_exists)
+
+    @classmethod
+    def execute(cls, trained, filename, if_exists="new name", use_ema=True, dtype="float16"):
         import torch
 
-        name = _filename(cls.ID, filename)
+        _comfy.plain_name(cls.ID, "filename", filename, ".safetensors")
         if trained.trainer.cfg.mode == "lora":
             raise _bad(cls.ID, "trained", "this run trained a LoRA; save it with Save Trained LoRA")
         _Progress(1)
-        path = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], name)
+        path = _comfy.new_file(cls.ID, "filename", "checkpoints", filename, if_exists)
         trained.trainer.save_checkpoint(path, use_ema=use_ema, dtype=getattr(torch, dtype))
         return io.NodeOutput(path, ui={"text": [path]})
 
@@ -419,6 +435,8 @@ class SaveLoRA(io.ComfyNode):
             inputs=[
                 Trained.Input("trained", tooltip=TRAINED_TOOLTIP),
                 io.String.Input("filename", default="camera_motion.safetensors", tooltip="File name in models/loras."),
+                io.Combo.Input("if_exists", options=list(_comfy.IF_EXISTS), default="new name",
+                               tooltip=IF_EXISTS_TOOLTIP),
                 io.Boolean.Input("use_ema", default=False, tooltip="Save the EMA of the LoRA or its last weights."),
                 io.String.Input("motion_label", default="", tooltip="What motion it adds (e.g. 'pan right')."),
             ],
@@ -427,13 +445,17 @@ class SaveLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, trained, filename, use_ema=False, motion_label=""):
-        name = _filename(cls.ID, filename)
+    def validate_inputs(cls, filename, if_exists):
+        return _validate_save(cls, filename, if_exists)
+
+    @classmethod
+    def execute(cls, trained, filename, if_exists="new name", use_ema=False, motion_label=""):
+        _comfy.plain_name(cls.ID, "filename", filename, ".safetensors")
         if trained.trainer.lora is None:
             raise _bad(cls.ID, "trained", f"this run trained mode {trained.trainer.cfg.mode!r}, not a LoRA; save it "
                                           f"with Save Trained Checkpoint")
         _Progress(1)
-        path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
+        path = _comfy.new_file(cls.ID, "filename", "loras", filename, if_exists)
         trained.trainer.save_lora(path, use_ema=use_ema, motion_label=motion_label)
         return io.NodeOutput(path, ui={"text": [path]})
 

@@ -1,0 +1,281 @@
+"""Node inputs that become paths stay inside ComfyUI's folders (issue 12): the node kit's one helper
+(`nodes/_comfy.py`: confine / node_path / path_error / plain_name / new_file) and every path-taking node's
+`validate_inputs`, inside a real ComfyUI import (`--cpu`, in a subprocess so ComfyUI's globals stay out of the test
+process). The same values through `/prompt` of a running server: tests/comfyui/test_comfyui_paths.py."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # one ComfyUI import in a subprocess (~30-60 s on 2 busy cores) for all the cases
+
+SCRIPT = textwrap.dedent(r'''
+    import importlib.util, json, os, sys
+    comfy, repo, base, outside = sys.argv[1:5]
+    sys.path.insert(0, comfy)
+    sys.path.append(repo)
+    sys.argv = ["main.py", "--cpu", "--base-directory", base]
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    import folder_paths
+    # the pack as ComfyUI imports it: a package (custom_nodes/<pack>) whose modules import each other relatively
+    spec = importlib.util.spec_from_file_location("svd_suite", os.path.join(repo, "__init__.py"),
+                                                  submodule_search_locations=[repo])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["svd_suite"] = pack
+    spec.loader.exec_module(pack)
+    from svd_suite.nodes import _comfy
+    from svd_suite.training_nodes import curation, evaluation, training
+    from svd_suite.nodes import loaders, lora
+
+    inp, out = folder_paths.get_input_directory(), folder_paths.get_output_directory()
+    os.makedirs(os.path.join(inp, "clips", "sub"), exist_ok=True)
+    open(os.path.join(inp, "clips", "a.mp4"), "wb").close()
+    open(os.path.join(inp, "top.mp4"), "wb").close()
+    os.makedirs(os.path.join(out, "made"), exist_ok=True)
+    os.symlink(outside, os.path.join(inp, "out_link"))                         # a folder link leading out
+    os.symlink(outside, os.path.join(out, "out_link"))                         # and one in output/
+    os.symlink(os.path.join(outside, "secret.txt"), os.path.join(inp, "out_file.mp4"))  # a file link leading out
+    os.symlink(os.path.join(inp, "clips"), os.path.join(inp, "in_link"))       # a link that stays inside
+    ckpts = folder_paths.get_folder_paths("checkpoints")[0]
+    os.makedirs(ckpts, exist_ok=True)
+    open(os.path.join(ckpts, "mine.safetensors"), "wb").close()
+    os.symlink(os.path.join(outside, "shared.safetensors"), os.path.join(ckpts, "shared.safetensors"))
+
+    def outcome(fn, *args, **kw):
+        try:
+            return ["ok", os.path.relpath(fn(*args, **kw), base)]
+        except ValueError as exc:
+            return ["refused", str(exc)]
+
+    CASES = json.loads(sys.stdin.read())
+    res = {"confine": [outcome(_comfy.node_path, "N", "x", v, f, **kw) for v, f, kw in CASES["confine"]],
+           "names": [outcome(lambda v, s: os.path.join(base, _comfy.plain_name("N", "x", v, s)), v, s)
+                     for v, s in CASES["names"]]}
+    # saving never replaces a file the user did not ask to replace
+    res["new_file"] = [outcome(_comfy.new_file, "N", "filename", "checkpoints", n, mode)
+                       for n, mode in (("mine.safetensors", "new name"), ("mine.safetensors", "error"),
+                                       ("mine.safetensors", "overwrite"), ("fresh.safetensors", "error"),
+                                       ("shared.safetensors", "overwrite"))]
+    # validate_inputs of every path-taking node, legit and hostile: True or the message
+    nodes = {"LoadVideos": (curation.LoadVideos, {"folder": "V"}),
+             "ClipVideos": (curation.ClipVideos, {"dataset_dir": "V", "min_duration": 1.0}),
+             "WriteDataset": (curation.WriteDataset, {"filename": "V"}),
+             "LoadOpenClip": (curation.LoadOpenClip, {"model": "V", "weights": "V"}),
+             "ClipScore": (curation.ClipScore, {"aesthetic_weights": "V"}),
+             "FVDFolders_a": (evaluation.FVDFolders, {"folder_a": "V", "folder_b": "clips"}),
+             "FVDFolders_b": (evaluation.FVDFolders, {"folder_a": "clips", "folder_b": "V"}),
+             "EloFromVotes": (evaluation.EloFromVotes, {"votes_file": "V"}),
+             "VotingStudy_models": (evaluation.VotingStudy, {"name": "s", "models": "a=clips\nb=V", "manifest": ""}),
+             "VotingStudy_manifest": (evaluation.VotingStudy, {"name": "s", "models": "", "manifest": "V"}),
+             "LoadVideoFrames": (evaluation.LoadVideoFrames, {"file": "V"}),
+             "TrainDataset": (training.Dataset, {"source": "V", "max_windows_per_clip": 0}),
+             "Train": (training.Train, {"run_name": "V", "checkpoint_every": 1, "validate_every": 0,
+                                        "sample_steps": 0}),
+             "SaveTrainedCheckpoint": (training.SaveCheckpoint, {"filename": "V", "if_exists": "error"}),
+             "SaveTrainedLoRA": (training.SaveLoRA, {"filename": "V", "if_exists": "error"})}
+    res["validate"] = {}
+    for key, (cls, kw) in nodes.items():
+        res["validate"][key] = {}
+        for v in CASES["hostile"]:
+            args = {k: x.replace("V", v) if isinstance(x, str) else x for k, x in kw.items()}
+            if key == "LoadOpenClip":
+                args["model"] = v + ".json"
+            res["validate"][key][v] = cls.validate_inputs(**args)
+    # legit values pass
+    res["legit"] = [training.Dataset.validate_inputs("clips", 0), curation.LoadVideos.validate_inputs("clips"),
+                    curation.ClipVideos.validate_inputs("made/ds1", 1.0),
+                    evaluation.FVDFolders.validate_inputs("clips", "in_link"),
+                    training.SaveLoRA.validate_inputs("cam.safetensors", "new name"),
+                    training.Train.validate_inputs("run_1", 1, 0, 0),
+                    evaluation.LoadVideoFrames.validate_inputs("top.mp4")]
+    # a node at run time: a link leading out is refused, and so is a symlinked video inside the folder
+    os.symlink(os.path.join(outside, "v.mp4"), os.path.join(inp, "clips", "sub", "leak.mp4"))
+    res["run"] = [outcome(lambda: curation.LoadVideos.execute("clips")),
+                  outcome(lambda: curation.LoadVideos.execute("out_link")),
+                  outcome(lambda: loaders.CheckpointLoader.execute("../../etc/passwd"))]
+    # a voting-study manifest whose videos lie outside input/ (existing or not: the same message)
+    for name, videos in (("out.json", {"a": os.path.join(outside, "v.mp4"), "b": os.path.join(outside, "v2.mp4")}),
+                         ("gone.json", {"a": os.path.join(outside, "nope.mp4"), "b": "clips/a.mp4"}),
+                         ("rel.json", {"a": "../../" + os.path.basename(outside) + "/v.mp4", "b": "clips/a.mp4"})):
+        with open(os.path.join(inp, name), "w") as f:
+            json.dump({"items": [{"id": "1", "videos": videos}]}, f)
+        res["run"].append(outcome(lambda: evaluation.VotingStudy.execute("s", "", name, 0)))
+    # a model folder of a study holding a link that leads out (its video would be served, its .txt shown)
+    os.makedirs(os.path.join(inp, "leaky"))
+    os.symlink(os.path.join(outside, "secret.txt"), os.path.join(inp, "leaky", "a.txt"))
+    open(os.path.join(inp, "leaky", "a.mp4"), "wb").close()
+    res["study_link"] = outcome(lambda: evaluation.VotingStudy.execute("s3", "a=clips\nb=leaky", "", 0))
+    res["eval_model"] = [outcome(evaluation._eval_path, "N", v, "i3d_name") for v in ("../../x", "/etc/passwd")]
+    # property (hypothesis, bounded): any value built from path pieces is refused or lands inside its folder
+    from hypothesis import given, settings, strategies as st
+    pieces = st.sampled_from(["..", ".", "a", "clips", "out_link", "in_link", "/", "\\", "C:", "\x00", " ", "~",
+                              "%2e%2e", "\u2025", "a.mp4", "//server/"])
+    counts = {"ok": 0, "refused": 0, "escaped": []}
+
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True)
+    @given(st.lists(pieces, max_size=8).map("".join), st.sampled_from(["input", "output", "temp"]))
+    def prop(value, folder):
+        root = os.path.realpath(_comfy.folder_roots(folder)[0])
+        try:
+            path = _comfy.node_path("N", "x", value, folder, allow_root=True)
+        except _comfy.NodeInputError as exc:
+            assert str(exc).startswith("N: input 'x': ")
+            counts["refused"] += 1
+            return
+        counts["ok"] += 1
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:
+            counts["escaped"].append([value, folder])
+
+    prop()
+    res["property"] = counts
+    print("RESULT " + json.dumps(res))
+''')
+
+HOSTILE = ["../../etc", "/etc/passwd", "/tmp/x", "..\\..\\x", "clips/../../x", "C:\\Windows\\x", "a\x00b", "",
+           "out_link/x"]
+# (value, folder(s), options) -> "ok" (and where) or the reason it is refused
+CONFINE = [
+    ("clips/a.mp4", "input", {"kind": "file"}, ["ok", "input/clips/a.mp4"]),
+    ("clips\\a.mp4", "input", {"kind": "file"}, ["ok", "input/clips/a.mp4"]),  # Windows separators
+    ("./clips//sub/", "input", {"kind": "dir"}, ["ok", "input/clips/sub"]),
+    ("in_link/a.mp4", "input", {"kind": "file"}, ["ok", "input/clips/a.mp4"]),  # a link that stays inside
+    (".", "input", {"kind": "dir", "allow_root": True}, ["ok", "input"]),
+    ("made/new_ds", "output", {}, ["ok", "output/made/new_ds"]),  # an output not written yet
+    ("made", ("input", "output"), {}, ["ok", "output/made"]),  # looked up in input/, then output/
+    ("shared.safetensors", "checkpoints", {"kind": "file", "links_out": True}, ["ok", None]),  # linked model file
+    ("../../etc", "input", {}, "goes up with '..'"),
+    ("clips/../a", "input", {}, "goes up with '..'"),
+    ("..\\..\\x", "output", {}, "goes up with '..'"),
+    ("/etc/passwd", "input", {}, "is an absolute path"),
+    ("/tmp/x", "output", {}, "is an absolute path"),
+    ("\\\\server\\share\\x", "input", {}, "is an absolute path"),
+    ("C:\\Windows\\x", "input", {}, "is an absolute path"),
+    ("C:x", "input", {}, "is an absolute path"),
+    ("a\x00b", "input", {}, "contains a NUL byte"),
+    ("x" * 300, "output", {}, "is too long"),
+    ("a/" * 600, "output", {}, "is too long"),
+    ("", "input", {}, "is empty"),
+    ("   ", "output", {}, "is empty"),
+    (".", "output", {}, "names the folder itself"),
+    ("out_link", "input", {}, "leads outside the folder through a symbolic link"),
+    ("out_link/secret.txt", "input", {"kind": "file"}, "leads outside the folder through a symbolic link"),
+    ("out_file.mp4", "input", {"kind": "file"}, "leads outside the folder through a symbolic link"),
+    ("out_link/new", "output", {}, "leads outside the folder through a symbolic link"),  # a write through it
+    ("shared.safetensors", "checkpoints", {"kind": "file"}, "leads outside the folder through a symbolic link"),
+    ("nope.mp4", "input", {"kind": "file"}, "is not an existing file"),
+    ("clips/a.mp4", "input", {"kind": "dir"}, "is not an existing folder"),
+]
+NAMES = [("run_1", "", True), ("cam.safetensors", ".safetensors", True), ("a/b", "", False), ("a\\b", "", False),
+         ("..", "", False), (".hidden", "", False), ("x\x00y", "", False), ("", "", False), ("C:x", "", False),
+         ("x.ckpt", ".safetensors", False), (".safetensors", ".safetensors", False),
+         ("n" * 256, "", False)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    comfy = Path(os.environ.get("SVD_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
+    if not (comfy / "main.py").is_file():
+        subprocess.run(["bash", str(REPO / "scripts" / "setup.d" / "50-comfyui.sh")], check=True, timeout=900)
+    tmp = tmp_path_factory.mktemp("paths")
+    base, outside = tmp / "base", tmp / "outside"
+    outside.mkdir()
+    for name in ("secret.txt", "v.mp4", "v2.mp4", "shared.safetensors"):
+        (outside / name).write_bytes(b"TOP-SECRET-CONTENT")
+    (tmp / "run.py").write_text(SCRIPT)
+    cases = {"confine": [[v, f, kw] for v, f, kw, _ in CONFINE], "names": [[v, s] for v, s, _ in NAMES],
+             "hostile": HOSTILE}
+    proc = subprocess.run([sys.executable, str(tmp / "run.py"), str(comfy), str(REPO), str(base), str(outside)],
+                          input=json.dumps(cases), capture_output=True, text=True, timeout=300, cwd=str(tmp))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    before = sorted(p.name for p in outside.iterdir())
+    assert before == ["secret.txt", "shared.safetensors", "v.mp4", "v2.mp4"]  # nothing written outside
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.parametrize("i", range(len(CONFINE)), ids=[repr(c[0])[:40] + "-" + str(c[1]) for c in CONFINE])
+def test_confine(run, i):
+    value, folder, kw, expected = CONFINE[i]
+    got = run["confine"][i]
+    if isinstance(expected, list):
+        assert got[0] == "ok", got
+        if expected[1] is not None:
+            assert got[1] == expected[1]
+        else:
+            assert got[1].startswith("models/checkpoints/")
+    else:
+        assert got[0] == "refused", got
+        msg = got[1]
+        assert msg.startswith("N: input 'x': ") and expected in msg, msg
+        assert "TOP-SECRET" not in msg
+
+
+def test_plain_names(run):
+    for (value, suffix, ok), got in zip(NAMES, run["names"]):
+        assert (got[0] == "ok") == ok, (value, got)
+        if not ok:
+            assert "N: input 'x'" in got[1] and "must be a plain name" in got[1]
+
+
+def test_new_file_never_replaces_unasked(run):
+    numbered, error, overwrite, fresh, link = run["new_file"]
+    assert numbered == ["ok", "models/checkpoints/mine_00001.safetensors"]
+    assert error[0] == "refused" and "'mine.safetensors' already exists in models/checkpoints" in error[1]
+    assert overwrite == ["ok", "models/checkpoints/mine.safetensors"]  # asked for
+    assert fresh == ["ok", "models/checkpoints/fresh.safetensors"]
+    assert link[0] == "refused"  # "overwrite" never writes through a link that leads elsewhere
+
+
+def test_every_path_node_validates_hostile_values(run):
+    for key, by_value in run["validate"].items():
+        node = "SVDSuite_" + {"WriteDataset": "CurationWriteDataset", "LoadVideos": "CurationLoadVideos",
+                              "ClipVideos": "CurationClip", "LoadOpenClip": "CurationLoadOpenCLIP",
+                              "ClipScore": "CurationCLIPScore", "TrainDataset": "TrainDataset"}.get(
+            key, key.split("_")[0])
+        for value, result in by_value.items():
+            if key == "ClipScore" and value == "":
+                assert result is True  # '' means none, like the combo's 'none'
+                continue
+            assert isinstance(result, str), (key, value, result)
+            assert result.startswith(node + ": input '"), (key, result)
+        assert all("TOP-SECRET" not in str(r) for r in by_value.values())
+
+
+def test_legit_values_pass_validation(run):
+    assert run["legit"] == [True] * len(run["legit"])
+
+
+def test_nodes_refuse_at_run_time(run):
+    linked_video, out_link, ckpt, *studies = run["run"]
+    assert linked_video[0] == "refused" and "SVDSuite_CurationLoadVideos: input 'folder'" in linked_video[1]
+    assert "outside ComfyUI's input folder" in linked_video[1]
+    assert out_link[0] == "refused" and "symbolic link" in out_link[1]
+    assert ckpt[0] == "refused" and "SVDSuite_CheckpointLoader: input 'ckpt_name'" in ckpt[1]
+    for got in studies:  # missing or outside: one message, never which
+        assert got[0] == "refused", got
+        assert "SVDSuite_VotingStudy: input 'manifest': lists a video or image that is missing or outside" in got[1]
+    assert len({s[1] for s in studies}) == 1
+
+
+def test_study_folder_link_and_eval_model_names(run):
+    got = run["study_link"]
+    assert got[0] == "refused" and "SVDSuite_VotingStudy: input 'models': 'a.txt' in a model folder links" in got[1]
+    assert "TOP-SECRET" not in got[1]
+    for got, reason in zip(run["eval_model"], ("goes up with '..'", "is an absolute path")):
+        assert got[0] == "refused" and "N: input 'i3d_name'" in got[1] and reason in got[1], got
+        assert "models/svd_eval" in got[1] and "found:" in got[1]
+
+
+def test_property_no_value_escapes(run):
+    """Hypothesis (400 examples, derandomized): every value built from path pieces ('..', '/', '\\', 'C:', NUL,
+    links in and out, ...) is refused naming node and input, or resolves inside its folder."""
+    counts = run["property"]
+    print("property:", counts)
+    assert counts["escaped"] == []
+    assert counts["ok"] > 20 and counts["refused"] > 100, counts
