@@ -185,7 +185,8 @@ SVD_MV_VECTOR = SVD_VECTOR + (("elevation_deg", 256),)
 SVD_MV = replace(SVD, name="svd_mv", unet=replace(SVD.unet, adm_in_channels=1024), vector_inputs=SVD_MV_VECTOR,
                  num_frames=21, height=576, width=576, guider="triangle", min_cfg=1.0, max_cfg=2.5, custom=True)
 # Text-to-video base model (paper Sec. 4.2, App. E.5.4): open_clip ViT-H-14 text tower (SD 2.1's, penultimate
-# layer tokens, 1024-d cross-attention), fps and motion-score micro-conditioning (adm 2 x 256), no concat input.
+# layer tokens, 1024-d cross-attention), fps and motion micro-conditioning (adm 2 x 256), no concat input; the
+# "motion_score" input is in motion-bucket units (0-255, default 127) at training and generation alike.
 T2V_VECTOR = (("fps_id", 256), ("motion_score", 256))
 TEXT2VIDEO = replace(SVD, name="t2v", unet=replace(SVD.unet, in_channels=4, adm_in_channels=512),
                      vector_inputs=T2V_VECTOR, cond_mode="text", cond_encoder_index=-1, num_frames=14, height=320,

@@ -324,7 +324,9 @@ class Train(io.ComfyNode):
             cfg.validate()
         except ValueError as exc:
             raise _bad(cls.ID, "settings", str(exc)) from None
-        model = _private_copy(train_model)
+        from svd_core.training.tasks import model_for_task
+
+        model = model_for_task(_private_copy(train_model), cfg.task)  # interpolation: from the base model (D.5)
         device = mm.get_torch_device()
         model.to(device)
         run_dir = os.path.join(_run_root(), run_name)
