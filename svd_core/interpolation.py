@@ -74,7 +74,7 @@ def spec_for(base: ModelSpec) -> ModelSpec:
     if (spec.unet, spec.vae, spec.clip, spec.scale_factor) == (SVD_INTERP.unet, SVD_INTERP.vae, SVD_INTERP.clip,
                                                               SVD_INTERP.scale_factor):
         return SVD_INTERP
-    return replace(spec, name=f"{base.name}_interp", height=base.height, width=base.width)
+    return replace(spec, name=f"{base.name}_interp", height=base.height, width=base.width, steps=base.steps)
 
 
 @torch.no_grad()

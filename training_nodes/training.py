@@ -116,7 +116,9 @@ class ModelToTrain(io.ComfyNode):
             inputs=[
                 SVDModel.Input("svd_model", tooltip="The model from SVD Checkpoint Loader (or a LoRA Loader)."),
                 io.Combo.Input("target", options=list(TARGETS), default="as loaded",
-                               tooltip="Train the model as loaded, or a new variant initialised from it."),
+                               tooltip="Train the model as loaded, or a new variant initialised from it. "
+                                       "Interpolation also starts from a text-to-video model (the paper's base, "
+                                       "App. D.5), and the interpolation preset converts a loaded base by itself."),
             ],
             outputs=[TrainModel.Output(display_name="train_model", tooltip="What the Train node copies and trains.")],
         )
@@ -152,8 +154,8 @@ def _private_copy(train_model: dict):
         from svd_core.testing import TINY_VARIANTS
 
         module = {"interpolation": interpolation, "multiview": multiview, "text2video": text2video}[target]
-        spec = None
-        if model.spec.custom:  # a tiny / custom model grows into the tiny variant of the target
+        spec = None  # interpolation: the base's own interpolation variant (`interpolation.spec_for`)
+        if model.spec.custom and target != "interpolation":  # a tiny / custom model grows into the tiny variant
             spec = {"interpolation": "tiny_interp", "multiview": "tiny_svd_mv", "text2video": "tiny_t2v"}[target]
             spec = TINY_VARIANTS.get(spec)
         model = module.init_from(model, spec) if spec is not None else module.init_from(model)
@@ -182,8 +184,8 @@ class Settings(io.ComfyNode):
                                        "whole UNet (preset: the preset's mode)."),
                 io.Int.Input("steps", default=1000, min=1, max=10_000_000, tooltip="Optimiser steps."),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6, round=1e-7,
-                               tooltip="AdamW learning rate (0 = the preset's: 1e-4 pretraining / LoRA, 3e-5 "
-                                       "finetunes, 1e-5 multi-view)."),
+                               tooltip="AdamW learning rate (0 = the preset's: 1e-4 pretraining / LoRA / "
+                                       "interpolation, 3e-5 finetunes, 1e-5 multi-view)."),
                 io.Int.Input("batch_size", default=1, min=1, max=4096,
                              tooltip="Videos per micro-batch (global, split over processes)."),
                 io.Int.Input("grad_accum", default=1, min=1, max=4096,
