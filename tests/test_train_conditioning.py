@@ -31,6 +31,16 @@ def manifest(tmp_path_factory) -> Path:
     return bikes_manifest(tmp_path_factory.mktemp("bikes") / "manifest.parquet")
 
 
+@pytest.fixture(scope="module")
+def interp_model():
+    return testing.tiny_model("tiny_interp", seed=3)
+
+
+@pytest.fixture(scope="module")
+def t2v():
+    return testing.tiny_model("tiny_t2v", seed=6)
+
+
 def _dataset(model, manifest, cfg, folder, max_windows: int = 2):
     windows = make_windows(load_records(manifest), cfg.num_frames, cfg.frame_stride, cfg.target_fps)[:max_windows]
     return windows, CachedDataset(build_cache(model, windows, folder, cfg.height, cfg.width), cfg.motion_scale)
@@ -50,11 +60,11 @@ def test_interpolation_preset_has_the_papers_lr_and_the_generation_frame_rate():
     assert round(56 / cfg.target_fps) == 2 and (SVD_INTERP.num_frames - 1) * 2 / 56 == pytest.approx(1 / 7)
 
 
-def test_training_and_generation_embed_the_same_interpolation_vector(manifest, tmp_path):
+def test_training_and_generation_embed_the_same_interpolation_vector(manifest, tmp_path, interp_model):
     """Paper App. D.5 (5-frame windows, fps micro-conditioning as SVD): the vector the trainer builds for a window
     equals the one `interpolation_conditioning` builds for the matching input (the window's end frames as a video
     at 1/4 of the window's frame rate, the clip's motion bucket, the same cond_aug)."""
-    model = testing.tiny_model("tiny_interp", seed=3)
+    model = interp_model
     cfg = TrainConfig.from_preset("interpolation", height=64, width=64, cond_dropout=0.0)
     windows, data = _dataset(model, manifest, cfg, tmp_path)
     for i, w in enumerate(windows):
@@ -73,10 +83,10 @@ def test_training_and_generation_embed_the_same_interpolation_vector(manifest, t
                                    interp._vector(model, 1, 5, 7.0, 100, 0.05))
 
 
-def test_conditioning_frames_are_noise_augmented_in_latent_space():
+def test_conditioning_frames_are_noise_augmented_in_latent_space(interp_model):
     """Paper App. D.5: "noise augmentation for the two conditioning frames, which we apply in the latent space":
     concat end latents = VAE mode of the clean frame + (cond_aug / scale_factor) * eps, eps drawn per pair."""
-    model = testing.tiny_model("tiny_interp", seed=4)
+    model = interp_model
     frames = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     cond = interp.interpolation_conditioning(model, frames[:1], frames[1:], width=64, height=64, cond_aug=0.3,
                                              seeds=[11]).cond
@@ -101,12 +111,11 @@ def test_conditioning_frames_are_noise_augmented_in_latent_space():
     torch.testing.assert_close(train.concat[4, :4], clean[1] + aug / s * eps_last, rtol=1e-5, atol=1e-5)
 
 
-def test_interpolation_model_starts_as_the_base_text_to_video_model():
+def test_interpolation_model_starts_as_the_base_text_to_video_model(t2v):
     """Paper App. D.5: the interpolation model is finetuned from the base text-to-video model. New conv_in input
     channels (latent sequence 4 + mask 1) start at zero, so on the base's channels the new model computes exactly the
     base's D(x; s); the conditioning VAE encoder comes from the base's first stage, the CLIP image tower from an
     image model when given."""
-    t2v = testing.tiny_model("tiny_t2v", seed=6)
     svd = testing.tiny_model("tiny", seed=7)
     m = interp.init_from(t2v, image_tower=svd)
     assert m.spec.cond_mode == "interpolation" and m.spec.unet.in_channels == 9
@@ -127,19 +136,19 @@ def test_interpolation_model_starts_as_the_base_text_to_video_model():
         torch.testing.assert_close(m.conditioner.vae_encoder(img), t2v.first_stage_model.encode_dist(img)[0])
         torch.testing.assert_close(m.conditioner.clip(img), svd.conditioner.clip(img))
     # the trainer's entry: a base model becomes the interpolation model, an interpolation model stays itself
-    assert tasks.model_for_task(svd, "interpolation").spec.unet.in_channels == 9
+    assert tasks.model_for_task(t2v, "interpolation").spec == m.spec
     assert tasks.model_for_task(m, "interpolation") is m and tasks.model_for_task(svd, "img2vid") is svd
 
 
 # ------------------------------------------------------------------------------------------------ item 5
 
 
-def test_text2video_training_and_generation_embed_the_same_motion_bucket(manifest, tmp_path):
+def test_text2video_training_and_generation_embed_the_same_motion_bucket(manifest, tmp_path, t2v):
     """Paper App. C (motion score) / SVD's motion_bucket_id (reference default 127): text-to-video training embeds
     the clip's motion bucket (`data.motion_bucket` of its Farneback score), the unit `text_conditioning` takes."""
     from svd_core import text2video
 
-    model = testing.tiny_model("tiny_t2v", seed=9)
+    model = t2v
     cfg = TrainConfig.from_preset("text2video_finetune", num_frames=4, height=64, width=128, cond_dropout=0.0)
     windows, data = _dataset(model, manifest, cfg, tmp_path)
     for i, w in enumerate(windows):
@@ -180,7 +189,7 @@ def llm_merge(captions) -> str:  # the curation's LLM-summary hook
     return " / ".join(sorted(captions.values()))
 
 
-def test_curation_captions_reach_training_under_their_column_names(manifest, tmp_path):
+def test_curation_captions_reach_training_under_their_column_names(manifest, tmp_path, t2v):
     """Paper App. C: CoCa, video-captioner and LLM captions; the caption stage writes caption_coca, caption_video,
     caption_llm, and training reads every one of them from the manifest (none silently dropped)."""
     from svd_core.curation.config import CurationConfig
@@ -202,12 +211,18 @@ def test_curation_captions_reach_training_under_their_column_names(manifest, tmp
         assert caps["caption_video"] == video_caption(row["path"]) and caps["caption_coca"] == row["caption_coca"]
         assert caps["caption_llm"] == llm_merge({"caption_coca": caps["caption_coca"],
                                                  "caption_video": caps["caption_video"]})
-    # through the latent cache into a training batch: each example draws one of its own captions
-    model = testing.tiny_model("tiny_t2v", seed=10)
-    tcfg = TrainConfig.from_preset("text2video_finetune", num_frames=4, height=64, width=128)
-    windows = make_windows(records, 4, 0, tcfg.target_fps, max_per_clip=1)
-    data = CachedDataset(build_cache(model, windows, tmp_path / "cache", 64, 128))
-    item = data[0]
-    assert item["captions"] == dict(windows[0].record.captions)
+    # through the latent cache into a training batch: each example draws one of its own captions; a cache built
+    # before the captions existed is reused and still gives them (captions come from the manifest, not the cache)
+    from svd_core.training import api
+
+    model = t2v
+    tcfg = TrainConfig.from_preset("text2video_finetune", num_frames=4, height=64, width=128, val_fraction=0.0)
+    before = api.prepare_data(model, tcfg, manifest, tmp_path / "cache", max_per_clip=1).dataset
+    assert before[0]["captions"] == {}
+    files = {p: p.stat().st_mtime_ns for p in before.paths}
+    data = api.prepare_data(model, tcfg, path, tmp_path / "cache", max_per_clip=1)
+    assert data.dataset.paths and all(files.get(p) == p.stat().st_mtime_ns for p in data.dataset.paths)  # reused
+    item = data.dataset[0]
+    assert item["captions"] == dict(records[0].captions) and len(item["captions"]) == 3
     seen = {sample_caption(item["captions"], item["caption"], item_generator(0, s, 0, 0)) for s in range(40)}
     assert seen == set(item["captions"].values())

@@ -269,11 +269,16 @@ def build_cache(model, windows: Sequence[Window], cache_dir: str | os.PathLike, 
 
 class CachedDataset(torch.utils.data.Dataset):
     """Cached windows -> dict(latents t 4 h w, clip 2 d, images 2 3 H W uint8, fps_id, motion_bucket_id, motion,
-    caption, captions, index)."""
+    caption, captions, index). `records` (one per path, e.g. the windows' records): captions come from them rather
+    than from the cache metadata, so captions added to the manifest after the cache was built are used."""
 
-    def __init__(self, paths: Sequence[Path], motion_scale: float = 32.0, preload: bool = True):
+    def __init__(self, paths: Sequence[Path], motion_scale: float = 32.0, preload: bool = True,
+                 records: Sequence[ClipRecord] | None = None):
         self.paths = list(paths)
         self.motion_scale = motion_scale
+        self.records = list(records) if records is not None else None
+        if self.records is not None and len(self.records) != len(self.paths):
+            raise DataError(f"{len(self.records)} clip records for {len(self.paths)} cached windows")
         self._items = [self._load(i) for i in range(len(self.paths))] if preload else None
 
     def __len__(self) -> int:
@@ -289,8 +294,9 @@ class CachedDataset(torch.utils.data.Dataset):
         item["fps_id"] = torch.tensor(fps_id(rec["fps"] / info["stride"]))
         item["motion_bucket_id"] = torch.tensor(motion_bucket(rec["motion"], self.motion_scale))
         item["motion"] = torch.tensor(float(rec["motion"]))
-        item["caption"] = rec.get("caption", "")
-        item["captions"] = {str(c): str(t) for c, t in rec.get("captions", ())}  # column -> text (sample_caption)
+        live = asdict(self.records[i]) if self.records is not None else rec
+        item["caption"] = live.get("caption", "")
+        item["captions"] = {str(c): str(t) for c, t in live.get("captions", ())}  # column -> text (sample_caption)
         if rec.get("elevation") is not None:
             item["elevation"] = torch.tensor(float(rec["elevation"]))
         item["index"] = i
