@@ -140,6 +140,27 @@ def test_interpolation_model_starts_as_the_base_text_to_video_model(t2v):
     assert tasks.model_for_task(m, "interpolation") is m and tasks.model_for_task(svd, "img2vid") is svd
 
 
+def test_cli_interpolation_preset_starts_from_a_base_checkpoint(manifest, tmp_path, capsys):
+    """Paper App. D.5: the interpolation model is initialised from the base video model; `python -m svd_core train`
+    with the interpolation preset converts a loaded base checkpoint into its 9-channel interpolation variant."""
+    import json
+
+    import svd_core
+    from svd_core.__main__ import main
+    from tests.test_training_support import micro_spec
+
+    testing.make_tiny_checkpoint(tmp_path / "micro.safetensors", micro_spec())
+    cfg = {"model": "micro.safetensors", "data": str(manifest), "out_dir": "run",
+           "train": {"preset": "interpolation", "height": 64, "width": 64, "steps": 1, "batch_size": 1,
+                     "validate_every": 0, "val_fraction": 0.0, "name": "interp"}}
+    (tmp_path / "run.json").write_text(json.dumps(cfg))
+    assert main(["train", str(tmp_path / "run.json"), "--max-windows-per-clip", "1"]) == 0
+    assert "interpolation model micro_interp initialised from the base model micro" in capsys.readouterr().out
+    out = svd_core.load(tmp_path / "run" / "interp_step1.safetensors")
+    assert out.spec.cond_mode == "interpolation" and out.spec.unet.in_channels == 9 and out.spec.num_frames == 5
+    assert out.conditioner.vae_encoder.mask_embedding.shape == (4, 8, 8)  # c x h x w at the base's 64 x 64
+
+
 # ------------------------------------------------------------------------------------------------ item 5
 
 
