@@ -100,11 +100,15 @@ def init_from(base_model, spec: "str | ModelSpec | None" = None, device=None, dt
     computes exactly the base's; label_emb keeps the base's fps / motion columns (a text base's cond_aug columns
     start at zero); zero mask embedding. A text-to-video base has no conditioning VAE encoder and no CLIP image
     tower: the encoder is copied from the base's first stage (identity quant_conv), the image tower from
-    `image_tower` (any image-conditioned SVD-family model with the same CLIP size) when given, else it keeps its
-    random init and stays listed under transfer_report['new']. See `svd_core.model.init_from` for the report."""
+    `image_tower` (any image-conditioned SVD-family model with the same CLIP size, e.g. a released SVD), which a
+    text base therefore requires. See `svd_core.model.init_from` for the transfer report."""
     spec = get_variant(spec) if spec is not None else spec_for(base_model.spec)
     if spec.cond_mode != "interpolation":
         raise ValueError(f"init_from: {spec.name} is not an interpolation variant")
+    if base_model.spec.cond_mode == "text" and image_tower is None:
+        raise ValueError(f"init_from: the text-to-video base {base_model.spec.name} has no CLIP image tower, which "
+                         f"the interpolation model conditions on; pass image_tower=<an SVD model> (e.g. "
+                         f"svd_core.load('svd.safetensors')) and train the saved result")
     model = _model.init_from(base_model, spec, device=device, dtype=dtype)
     report, dst_sd = model.transfer_report, model.state_dict()
     enc = f"conditioner.embedders.{spec.cond_encoder_index}.encoder."

@@ -116,9 +116,8 @@ class ModelToTrain(io.ComfyNode):
             inputs=[
                 SVDModel.Input("svd_model", tooltip="The model from SVD Checkpoint Loader (or a LoRA Loader)."),
                 io.Combo.Input("target", options=list(TARGETS), default="as loaded",
-                               tooltip="Train the model as loaded, or a new variant initialised from it. "
-                                       "Interpolation also starts from a text-to-video model (the paper's base, "
-                                       "App. D.5), and the interpolation preset converts a loaded base by itself."),
+                               tooltip="Train the model as loaded, or a new variant initialised from it (the "
+                                       "interpolation preset also converts a loaded SVD model by itself, App. D.5)."),
             ],
             outputs=[TrainModel.Output(display_name="train_model", tooltip="What the Train node copies and trains.")],
         )
