@@ -175,8 +175,8 @@ TINY = replace(
 # ---- the paper's other generators (no released weights: trainable architectures, spec travels in metadata) ----
 # Frame interpolation (App. D.5): SVD's architecture, 5 frames, first + last frame given; input channels
 # noise 4 + latent sequence 4 + binary mask 1 = 9; context = CLIP tokens of the first and last frame (2 tokens).
-# Same vector conditioning as SVD (fps of the interpolated video, motion bucket, cond_aug), so it trains from an
-# SVD checkpoint (`svd_core.interpolation.init_from`).
+# Same vector conditioning as SVD (fps of the interpolated video = 4x the input's, motion bucket, cond_aug); mask
+# embedding c x (height/8) x (width/8); trains from the base text-to-video model or SVD (`interpolation.init_from`).
 SVD_INTERP = replace(SVD, name="svd_interp", unet=replace(SVD.unet, in_channels=9), cond_mode="interpolation",
                      num_frames=5, fps=28, guider="vanilla", min_cfg=1.5, max_cfg=1.5, decode_t=5, custom=True)
 # SVD-MV (paper Sec. 4.5): SVD finetuned on 21-view orbits at 576x576, the camera elevation (degrees) fed through a
