@@ -85,13 +85,16 @@ class EncoderEmbedder(nn.Module):
 
 
 class InterpolationEncoderEmbedder(EncoderEmbedder):
-    """Interpolation concat embedder (paper App. D.5): the VAE encoder plus the learned mask embedding that stands
-    in for the latents of the frames to generate (key `conditioner.embedders.N.mask_embedding`, one value per latent
-    channel, broadcast over h w; zero-initialised)."""
+    """Interpolation concat embedder (paper App. D.5): the VAE encoder plus the learned mask embedding
+    z_m in R^{c x h x w} that stands in for the latents of the frames to generate (key
+    `conditioner.embedders.N.mask_embedding`, shape (z_channels, height / 8, width / 8) at the spec's training size,
+    e.g. 4 x 72 x 128 for 576 x 1024; zero-initialised). Other sizes use the map resized bilinearly
+    (`svd_core.interpolation.mask_embedding_at`)."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
-        self.mask_embedding = nn.Parameter(torch.zeros(spec.vae.z_channels))
+        f = 2 ** (len(spec.vae.ch_mult) - 1)  # VAE downsampling factor (8)
+        self.mask_embedding = nn.Parameter(torch.zeros(spec.vae.z_channels, spec.height // f, spec.width // f))
 
 
 class Conditioner(nn.Module):

@@ -2,7 +2,7 @@
 
 Variant `t2v` (`SPEC`, svd_core.variants.TEXT2VIDEO): SVD's video UNet with 4 input channels (no concat frame),
 cross-attention on 1024-d text tokens from open_clip ViT-H-14's text tower (SD 2.1's, penultimate layer, see
-`svd_core.text_encoder`), micro-conditioning fps (embedded as fps - 1, as SVD) and motion score (adm 2 x 256 = 512),
+`svd_core.text_encoder`), micro-conditioning fps (embedded as fps - 1, as SVD) and motion (adm 2 x 256 = 512),
 trained at 320x576, 14 frames; vanilla CFG. No weights exist publicly: it is built, saved, loaded and trained here.
 
 Temporal prompting: the spatial transformer blocks attend to the (spatial) prompt, the temporal blocks
@@ -18,6 +18,9 @@ Key layout (checkpoint `*.safetensors`, spec in metadata "svd_suite.spec"; also 
                                    positional_embedding (77, 1024), transformer.resblocks.{0..23}.*, ln_final.*,
                                    text_projection (1024, 1024), logit_scale ()
   conditioner.embedders.{1,2}      fps_id, motion_score sinusoidal embedders (no weights)
+Motion unit (training and generation alike): the `motion_score` input is a motion bucket, 0-255 like SVD's
+motion_bucket_id (default 127): `svd_core.training.data.motion_bucket` maps a clip's curation motion score
+(Farneback flow, App. C) to it, the one conversion, which the trainer applies before embedding.
 No `conditioner.embedders.N.encoder` (no conditioning frame) and no CLIP image tower. `text_tower_from_sd21`
 copies SD 2.1's text tower (`cond_stage_model.model.*`) into a model; `init_from(svd_model)` starts one from SVD.
 
@@ -125,7 +128,8 @@ def training_conditioning(model, captions: Sequence[str], *, num_frames: int, he
                           temporal_captions: "Sequence[str | None] | None" = None,
                           drop_prob: float = TEXT_DROP_PROB, generator: torch.Generator | None = None) -> VideoCond:
     """Conditioning of a training batch of b videos (t frames at height x width): captions (b), optional temporal
-    captions (b; None entries fall back to the caption), fps / motion score per video or scalar. Each caption is
+    captions (b; None entries fall back to the caption), fps / motion bucket (`data.motion_bucket` of the clip's
+    motion score: the unit `text_conditioning` takes) per video or scalar. Each caption is
     replaced by "" with probability `drop_prob` (paper: 15% text dropout, for classifier-free guidance; a dropped
     video loses its temporal caption too). The text tower runs without grad (frozen); returns VideoCond (b t)."""
     _check_model(model)

@@ -175,8 +175,8 @@ TINY = replace(
 # ---- the paper's other generators (no released weights: trainable architectures, spec travels in metadata) ----
 # Frame interpolation (App. D.5): SVD's architecture, 5 frames, first + last frame given; input channels
 # noise 4 + latent sequence 4 + binary mask 1 = 9; context = CLIP tokens of the first and last frame (2 tokens).
-# Same vector conditioning as SVD (fps of the interpolated video, motion bucket, cond_aug), so it trains from an
-# SVD checkpoint (`svd_core.interpolation.init_from`).
+# Same vector conditioning as SVD (fps of the interpolated video = 4x the input's, motion bucket, cond_aug); mask
+# embedding c x (height/8) x (width/8); trains from the base text-to-video model or SVD (`interpolation.init_from`).
 SVD_INTERP = replace(SVD, name="svd_interp", unet=replace(SVD.unet, in_channels=9), cond_mode="interpolation",
                      num_frames=5, fps=28, guider="vanilla", min_cfg=1.5, max_cfg=1.5, decode_t=5, custom=True)
 # SVD-MV (paper Sec. 4.5): SVD finetuned on 21-view orbits at 576x576, the camera elevation (degrees) fed through a
@@ -185,7 +185,8 @@ SVD_MV_VECTOR = SVD_VECTOR + (("elevation_deg", 256),)
 SVD_MV = replace(SVD, name="svd_mv", unet=replace(SVD.unet, adm_in_channels=1024), vector_inputs=SVD_MV_VECTOR,
                  num_frames=21, height=576, width=576, guider="triangle", min_cfg=1.0, max_cfg=2.5, custom=True)
 # Text-to-video base model (paper Sec. 4.2, App. E.5.4): open_clip ViT-H-14 text tower (SD 2.1's, penultimate
-# layer tokens, 1024-d cross-attention), fps and motion-score micro-conditioning (adm 2 x 256), no concat input.
+# layer tokens, 1024-d cross-attention), fps and motion micro-conditioning (adm 2 x 256), no concat input; the
+# "motion_score" input is in motion-bucket units (0-255, default 127) at training and generation alike.
 T2V_VECTOR = (("fps_id", 256), ("motion_score", 256))
 TEXT2VIDEO = replace(SVD, name="t2v", unet=replace(SVD.unet, in_channels=4, adm_in_channels=512),
                      vector_inputs=T2V_VECTOR, cond_mode="text", cond_encoder_index=-1, num_frames=14, height=320,

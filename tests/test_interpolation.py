@@ -33,7 +33,7 @@ def test_full_size_layout_is_svd_plus_mask_channel_and_embedding():
     m = build(SVD_INTERP, device="meta")
     shapes = {k: list(v.shape) for k, v in m.state_dict().items()}
     assert set(shapes) == set(ref) | {MASK}
-    assert shapes[MASK] == [4]
+    assert shapes[MASK] == [4, 72, 128]  # z_m in R^{c x h x w} at 576 x 1024 (paper App. D.5)
     assert shapes[CONV_IN] == [320, 9, 3, 3]  # noise 4 + latent sequence 4 + mask 1
     assert {k: v for k, v in shapes.items() if k not in (MASK, CONV_IN)} == \
         {k: v for k, v in ref.items() if k != CONV_IN}
@@ -43,13 +43,41 @@ def test_full_size_layout_is_svd_plus_mask_channel_and_embedding():
 
 
 def test_concat_sequence_holds_ends_mask_embedding_and_mask(model):
-    first, last = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 3, 5)
-    out = interp.concat_sequence(model, first, last, 5).view(2, 5, 5, 3, 5)  # (b t) c h w -> b t c h w
     emb = model.conditioner.vae_encoder.mask_embedding
+    assert emb.shape == (4, 16, 16)  # c x h x w at the spec's 128 x 128
+    first, last = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    out = interp.concat_sequence(model, first, last, 5).view(2, 5, 5, 16, 16)  # (b t) c h w -> b t c h w
     assert torch.equal(out[:, 0, :4], first) and torch.equal(out[:, 4, :4], last)
-    assert torch.equal(out[:, 1:4, :4], emb.view(1, 1, 4, 1, 1).expand(2, 3, 4, 3, 5))
+    assert torch.equal(out[:, 1:4, :4], emb.expand(2, 3, 4, 16, 16))  # the learned map itself, per pixel
     assert out[:, :, 4].amax(dim=(-1, -2)).tolist() == [[1, 0, 0, 0, 1]] * 2
     assert out[:, :, 4].amin(dim=(-1, -2)).tolist() == [[1, 0, 0, 0, 1]] * 2
+
+
+def test_mask_embedding_is_a_spatial_map_resized_bilinearly_at_other_sizes(model):
+    """Paper App. D.5: a learned mask embedding z_m in R^{c x h x w}. Our convention for other latent sizes: z_m
+    resized bilinearly (half-pixel centres, antialiased when shrinking); a constant map stays that constant."""
+    emb = model.conditioner.vae_encoder.mask_embedding
+    assert emb.abs().amax(dim=0).std() > 0  # the random tiny model's map varies over space
+    up = interp.mask_embedding_at(model, 32, 24)
+    ref = torch.nn.functional.interpolate(emb[None], size=(32, 24), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(up, ref)
+    # a 2x downsample is antialiased: a triangle filter stretched 2x, taps 1/8 3/8 3/8 1/8 (renormalised at edges)
+    centre = torch.arange(8.0)[:, None] * 2 + 1.0  # output pixel centres in input pixels
+    taps = (1 - ((torch.arange(16.0)[None] + 0.5 - centre).abs() / 2)).clamp(min=0)  # 8 16
+    taps = taps / taps.sum(dim=1, keepdim=True)
+    down = interp.mask_embedding_at(model, 8, 8)
+    torch.testing.assert_close(down, taps @ emb @ taps.T)  # c 16 16 -> c 8 8, separable
+    assert interp.mask_embedding_at(model, 16, 16) is emb
+    out = interp.concat_sequence(model, torch.zeros(1, 4, 3, 5), torch.zeros(1, 4, 3, 5), 5)  # odd size works
+    torch.testing.assert_close(out[1:4, :4], interp.mask_embedding_at(model, 3, 5).expand(3, 4, 3, 5))
+    with torch.no_grad():
+        saved = emb.clone()
+        emb.copy_(torch.arange(4.0).view(4, 1, 1).expand(4, 16, 16))
+        try:
+            torch.testing.assert_close(interp.mask_embedding_at(model, 40, 7),
+                                       torch.arange(4.0).view(4, 1, 1).expand(4, 40, 7))
+        finally:
+            emb.copy_(saved)
 
 
 def test_init_from_svd_copies_weights_and_starts_as_svd(svd):
@@ -85,8 +113,9 @@ def test_training_conditioning_gradients_reach_mask_embedding(model):
         assert cond.crossattn.shape == (10, 2, 64) and cond.concat.shape == (10, 5, 8, 8)
         assert cond.vector.shape == (10, 768)
         cond.concat[:, :4].sum().backward()
-        grad = model.conditioner.vae_encoder.mask_embedding.grad
-        assert torch.equal(grad, torch.full((4,), 2 * 3 * 8 * 8.0))  # 2 videos x 3 middle frames x 8 x 8
+        grad = model.conditioner.vae_encoder.mask_embedding.grad  # through the 16 -> 8 resize: weights sum to 1
+        assert grad.shape == (4, 16, 16) and (grad > 0).all()  # every cell of the map learns
+        torch.testing.assert_close(grad.sum(dim=(1, 2)), torch.full((4,), 2 * 3 * 8 * 8.0))  # 2 videos x 3 frames
         # the two CLIP tokens are the clean first and last frames
         with torch.no_grad():
             first = model.conditioner.clip(frames[:, 0] * 2 - 1)

@@ -122,7 +122,8 @@ class ModelToTrain(io.ComfyNode):
             inputs=[
                 SVDModel.Input("svd_model", tooltip="The model from SVD Checkpoint Loader (or a LoRA Loader)."),
                 io.Combo.Input("target", options=list(TARGETS), default="as loaded",
-                               tooltip="Train the model as loaded, or a new variant initialised from it."),
+                               tooltip="Train the model as loaded, or a new variant initialised from it (the "
+                                       "interpolation preset also converts a loaded SVD model by itself, App. D.5)."),
             ],
             outputs=[TrainModel.Output(display_name="train_model", tooltip="What the Train node copies and trains.")],
         )
@@ -158,8 +159,8 @@ def _private_copy(train_model: dict):
         from svd_core.testing import TINY_VARIANTS
 
         module = {"interpolation": interpolation, "multiview": multiview, "text2video": text2video}[target]
-        spec = None
-        if model.spec.custom:  # a tiny / custom model grows into the tiny variant of the target
+        spec = None  # interpolation: the base's own interpolation variant (`interpolation.spec_for`)
+        if model.spec.custom and target != "interpolation":  # a tiny / custom model grows into the tiny variant
             spec = {"interpolation": "tiny_interp", "multiview": "tiny_svd_mv", "text2video": "tiny_t2v"}[target]
             spec = TINY_VARIANTS.get(spec)
         model = module.init_from(model, spec) if spec is not None else module.init_from(model)
@@ -188,8 +189,8 @@ class Settings(io.ComfyNode):
                                        "whole UNet (preset: the preset's mode)."),
                 io.Int.Input("steps", default=1000, min=1, max=10_000_000, tooltip="Optimiser steps."),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6, round=1e-7,
-                               tooltip="AdamW learning rate (0 = the preset's: 1e-4 pretraining / LoRA, 3e-5 "
-                                       "finetunes, 1e-5 multi-view)."),
+                               tooltip="AdamW learning rate (0 = the preset's: 1e-4 pretraining / LoRA / "
+                                       "interpolation, 3e-5 finetunes, 1e-5 multi-view)."),
                 io.Int.Input("batch_size", default=1, min=1, max=4096,
                              tooltip="Videos per micro-batch (global, split over processes)."),
                 io.Int.Input("grad_accum", default=1, min=1, max=4096,
@@ -330,7 +331,9 @@ class Train(io.ComfyNode):
             cfg.validate()
         except ValueError as exc:
             raise _bad(cls.ID, "settings", str(exc)) from None
-        model = _private_copy(train_model)
+        from svd_core.training.tasks import model_for_task
+
+        model = model_for_task(_private_copy(train_model), cfg.task)  # interpolation: from the base model (D.5)
         device = mm.get_torch_device()
         model.to(device)
         run_dir = os.path.join(_run_root(), run_name)

@@ -12,6 +12,9 @@ from .clip_models import load_open_clip
 from .video_io import CurationError, first_middle_last, probe, read_frames_at
 
 SOT, EOT = 49406, 49407  # open_clip SimpleTokenizer start / end of text
+# The manifest's caption columns and how often training samples each (paper App. C / E.2.2: CoCa 0.5, the video
+# captioner (V-BLIP) 0.25, the LLM summary 0.25); training reads these names (`svd_core.training.data`).
+CAPTION_WEIGHTS = {"caption_coca": 0.5, "caption_video": 0.25, "caption_llm": 0.25}
 
 
 class CocaCaptioner:
@@ -101,13 +104,14 @@ def load_hook(spec: str | Callable | None) -> Callable | None:
 def caption_clip(path: str, coca: CocaCaptioner | None = None, video_captioner: Callable | None = None,
                  merger: Callable[[Mapping[str, str]], str] | None = None) -> dict[str, str]:
     """All captions of one clip: {'caption_coca', 'caption_video', 'caption_llm'} for the stages that are set."""
+    coca_col, video_col, llm_col = CAPTION_WEIGHTS
     out: dict[str, str] = {}
     if coca is not None:
-        out["caption_coca"] = coca.caption_clip(path)
+        out[coca_col] = coca.caption_clip(path)
     if video_captioner is not None:
-        out["caption_video"] = str(video_captioner(path))
+        out[video_col] = str(video_captioner(path))
     if merger is not None:
         if not out:
             raise CurationError("an LLM caption merge needs at least one caption (CoCa or video captioner)")
-        out["caption_llm"] = str(merger(dict(out)))
+        out[llm_col] = str(merger(dict(out)))
     return out

@@ -37,7 +37,8 @@ def prepare_data(model, cfg: TrainConfig, source: str | os.PathLike, cache_dir: 
     if len(paths) < len(windows):
         raise RuntimeError(f"caching cancelled after {len(paths)} of {len(windows)} windows (finished files are kept)")
     train_idx, val_idx = split(len(paths), cfg.val_fraction, cfg.val_items, cfg.seed)
-    return PreparedData(CachedDataset(paths, cfg.motion_scale), train_idx, val_idx, windows)
+    dataset = CachedDataset(paths, cfg.motion_scale, records=[w.record for w in windows])  # live captions
+    return PreparedData(dataset, train_idx, val_idx, windows)
 
 
 def train(model, cfg: TrainConfig, data: PreparedData, out_dir: str | os.PathLike, *, resume: bool = True,

@@ -72,6 +72,13 @@ def run(args) -> int:
     cfg = run_cfg.train
     try:
         model = _load_model(run_cfg.model, device)
+        if cfg.task == "interpolation" and model.spec.cond_mode != "interpolation":
+            from .tasks import model_for_task
+
+            base = model.spec.name
+            model = model_for_task(model, cfg.task).to(device)
+            if log:
+                log(f"interpolation model {model.spec.name} initialised from the base model {base} (App. D.5)")
         cache = args.cache_dir or os.path.join(os.path.dirname(os.path.abspath(run_cfg.out_dir)), "cache")
         if log:
             log(f"model {model.spec.name}; preset {cfg.preset} ({cfg.mode}, task {cfg.task}); {info.world} "

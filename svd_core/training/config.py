@@ -31,6 +31,7 @@ class Preset:
     lora_rank: int = 16
     steps: int = 10000
     description: str = ""
+    target_fps: float = 7.0  # frame rate the training windows are sampled at (TrainConfig.target_fps)
 
 
 # Values from the paper's App. D (and the reference README); sizes are the stage's training resolution.
@@ -47,8 +48,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            description="image-to-video finetune, P_mean 0.7, P_std 1.6 (App. D.4)"),
     Preset("img2vid_hires", 1.0, 1.6, 3e-5, 14, 576, 1024,
            description="image-to-video at 576x1024, P_mean 1.0, P_std 1.6 (App. D.4)"),
-    Preset("interpolation", 1.0, 1.2, 3e-5, 5, 576, 1024, task="interpolation",
-           description="frame interpolation, 5 frames, P_mean 1.0, P_std 1.2 (App. D.5)"),
+    Preset("interpolation", 1.0, 1.2, 1e-4, 5, 576, 1024, task="interpolation", target_fps=28.0,
+           description="frame interpolation from the base video model, 5 frames at 28 fps (4x a 7 fps video), "
+                       "lr 1e-4, P_mean 1.0, P_std 1.2 (App. D.5)"),
     Preset("multiview", 0.7, 1.6, 1e-5, 21, 576, 576, task="multiview",
            description="multi-view finetune from SVD, lr 1e-5 (App. D.6), 21 views at 576x576"),
     Preset("camera_lora", 0.7, 1.6, 1e-4, 14, 320, 576, mode="lora", lora_rank=16, steps=5000,
@@ -112,7 +114,8 @@ class TrainConfig:
             raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
         p = PRESETS[preset]
         base = cls(preset=preset, mode=p.mode, task=p.task, p_mean=p.p_mean, p_std=p.p_std, lr=p.lr,
-                   num_frames=p.num_frames, height=p.height, width=p.width, lora_rank=p.lora_rank, steps=p.steps)
+                   num_frames=p.num_frames, height=p.height, width=p.width, lora_rank=p.lora_rank, steps=p.steps,
+                   target_fps=p.target_fps)
         return base.override(**overrides)
 
     def override(self, **overrides: Any) -> "TrainConfig":

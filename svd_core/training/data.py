@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,10 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class ClipRecord:
-    """One clip: its file, real frame rate, motion score (Farneback, App. C) and optional caption / camera."""
+    """One clip: its file, real frame rate, motion score (Farneback, App. C), optional camera, and its captions:
+    `captions` the synthetic ones by manifest column ((column, text) pairs of `CAPTION_WEIGHTS`, sampled per
+    example by `sample_caption`), `caption` a plain one (a manifest's `caption` column, a folder clip's .txt)
+    used when the clip has no synthetic caption."""
 
     path: str
     fps: float
@@ -33,6 +36,7 @@ class ClipRecord:
     caption: str = ""
     clip_id: str = ""
     elevation: float | None = None
+    captions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,30 @@ def motion_bucket(motion: float, scale: float = 32.0) -> float:
     return float(min(255, max(0, round(scale * float(motion)))))
 
 
+def sample_caption(captions: Mapping[str, str], fallback: str = "", generator: torch.Generator | None = None) -> str:
+    """One caption for one training example, as the paper samples them (App. C / E.2.2): CoCa 0.5, video captioner
+    (V-BLIP) 0.25, LLM 0.25 (`CAPTION_WEIGHTS`), renormalised over the captions this clip has; `fallback` when it
+    has none. One uniform draw from `generator` (the example's own: reproducible, independent of batching)."""
+    from ..curation.captions import CAPTION_WEIGHTS
+
+    present = [(c, w) for c, w in CAPTION_WEIGHTS.items() if captions.get(c)]
+    if not present:
+        return fallback
+    u = float(torch.rand(1, generator=generator)) * sum(w for _, w in present)
+    for column, w in present:
+        u -= w
+        if u < 0:
+            return str(captions[column])
+    return str(captions[present[-1][0]])  # u == total up to rounding
+
+
 # --------------------------------------------------------------------------------------------- sources
 
 
 def records_from_manifest(path: str | os.PathLike, motion_column: str = "motion") -> list[ClipRecord]:
-    """Clips of a curation manifest (Parquet: path, fps, motion, caption_* columns; `svd_core.curation.manifest`)."""
+    """Clips of a curation manifest (Parquet: path, fps, motion, the `CAPTION_WEIGHTS` caption columns the caption
+    stage writes, optionally a plain `caption` column; `svd_core.curation.manifest`)."""
+    from ..curation.captions import CAPTION_WEIGHTS
     from ..curation.manifest import read_manifest
 
     rows = read_manifest(path)
@@ -96,9 +119,9 @@ def records_from_manifest(path: str | os.PathLike, motion_column: str = "motion"
             raise DataError(f"manifest {str(path)!r} row {i} ({r.get('clip_id', '')}): no {motion_column!r} score; "
                             f"run the motion stage of the curation (Curation: Motion Score) first")
         p = r["path"] if os.path.isabs(r["path"]) else str(base / r["path"])
-        caption = next((r[c] for c in ("caption", "caption_coca", "caption_vblip", "caption_llm") if r.get(c)), "")
-        out.append(ClipRecord(p, float(r["fps"]), float(motion), str(caption), str(r.get("clip_id", i)),
-                              r.get("elevation")))
+        captions = tuple((c, str(r[c])) for c in CAPTION_WEIGHTS if r.get(c))
+        out.append(ClipRecord(p, float(r["fps"]), float(motion), str(r.get("caption") or ""),
+                              str(r.get("clip_id", i)), r.get("elevation"), captions))
     return out
 
 
@@ -245,11 +268,17 @@ def build_cache(model, windows: Sequence[Window], cache_dir: str | os.PathLike, 
 
 
 class CachedDataset(torch.utils.data.Dataset):
-    """Cached windows -> dict(latents t 4 h w, clip 2 d, images 2 3 H W uint8, fps_id, motion_bucket_id, index)."""
+    """Cached windows -> dict(latents t 4 h w, clip 2 d, images 2 3 H W uint8, fps_id, motion_bucket_id, motion,
+    caption, captions, index). `records` (one per path, e.g. the windows' records): captions come from them rather
+    than from the cache metadata, so captions added to the manifest after the cache was built are used."""
 
-    def __init__(self, paths: Sequence[Path], motion_scale: float = 32.0, preload: bool = True):
+    def __init__(self, paths: Sequence[Path], motion_scale: float = 32.0, preload: bool = True,
+                 records: Sequence[ClipRecord] | None = None):
         self.paths = list(paths)
         self.motion_scale = motion_scale
+        self.records = list(records) if records is not None else None
+        if self.records is not None and len(self.records) != len(self.paths):
+            raise DataError(f"{len(self.records)} clip records for {len(self.paths)} cached windows")
         self._items = [self._load(i) for i in range(len(self.paths))] if preload else None
 
     def __len__(self) -> int:
@@ -265,7 +294,9 @@ class CachedDataset(torch.utils.data.Dataset):
         item["fps_id"] = torch.tensor(fps_id(rec["fps"] / info["stride"]))
         item["motion_bucket_id"] = torch.tensor(motion_bucket(rec["motion"], self.motion_scale))
         item["motion"] = torch.tensor(float(rec["motion"]))
-        item["caption"] = rec.get("caption", "")
+        live = asdict(self.records[i]) if self.records is not None else rec
+        item["caption"] = live.get("caption", "")
+        item["captions"] = {str(c): str(t) for c, t in live.get("captions", ())}  # column -> text (sample_caption)
         if rec.get("elevation") is not None:
             item["elevation"] = torch.tensor(float(rec["elevation"]))
         item["index"] = i

@@ -59,27 +59,35 @@ def img2vid_cond(model, batch: dict, num_frames: int, gens: Sequence[torch.Gener
 
 
 def interpolation_cond(model, batch: dict, num_frames: int, gens: Sequence[torch.Generator], cfg) -> VideoCond:
-    """Frame interpolation (App. D.5): noised first and last frames' latents with the learned mask embedding
-    between them (`svd_core.interpolation.concat_sequence`, gradients reach the mask), both CLIP tokens."""
-    from ..interpolation import concat_sequence
+    """Frame interpolation (App. D.5): first and last frames' latents noise-augmented in latent space
+    (`svd_core.interpolation.noised_end_latents`, as generation) with the learned mask embedding between them
+    (`concat_sequence`, gradients reach the mask), both CLIP tokens; vector from the window's real fps (the
+    preset samples windows at 28 fps: the sequence's frame rate, as at generation)."""
+    from ..interpolation import concat_sequence, noised_end_latents
 
     cond_aug = _cond_aug(gens, cfg)
-    first = _encode(model, _noised_images(batch, 0, cond_aug, gens))
-    last = _encode(model, _noised_images(batch, 1, cond_aug, gens))
-    concat = concat_sequence(model, first, last, num_frames)  # (b t) 5 h w
+    ends = batch["images"].float() / 127.5 - 1.0  # b 2 3 H W uint8 -> [-1, 1]
+    first, last = noised_end_latents(model, ends[:, 0], ends[:, 1], cond_aug, gens)
+    concat = concat_sequence(model, first.float(), last.float(), num_frames)  # (b t) 5 h w
     clip = batch["clip"].float()  # b 2 d: first and last frame tokens
     return VideoCond(repeat(clip, "b n d -> (b t) n d", t=num_frames), concat,
                      _vector(model, batch, cond_aug, num_frames))
 
 
 def text2video_cond(model, batch: dict, num_frames: int, gens: Sequence[torch.Generator], cfg) -> VideoCond:
-    """Text-to-video (App. D.3): captions through the model's text tower (`svd_core.text2video`); the 15% caption
-    dropout ("" prompt, the sampler's unconditional branch) happens there."""
+    """Text-to-video (App. D.3): one caption per example sampled from the clip's captions (CoCa 0.5, video
+    captioner 0.25, LLM 0.25, App. C / E.2.2; `data.sample_caption` with the example's generator) through the
+    model's text tower (`svd_core.text2video`), where the 15% caption dropout ("" prompt, the sampler's
+    unconditional branch) happens. Motion conditioning in motion-bucket units (`data.motion_bucket` of the clip's
+    motion score), the unit generation takes (default 127)."""
     from ..text2video import training_conditioning
+    from .data import sample_caption
 
     h, w = batch["latents"].shape[-2:]
-    return training_conditioning(model, batch["caption"], num_frames=num_frames, height=h * 8, width=w * 8,
-                                 fps=batch["fps_id"] + 1.0, motion_score=batch["motion"],
+    captions = [sample_caption(c, f, g) for c, f, g in
+                zip(batch.get("captions", [{}] * len(gens)), batch["caption"], gens)]
+    return training_conditioning(model, captions, num_frames=num_frames, height=h * 8, width=w * 8,
+                                 fps=batch["fps_id"] + 1.0, motion_score=batch["motion_bucket_id"],
                                  drop_prob=cfg.cond_dropout, generator=gens[0])
 
 
@@ -95,3 +103,15 @@ def extra_trainable(model, task: str) -> dict[str, torch.nn.Parameter]:
     if task == "interpolation":
         return {"mask_embedding": model.conditioner.vae_encoder.mask_embedding}
     return {}
+
+
+def model_for_task(model, task: str):
+    """The model a task trains. Interpolation starts from the base video model (paper App. D.5): a base (image- or
+    text-conditioned) model becomes its interpolation variant (`svd_core.interpolation.init_from`: new input
+    channels zero, so it starts as the base on the base's channels); a model that already is one, and every other
+    task's model, is returned unchanged."""
+    if task == "interpolation" and model.spec.cond_mode != "interpolation":
+        from ..interpolation import init_from
+
+        return init_from(model)
+    return model
