@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-MODES = ("lora", "temporal", "full")
+MODES = ("lora", "temporal", "full", "time_embed", "spatial")
 TASKS = ("img2vid", "interpolation", "text2video", "multiview")
 
 
@@ -31,16 +31,31 @@ class Preset:
     lora_rank: int = 16
     steps: int = 10000
     description: str = ""
+    # the paper's global batch size and iteration count for the stage (0: not stated / not checked against the
+    # paper's text); recorded for reference, a run's batch_size / grad_accum / steps fit the hardware
+    paper_batch_size: int = 0
+    paper_steps: int = 0
 
 
 # Values from the paper's App. D (and the reference README); sizes are the stage's training resolution.
+# Stage order (paper Sec. 4.1, App. D.2): a video model built from SD 2.1 (`svd_core.stage1`, temporal layers at
+# identity) -> time_embed_warmup -> image_finetune -> video_pretrain -> video_pretrain_hires -> the finetunes.
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("image_finetune", -1.2, 1.0, 1e-4, 1, 256, 384,
-           description="image model finetune at 256x384 (App. D.2): P_mean -1.2, P_std 1"),
-    Preset("video_pretrain", -1.2, 1.0, 1e-4, 14, 256, 384,
-           description="video pretraining, 14 frames at 256x384 with the image model's noise (App. D.2)"),
-    Preset("video_pretrain_hires", 0.0, 1.0, 1e-4, 14, 320, 576,
-           description="video pretraining continued at 320x576 with P_mean shifted to 0 (App. D.2)"),
+    Preset("time_embed_warmup", -1.2, 1.0, 1e-4, 1, 512, 512, mode="time_embed", task="text2video", steps=1000,
+           paper_steps=1000,
+           description="Stage I warm-up after switching SD 2.1 to the EDM preconditioning (App. D.2): only the time "
+                       "embedding trains, 1k steps at 512x512, P_mean -1.2, P_std 1"),
+    Preset("image_finetune", -1.2, 1.0, 1e-4, 1, 256, 384, mode="spatial", task="text2video",
+           description="Stage I image model finetune at 256x384 (App. D.2): P_mean -1.2, P_std 1; the image "
+                       "model's layers only (the temporal ones stay at their identity init)"),
+    Preset("video_pretrain", -1.2, 1.0, 1e-4, 14, 256, 384, task="text2video", paper_batch_size=1536,
+           paper_steps=150000,
+           description="Stage II video pretraining on LVD-F, 14 frames at 256x384 with the image model's noise, "
+                       "150k iterations at batch 1536 (App. D.2)"),
+    Preset("video_pretrain_hires", 0.0, 1.0, 1e-4, 14, 320, 576, task="text2video", paper_batch_size=768,
+           paper_steps=100000,
+           description="video pretraining continued at 320x576 with P_mean shifted to 0, 100k iterations at batch "
+                       "768 (App. D.2)"),
     Preset("text2video_finetune", 0.5, 1.4, 3e-5, 14, 576, 1024, task="text2video",
            description="text-to-video high-quality finetune, P_mean 0.5, P_std 1.4 (App. D.3)"),
     Preset("img2vid", 0.7, 1.6, 3e-5, 14, 320, 576,

@@ -1,0 +1,217 @@
+"""Stage I (paper Sec. 4.1, App. D.2): the video model built from SD 2.x, checked against diffusers'
+UNet2DConditionModel (an independent implementation of the SD 2.1 UNet, reference configs v2-inference(-v).yaml)."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from svd_core import stage1, testing
+from svd_core.convert import unet_image_diffusers_to_sgm, unet_image_sgm_to_diffusers, unet_layout
+from svd_core.loading import CheckpointError, load, save_tensors
+
+diffusers = pytest.importorskip("diffusers")
+
+# diffusers' SD 2.1 UNet config (stabilityai/stable-diffusion-2-1 unet/config.json; its `attention_head_dim` holds
+# the head counts 320/64 ... 1280/64, as in v2-inference-v.yaml's num_head_channels 64)
+SD21_CONFIG = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
+                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                   up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                   block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
+                   cross_attention_dim=1024, use_linear_projection=True, norm_num_groups=32)
+# the same structure at the tiny test widths (model_channels 32, num_head_channels 32, context 64)
+TINY_SPEC = replace(testing.TINY_T2V, vae=replace(testing.TINY_T2V.vae, decoder="image", first_stage_quant=True))
+TINY_CONFIG = dict(SD21_CONFIG, sample_size=16, block_out_channels=(32, 64, 128, 128), attention_head_dim=(1, 2, 4, 4),
+                   cross_attention_dim=64)
+LAYOUT = unet_layout(TINY_SPEC.unet)
+
+
+def _peer(config: dict, seed: int = 0):
+    unet = diffusers.UNet2DConditionModel(**config)
+    return testing.randomize_(unet, seed).eval()
+
+
+def _sd_file(tmp_path, peer, name="sd21.safetensors", extra=None, drop=(), change=None):
+    """An SD 2.x checkpoint in the original layout (`model.diffusion_model.` keys) from the diffusers peer."""
+    tensors = {"model.diffusion_model." + unet_image_diffusers_to_sgm(k, **LAYOUT): v.contiguous()
+               for k, v in peer.state_dict().items()}
+    for k in drop:
+        tensors.pop("model.diffusion_model." + k)
+    for k, v in (change or {}).items():
+        tensors["model.diffusion_model." + k] = v
+    tensors.update(extra or {})
+    return save_tensors(tensors, tmp_path / name)
+
+
+@pytest.fixture(scope="module")
+def peer():
+    return _peer(TINY_CONFIG)
+
+
+def test_manifest_matches_diffusers_sd21_unet_key_for_key():
+    """Our SD 2.x manifest (VideoUNet minus video parts) = diffusers' SD 2.1 UNet at full size, keys and shapes."""
+    with torch.device("meta"):
+        sd21 = diffusers.UNet2DConditionModel(**SD21_CONFIG)
+    peer = {k: tuple(v.shape) for k, v in sd21.state_dict().items()}
+    manifest = stage1.image_unet_manifest()
+    layout = unet_layout(stage1.SPEC.unet)
+    mapped = {unet_image_sgm_to_diffusers(k, **layout): s for k, s in manifest.items()}
+    assert len(mapped) == len(manifest) == 686
+    assert mapped == peer
+    assert {unet_image_diffusers_to_sgm(k, **layout) for k in peer} == set(manifest)
+    assert sum(math.prod(s) for s in manifest.values()) == 865_910_724  # SD 2.x UNet parameter count
+    # the manifest is what the video UNet adds its layers to: no temporal / label_emb keys
+    assert not [k for k in manifest if "time_stack" in k or "time_mixer" in k or k.startswith("label_emb")]
+    with pytest.raises(KeyError, match="video-UNet key"):
+        unet_image_sgm_to_diffusers("input_blocks.1.0.time_stack.in_layers.0.weight")
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_video_unet_reproduces_sd21_unet_per_frame(tmp_path, peer, prediction):
+    """Per-frame output of the Stage I video UNet = diffusers' UNet2DConditionModel on the same weights (fp32)."""
+    model, report = stage1.from_image_model(_sd_file(tmp_path, peer), TINY_SPEC, prediction=prediction)
+    assert model.spec.source_prediction == prediction and report.prediction == prediction
+    assert len(report.copied) == len(stage1.image_unet_manifest(TINY_SPEC)) and report.fresh and report.zeroed
+    b, t = 2, 3
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(b * t, 4, 16, 16, generator=gen)  # (b t) c h w: a different latent per frame
+    steps = torch.rand(b * t, generator=gen) * 999  # SD's discrete-time input, one per frame
+    context = torch.randn(b * t, 5, 64, generator=gen)  # (b t) n d text tokens
+    y = torch.randn(b * t, 512, generator=gen)  # micro-conditioning: contributes nothing at init
+    with torch.no_grad():
+        ref = peer(x, steps, encoder_hidden_states=context).sample
+        out = model.unet(x, steps, context=context, y=y, num_video_frames=t)
+        images_only = model.unet(x, steps, context=context, y=y, num_video_frames=t,
+                                 image_only_indicator=torch.ones(b, t))
+    assert ref.abs().mean() > 0.1
+    assert (out - ref).abs().max() < 1e-4
+    assert torch.equal(out, images_only)  # the temporal path is the identity exactly, not approximately
+    # the check can fail: a non-zero temporal output layer changes the video
+    with torch.no_grad():
+        model.unet.input_blocks[1][0].time_stack.out_layers[3].bias.fill_(0.5)
+        moved = model.unet(x, steps, context=context, y=y, num_video_frames=t)
+    assert (moved - ref).abs().max() > 1e-2
+
+
+def test_saved_stage1_model_reloads_with_its_prediction_and_loads_sd_vae_and_text(tmp_path, peer):
+    other = testing.tiny_model(TINY_SPEC, seed=3)  # a VAE and text tower in SD's layout (TINY widths)
+    extra = {k: v for k, v in other.state_dict().items() if k.startswith("first_stage_model.")}
+    extra.update({k.replace("conditioner.embedders.0.model.", "cond_stage_model.model."): v
+                  for k, v in other.state_dict().items() if k.startswith("conditioner.embedders.0.model.")})
+    extra["alphas_cumprod"] = torch.linspace(1, 0, 1000)  # a DDPM buffer: ignored and reported
+    model, report = stage1.from_image_model(_sd_file(tmp_path, peer, extra=extra), TINY_SPEC, prediction="v")
+    assert report.vae.startswith("loaded") and report.text.startswith("OpenCLIP text tower loaded")
+    assert report.ignored == {"alphas_cumprod": 1}
+    loaded = model.state_dict()
+    for k, v in other.state_dict().items():
+        if k.startswith(("first_stage_model.", "conditioner.embedders.0.model.")):
+            assert torch.equal(loaded[k], v), k
+    out = tmp_path / "init.safetensors"
+    stage1.save_stage1(model, report, out)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        stage1.save_stage1(model, report, out)
+    back = load(out)
+    assert back.spec.source_prediction == "v" and back.spec.cond_mode == "text"
+    reloaded = back.state_dict()
+    assert reloaded.keys() == loaded.keys() and all(torch.equal(reloaded[k], v) for k, v in loaded.items())
+
+
+def test_prediction_auto_uses_comfyui_heuristic(tmp_path, peer):
+    key = stage1.V_PROBE_KEY
+    wide = torch.linspace(-1, 1, 32)
+    narrow = torch.full((32,), 0.01)
+    m_v, r_v = stage1.from_image_model(_sd_file(tmp_path, peer, "v.safetensors", change={key: wide}), TINY_SPEC)
+    m_e, r_e = stage1.from_image_model(_sd_file(tmp_path, peer, "e.safetensors", change={key: narrow}), TINY_SPEC)
+    assert (r_v.prediction, r_e.prediction) == ("v", "eps") and "detected" in r_v.prediction_from
+    with pytest.raises(ValueError, match="prediction='x'"):
+        stage1.from_image_model(_sd_file(tmp_path, peer), TINY_SPEC, prediction="x")
+
+
+def test_loader_refuses_non_sd2_files_naming_the_key(tmp_path, peer):
+    to_k = "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    cases = [
+        (dict(drop=["out.2.weight"]), "model.diffusion_model.out.2.weight is missing"),
+        (dict(change={to_k: torch.zeros(32, 768)}), "Stable Diffusion 1.x"),
+        (dict(change={"input_blocks.0.0.weight": torch.zeros(32, 9, 3, 3)}), "inpainting"),
+        (dict(change={"label_emb.0.0.weight": torch.zeros(128, 8)}), "label_emb.0.0.weight is not an SD 2.x"),
+    ]
+    for i, (kwargs, message) in enumerate(cases):
+        with pytest.raises(CheckpointError, match=message):
+            stage1.from_image_model(_sd_file(tmp_path, peer, f"bad{i}.safetensors", **kwargs), TINY_SPEC,
+                                    prediction="eps")
+    vae_only = save_tensors({"first_stage_model.x": torch.zeros(1)}, tmp_path / "vae.safetensors")
+    with pytest.raises(CheckpointError, match="no image UNet"):
+        stage1.from_image_model(vae_only, TINY_SPEC)
+    svd = testing.make_tiny_checkpoint(tmp_path / "svd.safetensors")
+    with pytest.raises(CheckpointError, match="time_stack|time_mixer|label_emb"):
+        stage1.from_image_model(svd, TINY_SPEC)
+    (tmp_path / "sd.ckpt").write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match=r"\.safetensors files only"):
+        stage1.from_image_model(tmp_path / "sd.ckpt", TINY_SPEC)
+
+
+def test_cli_writes_once_and_refuses_to_overwrite(tmp_path, peer, monkeypatch, capsys):
+    from svd_core.__main__ import main
+    from svd_core.variants import VARIANTS
+
+    monkeypatch.setitem(VARIANTS, "tiny_stage1", replace(TINY_SPEC, name="tiny_stage1"))
+    src, out = _sd_file(tmp_path, peer), tmp_path / "video_init.safetensors"
+    assert main(["stage1", str(src), "--out", str(out), "--variant", "tiny_stage1", "--prediction", "eps"]) == 0
+    assert load(out).spec.source_prediction == "eps"
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="exists"):
+        main(["stage1", str(src), "--out", str(out), "--variant", "tiny_stage1"])
+    assert out.read_bytes() == before  # untouched
+    assert main(["stage1", str(src), "--out", str(out), "--variant", "tiny_stage1", "--prediction", "v",
+                 "--overwrite"]) == 0
+    assert load(out).spec.source_prediction == "v"
+    with pytest.raises(SystemExit, match="no image UNet"):
+        main(["stage1", str(save_tensors({"a": torch.zeros(1)}, tmp_path / "x.safetensors")), "--out",
+              str(tmp_path / "y.safetensors"), "--variant", "tiny_stage1"])
+    assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_concat_channels_of_a_wider_spec_start_at_zero(tmp_path, peer):
+    spec = replace(TINY_SPEC, unet=replace(TINY_SPEC.unet, in_channels=8))
+    model, report = stage1.from_image_model(_sd_file(tmp_path, peer), spec, prediction="eps")
+    assert report.widened == ["input_blocks.0.0.weight"]
+    x, steps, ctx = torch.randn(2, 4, 16, 16), torch.tensor([10.0, 500.0]), torch.randn(2, 5, 64)
+    with torch.no_grad():
+        ref = peer(x, steps, encoder_hidden_states=ctx).sample
+        out = model.unet(torch.cat([x, torch.randn(2, 4, 16, 16)], 1), steps, context=ctx, y=torch.zeros(2, 512),
+                         num_video_frames=2)
+    assert (out - ref).abs().max() < 1e-4
+
+
+def test_stage_presets_carry_the_papers_values():
+    from svd_core.training.config import PRESETS, TrainConfig
+
+    warm = PRESETS["time_embed_warmup"]
+    assert (warm.mode, warm.steps, warm.paper_steps, warm.height, warm.width) == ("time_embed", 1000, 1000, 512, 512)
+    assert (warm.p_mean, warm.p_std) == (-1.2, 1.0)  # the image stage's noise (reference README, App. D.2)
+    assert PRESETS["image_finetune"].mode == "spatial"
+    assert (PRESETS["video_pretrain"].paper_batch_size, PRESETS["video_pretrain"].paper_steps) == (1536, 150000)
+    assert (PRESETS["video_pretrain_hires"].paper_batch_size, PRESETS["video_pretrain_hires"].paper_steps) == (768,
+                                                                                                             100000)
+    order = list(PRESETS)
+    assert order[:4] == ["time_embed_warmup", "image_finetune", "video_pretrain", "video_pretrain_hires"]
+    assert all("App. D" in p.description for p in PRESETS.values())
+    cfg = TrainConfig.from_preset("time_embed_warmup")
+    assert (cfg.mode, cfg.steps, cfg.num_frames, cfg.task) == ("time_embed", 1000, 1, "text2video")
+
+
+def test_time_embed_and_spatial_modes_select_the_stage_parameters():
+    from svd_core.convert import is_video_only
+    from svd_core.training import modes
+
+    model = testing.tiny_model(TINY_SPEC)
+    module, _, _ = modes.prepare(model, "time_embed")
+    names = list(modes.trainable(module))
+    assert names and all(n.startswith("unet.time_embed.") for n in names) and len(names) == 4
+    module, _, _ = modes.prepare(model, "spatial")
+    names = list(modes.trainable(module))
+    assert "unet.input_blocks.1.0.in_layers.2.weight" in names
+    assert not [n for n in names if is_video_only(n[len("unet."):])]
+    assert len(names) == len(stage1.image_unet_manifest(TINY_SPEC))
