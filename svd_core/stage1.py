@@ -23,10 +23,12 @@ Everything else new keeps PyTorch's default init, so gradients reach the zero la
 
 EDM switch (App. D.2): the video model always uses `denoiser.edm_v_scalings` (reference `VScalingWithEDMcNoise`,
 c_in = 1/sqrt(s^2+1), c_out = -s/sqrt(s^2+1), c_skip = 1/(s^2+1), c_noise = ln(s)/4), trained with log s ~
-N(-1.2, 1) in the image stage. With the DDPM noise level s = sqrt((1 - abar_t) / abar_t):
+N(-1.2, 1) in the image stage. SD 2.x's DDPM step t has the EDM noise level s_t = sqrt((1 - abar_t) / abar_t)
+(`sd_ddpm_sigmas`: 0.029 at t = 0 to 14.6 at t = 999), and x = x_t / sqrt(abar_t):
   - a v source (768-v): c_in x = x_t and D = sqrt(abar) x_t - sqrt(1 - abar) F, which is SD 2.1's own
-    v-parameterisation; only the noise input changes (the DDPM step index t in 0..999 becomes c_noise = ln(s)/4 in
-    about -1.6..1.6), hence the time-embedding-only warm-up (preset `time_embed_warmup`) before image finetuning;
+    v-parameterisation; only the noise input changes (the step index t in 0..999 becomes c_noise = ln(s)/4, -0.88
+    to 0.67 over SD's steps), hence the time-embedding-only warm-up (preset `time_embed_warmup`) before image
+    finetuning;
   - an eps source (512-base): the output is read as v = sqrt(abar) eps - sqrt(1 - abar) x0 instead of eps, close to
     eps at low noise and to -x0 at high noise: the parameterisation changes too, which the time embedding alone
     cannot absorb; the full image finetune (preset `image_finetune`) has to relearn the output.
@@ -61,6 +63,14 @@ SPEC = replace(TEXT2VIDEO, vae=replace(TEXT2VIDEO.vae, decoder="image", first_st
 # ComfyUI's SD 2.x test (comfy/supported_models.py, SD20.model_type): this LayerNorm bias is spread wider in v models
 V_PROBE_KEY = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 V_PROBE_STD = 0.09
+
+
+def sd_ddpm_sigmas(steps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012) -> torch.Tensor:
+    """EDM noise level of each DDPM step SD 2.x was trained with (v2-inference(-v).yaml: `scaled_linear` betas,
+    linear_start 0.00085, linear_end 0.012, 1000 steps): s_t = sqrt((1 - abar_t) / abar_t), float64."""
+    betas = torch.linspace(linear_start**0.5, linear_end**0.5, steps, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1.0 - betas, 0)
+    return ((1.0 - abar) / abar).sqrt()
 
 
 @dataclass
@@ -288,5 +298,5 @@ def save_stage1(model: SVDModel, report: Stage1Report, out: "str | os.PathLike",
     return save(model, out, {"svd_suite.stage1": report.to_json()}, dtype=dtype)
 
 
-__all__ = ["SPEC", "PREDICTIONS", "Stage1Report", "image_unet_spec", "image_unet_manifest", "check_image_unet",
+__all__ = ["SPEC", "PREDICTIONS", "sd_ddpm_sigmas", "Stage1Report", "image_unet_spec", "image_unet_manifest", "check_image_unet",
            "detect_prediction", "init_identity_", "from_image_model", "save_stage1"]

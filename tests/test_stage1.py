@@ -11,6 +11,7 @@ import torch
 from svd_core import stage1, testing
 from svd_core.convert import unet_image_diffusers_to_sgm, unet_image_sgm_to_diffusers, unet_layout
 from svd_core.loading import CheckpointError, load, save_tensors
+from svd_core.training.config import TrainConfig
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -215,3 +216,59 @@ def test_time_embed_and_spatial_modes_select_the_stage_parameters():
     assert "unet.input_blocks.1.0.in_layers.2.weight" in names
     assert not [n for n in names if is_video_only(n[len("unet."):])]
     assert len(names) == len(stage1.image_unet_manifest(TINY_SPEC))
+
+
+def test_edm_v_scaling_is_sd21_v_parameterisation_on_sd_noise_levels():
+    """Module docstring's EDM switch: on SD's own DDPM steps, VScalingWithEDMcNoise with the true v reproduces x0
+    (and c_in x = x_t), so a 768-v model keeps its output meaning; an eps model's output read as v does not."""
+    from svd_core.denoiser import edm_v_scalings
+
+    sched = diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    abar = sched.alphas_cumprod.double()
+    sigmas = stage1.sd_ddpm_sigmas()
+    assert torch.allclose(sigmas, ((1 - abar) / abar).sqrt(), rtol=1e-3)  # diffusers keeps abar in float32
+    assert (round(sigmas[0].item(), 4), round(sigmas[-1].item(), 2)) == (0.0292, 14.61)
+    gen = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 250, 500, 999])
+    x0, eps = torch.randn(4, 8, generator=gen, dtype=torch.float64), torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    a = abar[t, None]
+    s = ((1 - a) / a).sqrt()
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps  # DDPM forward process
+    v = sched.get_velocity(x0, eps, t).double()  # diffusers' v target: sqrt(abar) eps - sqrt(1 - abar) x0
+    c_skip, c_out, c_in, _ = edm_v_scalings(s)
+    x = x0 + s * eps  # EDM's x = x_t / sqrt(abar)
+    assert torch.allclose(c_in * x, x_t) and torch.allclose(c_skip * x + c_out * v, x0)
+    assert not torch.allclose(c_skip * x + c_out * eps, x0, atol=1e-2)
+
+
+def test_stage1_model_trains_with_the_warmup_preset(tmp_path):
+    """The Stage I model is a normal video model: the trainer runs the time_embed_warmup preset on it (EDM objective,
+    text2video task); only the time embedding moves and the temporal layers keep their identity init."""
+    from svd_core.training import api
+    from svd_core.training.data import ClipRecord
+    from svd_core.training.trainer import Trainer
+
+    # a micro SD 2.x: 2 levels with attention, 1 res block (the micro training spec of tests/test_training_support)
+    spec = replace(TINY_SPEC, unet=replace(TINY_SPEC.unet, channel_mult=(1, 2), num_res_blocks=1,
+                                           attention_resolutions=(1, 2)), height=64, width=64)
+    config = dict(TINY_CONFIG, layers_per_block=1, block_out_channels=(32, 64), attention_head_dim=(1, 2),
+                  down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2)
+    layout = unet_layout(spec.unet)
+    peer = _peer(config, seed=5)
+    sd = {"model.diffusion_model." + unet_image_diffusers_to_sgm(k, **layout): v for k, v in peer.state_dict().items()}
+    model, _ = stage1.from_image_model(sd, spec, prediction="v")
+    records = [ClipRecord(str(testing.make_test_video(tmp_path / f"c{i}.mp4", frames=4, seed=i)), 8.0, 2.0,
+                          f"a disc moving {i}") for i in range(3)]
+    cfg = TrainConfig.from_preset("time_embed_warmup", height=64, width=64, steps=2, batch_size=2, lr=1e-2,
+                                  warmup_steps=0, validate_every=0, val_items=1, val_fraction=0.3)
+    data = api.prepare_data(model, cfg, "", tmp_path / "cache", records=records)
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    trainer = Trainer(model, cfg, data.dataset, data.train_idx, data.val_idx, tmp_path / "run")
+    trainer.run()
+    after = model.unet.state_dict()
+    moved = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert moved == ["time_embed.0.bias", "time_embed.0.weight", "time_embed.2.bias", "time_embed.2.weight"]
+    x, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 64)
+    with torch.no_grad():
+        args = (x, torch.tensor([0.1, -0.5]), ctx, torch.randn(2, 512), 2)
+        assert torch.equal(model.unet(*args), model.unet(*args, torch.ones(1, 2)))
