@@ -165,6 +165,9 @@ def detect_prediction(source, prediction: str = "auto") -> tuple[str, str]:
         return prediction, "given"
     if prediction != "auto":
         raise ValueError(f"prediction={prediction!r}; expected 'auto', 'eps' (SD 2.1 512-base) or 'v' (SD 2.1 768-v)")
+    if UNET_PREFIX + V_PROBE_KEY not in source.shapes():
+        raise ValueError(f"prediction='auto' needs {V_PROBE_KEY} (an SD 2.x UNet has it); pass prediction='eps' "
+                         f"(SD 2.1 512-base) or 'v' (SD 2.1 768-v)")
     probe = source.tensor(UNET_PREFIX + V_PROBE_KEY).float()
     std = probe.std(unbiased=False).item()
     kind = "v" if std > V_PROBE_STD else "eps"
@@ -274,7 +277,7 @@ def from_image_model(path_or_state_dict, spec: "str | ModelSpec" = SPEC, *, pred
     report.fresh = sorted(k for k in unet_sd if is_video_only(k) and k not in zeroed)
     report.vae, vae_keys = _load_part(model, source, shapes, VAE_PREFIX, VAE_PREFIX, "autoencoder")
     used |= vae_keys
-    report.text = "not used (the spec is not text-conditioned)"
+    report.text = f"not used: {spec.name} is {spec.cond_mode}-conditioned (its image encoders keep a fresh init)"
     if spec.cond_mode == "text":
         text = {k: source.tensor(k) for k in shapes if k.startswith(SD21_TEXT_PREFIXES)}
         try:

@@ -12,6 +12,7 @@ from svd_core import stage1, testing
 from svd_core.convert import unet_image_diffusers_to_sgm, unet_image_sgm_to_diffusers, unet_layout
 from svd_core.loading import CheckpointError, load, save_tensors
 from svd_core.training.config import TrainConfig
+from svd_core.variants import SVD_IMAGE_DECODER
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -65,6 +66,9 @@ def test_manifest_matches_diffusers_sd21_unet_key_for_key():
     assert sum(math.prod(s) for s in manifest.values()) == 865_910_724  # SD 2.x UNet parameter count
     # the manifest is what the video UNet adds its layers to: no temporal / label_emb keys
     assert not [k for k in manifest if "time_stack" in k or "time_mixer" in k or k.startswith("label_emb")]
+    # SD 2.x's first stage (v2-inference.yaml: ch 128, ch_mult 1,2,4,4, no attention levels) is the reference's
+    # AutoencoderKL, the layout of the released svd_image_decoder (checked key by key in the variants tests)
+    assert stage1.SPEC.vae == SVD_IMAGE_DECODER.vae
     with pytest.raises(KeyError, match="video-UNet key"):
         unet_image_sgm_to_diffusers("input_blocks.1.0.time_stack.in_layers.0.weight")
 
