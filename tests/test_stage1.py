@@ -73,6 +73,18 @@ def test_manifest_matches_diffusers_sd21_unet_key_for_key():
         unet_image_sgm_to_diffusers("input_blocks.1.0.time_stack.in_layers.0.weight")
 
 
+def test_inserted_temporal_layers_have_the_papers_656m_parameters():
+    """App. D.2: "inserting a total of 656M new parameters into the UNet" (SD 2.1's 866M spatial ones kept)."""
+    from svd_core.convert import is_video_only
+    from svd_core.unet import VideoUNet
+
+    with torch.device("meta"):
+        unet = VideoUNet(stage1.SPEC.unet)
+    temporal = sum(p.numel() for n, p in unet.named_parameters() if is_video_only(n) and not n.startswith("label_emb"))
+    spatial = sum(p.numel() for n, p in unet.named_parameters() if not is_video_only(n))
+    assert round(temporal / 1e6) == 656 and spatial == 865_910_724
+
+
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_video_unet_reproduces_sd21_unet_per_frame(tmp_path, peer, prediction):
     """Per-frame output of the Stage I video UNet = diffusers' UNet2DConditionModel on the same weights (fp32)."""
@@ -191,17 +203,27 @@ def test_concat_channels_of_a_wider_spec_start_at_zero(tmp_path, peer):
 
 
 def test_stage_presets_carry_the_papers_values():
+    """Paper App. D.2-D.6: iteration counts, batch sizes, resolutions and noise per stage, in the paper's order."""
     from svd_core.training.config import PRESETS, TrainConfig
 
-    warm = PRESETS["time_embed_warmup"]
-    assert (warm.mode, warm.steps, warm.paper_steps, warm.height, warm.width) == ("time_embed", 1000, 1000, 512, 512)
-    assert (warm.p_mean, warm.p_std) == (-1.2, 1.0)  # the image stage's noise (reference README, App. D.2)
-    assert PRESETS["image_finetune"].mode == "spatial"
-    assert (PRESETS["video_pretrain"].paper_batch_size, PRESETS["video_pretrain"].paper_steps) == (1536, 150000)
-    assert (PRESETS["video_pretrain_hires"].paper_batch_size, PRESETS["video_pretrain_hires"].paper_steps) == (768,
-                                                                                                             100000)
-    order = list(PRESETS)
-    assert order[:4] == ["time_embed_warmup", "image_finetune", "video_pretrain", "video_pretrain_hires"]
+    def row(name):
+        p = PRESETS[name]
+        return p.mode, p.steps, p.paper_batch_size, p.num_frames, p.height, p.width, p.p_mean, p.p_std, p.lr
+
+    # D.2: 31k image iterations = 1k time-embedding-only at 512^2 + 30k all layers at 256x384 (batch not stated)
+    assert row("time_embed_warmup") == ("time_embed", 1000, 0, 1, 512, 512, -1.2, 1.0, 1e-4)
+    assert row("image_finetune") == ("spatial", 30000, 0, 1, 256, 384, -1.2, 1.0, 1e-4)
+    # D.2: 150k iterations at batch 1536, then 100k at batch 768 and P_mean 0
+    assert row("video_pretrain") == ("full", 150000, 1536, 14, 256, 384, -1.2, 1.0, 1e-4)
+    assert row("video_pretrain_hires") == ("full", 100000, 768, 14, 320, 576, 0.0, 1.0, 1e-4)
+    # D.3, D.4 (50k at batch 768, lr 3e-5), D.4.2 (rank 16, 5k), D.6 (12k at batch 16, lr 1e-5)
+    assert row("text2video_finetune") == ("full", 50000, 768, 14, 576, 1024, 0.5, 1.4, 3e-5)
+    assert row("img2vid") == ("full", 50000, 768, 14, 320, 576, 0.7, 1.6, 3e-5)
+    assert row("img2vid_hires") == ("full", 50000, 768, 14, 576, 1024, 1.0, 1.6, 3e-5)
+    assert row("camera_lora")[:2] == ("lora", 5000) and PRESETS["camera_lora"].lora_rank == 16
+    assert row("multiview") == ("full", 12000, 16, 21, 576, 576, 0.7, 1.6, 1e-5)
+    assert list(PRESETS)[:4] == ["time_embed_warmup", "image_finetune", "video_pretrain", "video_pretrain_hires"]
+    assert all(p.task == "text2video" for p in list(PRESETS.values())[:5])  # the base model is text-to-video
     assert all("App. D" in p.description for p in PRESETS.values())
     cfg = TrainConfig.from_preset("time_embed_warmup")
     assert (cfg.mode, cfg.steps, cfg.num_frames, cfg.task) == ("time_embed", 1000, 1, "text2video")

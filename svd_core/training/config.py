@@ -29,43 +29,45 @@ class Preset:
     mode: str = "full"
     task: str = "img2vid"
     lora_rank: int = 16
-    steps: int = 10000
+    steps: int = 10000  # the paper's iteration count for the stage where it states one (App. D), else 10k
     description: str = ""
-    # the paper's global batch size and iteration count for the stage (0: not stated / not checked against the
-    # paper's text); recorded for reference, a run's batch_size / grad_accum / steps fit the hardware
+    # the paper's global batch size (0: not stated); recorded, not applied: a run reaches it with
+    # batch_size x grad_accum x processes as the hardware allows
     paper_batch_size: int = 0
-    paper_steps: int = 0
 
 
 # Values from the paper's App. D (and the reference README); sizes are the stage's training resolution.
 # Stage order (paper Sec. 4.1, App. D.2): a video model built from SD 2.1 (`svd_core.stage1`, temporal layers at
-# identity) -> time_embed_warmup -> image_finetune -> video_pretrain -> video_pretrain_hires -> the finetunes.
+# identity) -> time_embed_warmup -> image_finetune (31k image iterations in all) -> video_pretrain ->
+# video_pretrain_hires -> the finetunes of App. D.3-D.6.
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("time_embed_warmup", -1.2, 1.0, 1e-4, 1, 512, 512, mode="time_embed", task="text2video", steps=1000,
-           paper_steps=1000,
-           description="Stage I warm-up after switching SD 2.1 to the EDM preconditioning (App. D.2): only the time "
-                       "embedding trains, 1k steps at 512x512, P_mean -1.2, P_std 1"),
-    Preset("image_finetune", -1.2, 1.0, 1e-4, 1, 256, 384, mode="spatial", task="text2video",
-           description="Stage I image model finetune at 256x384 (App. D.2): P_mean -1.2, P_std 1; the image "
-                       "model's layers only (the temporal ones stay at their identity init)"),
-    Preset("video_pretrain", -1.2, 1.0, 1e-4, 14, 256, 384, task="text2video", paper_batch_size=1536,
-           paper_steps=150000,
-           description="Stage II video pretraining on LVD-F, 14 frames at 256x384 with the image model's noise, "
-                       "150k iterations at batch 1536 (App. D.2)"),
-    Preset("video_pretrain_hires", 0.0, 1.0, 1e-4, 14, 320, 576, task="text2video", paper_batch_size=768,
-           paper_steps=100000,
+           description="Stage I: the first 1k of SD 2.1's 31k EDM finetuning iterations train only the time "
+                       "embedding, at SD 2.1's 512x512, P_mean -1.2, P_std 1 (App. D.2)"),
+    Preset("image_finetune", -1.2, 1.0, 1e-4, 1, 256, 384, mode="spatial", task="text2video", steps=30000,
+           description="Stage I: then all of the image model's layers for 30k iterations at 256x384, P_mean -1.2, "
+                       "P_std 1 (App. D.2); the temporal layers stay at their identity init"),
+    Preset("video_pretrain", -1.2, 1.0, 1e-4, 14, 256, 384, task="text2video", steps=150000, paper_batch_size=1536,
+           description="Stage II video pretraining, 14 frames at 256x384, 150k iterations at batch 1536, lr 1e-4, "
+                       "15% text dropout (App. D.2)"),
+    Preset("video_pretrain_hires", 0.0, 1.0, 1e-4, 14, 320, 576, task="text2video", steps=100000,
+           paper_batch_size=768,
            description="video pretraining continued at 320x576 with P_mean shifted to 0, 100k iterations at batch "
                        "768 (App. D.2)"),
-    Preset("text2video_finetune", 0.5, 1.4, 3e-5, 14, 576, 1024, task="text2video",
-           description="text-to-video high-quality finetune, P_mean 0.5, P_std 1.4 (App. D.3)"),
-    Preset("img2vid", 0.7, 1.6, 3e-5, 14, 320, 576,
-           description="image-to-video finetune, P_mean 0.7, P_std 1.6 (App. D.4)"),
-    Preset("img2vid_hires", 1.0, 1.6, 3e-5, 14, 576, 1024,
-           description="image-to-video at 576x1024, P_mean 1.0, P_std 1.6 (App. D.4)"),
+    Preset("text2video_finetune", 0.5, 1.4, 3e-5, 14, 576, 1024, task="text2video", steps=50000,
+           paper_batch_size=768,
+           description="text-to-video high-quality finetune, P_mean 0.5, P_std 1.4, 50k iterations at batch 768 "
+                       "(App. D.3)"),
+    Preset("img2vid", 0.7, 1.6, 3e-5, 14, 320, 576, steps=50000, paper_batch_size=768,
+           description="image-to-video finetune, P_mean 0.7, P_std 1.6, 50k iterations at batch 768 (App. D.4)"),
+    Preset("img2vid_hires", 1.0, 1.6, 3e-5, 14, 576, 1024, steps=50000, paper_batch_size=768,
+           description="image-to-video at 576x1024 (14 or 25 frames), P_mean 1.0, P_std 1.6, 50k iterations at "
+                       "batch 768 (App. D.4)"),
     Preset("interpolation", 1.0, 1.2, 3e-5, 5, 576, 1024, task="interpolation",
            description="frame interpolation, 5 frames, P_mean 1.0, P_std 1.2 (App. D.5)"),
-    Preset("multiview", 0.7, 1.6, 1e-5, 21, 576, 576, task="multiview",
-           description="multi-view finetune from SVD, lr 1e-5 (App. D.6), 21 views at 576x576"),
+    Preset("multiview", 0.7, 1.6, 1e-5, 21, 576, 576, task="multiview", steps=12000, paper_batch_size=16,
+           description="multi-view finetune from SVD, lr 1e-5, 21 views at 576x576, 12k iterations at batch 16 "
+                       "(App. D.6)"),
     Preset("camera_lora", 0.7, 1.6, 1e-4, 14, 320, 576, mode="lora", lora_rank=16, steps=5000,
            description="camera-motion LoRA, rank 16 in the temporal attention, 5k iterations (App. D.4.2)"),
 )}
