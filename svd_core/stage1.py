@@ -1,6 +1,7 @@
 """Stage I (paper Sec. 4.1, App. D.2): the video model built from an image model, Stable Diffusion 2.1.
 
-`from_image_model(path_or_state_dict)` loads an SD 2.x UNet (512-base, eps-prediction, reference
+`from_image_model(path_or_state_dict)` (files: `convert_file`, CLI `python -m svd_core stage1`, node
+SVDSuite_Stage1FromSD2) loads an SD 2.x UNet (512-base, eps-prediction, reference
 `configs/stable-diffusion/v2-inference.yaml`; 768-v, v-prediction, `v2-inference-v.yaml`; both: model_channels 320,
 channel_mult 1,2,4,4, num_res_blocks 2, attention_resolutions 4,2,1, num_head_channels 64, transformer depth 1,
 context_dim 1024, use_linear_in_transformer, in_channels 4) into our video UNet and returns a normal video model of
@@ -132,14 +133,20 @@ def _shape_hint(key: str, expected: tuple, found: tuple) -> str:
     return ""
 
 
-def check_image_unet(shapes: Mapping[str, tuple], spec: "str | ModelSpec" = SPEC, label: str = "") -> None:
-    """Refuse anything that is not an SD 2.x UNet of `spec`'s size: the message names the first bad key."""
-    manifest = image_unet_manifest(spec)
+def _unet_shapes(shapes: Mapping[str, tuple], label: str) -> dict[str, tuple]:
+    """The file's UNet keys (prefix removed) -> shapes; a file without any is refused."""
     unet = {k[len(UNET_PREFIX):]: tuple(s) for k, s in shapes.items() if k.startswith(UNET_PREFIX)}
     if not unet:
         some = ", ".join(sorted(shapes)[:3]) or "none"
         raise CheckpointError(f"{label}: no image UNet in this file (no key starts with {UNET_PREFIX!r}; keys e.g. "
                               f"{some}); expected a Stable Diffusion 2.x checkpoint (.safetensors)")
+    return unet
+
+
+def check_image_unet(shapes: Mapping[str, tuple], spec: "str | ModelSpec" = SPEC, label: str = "") -> None:
+    """Refuse anything that is not an SD 2.x UNet of `spec`'s size: the message names the first bad key."""
+    manifest = image_unet_manifest(spec)
+    unet = _unet_shapes(shapes, label)
     video = sorted(k for k in unet if is_video_only(k))
     if video:
         raise CheckpointError(f"{label}: {UNET_PREFIX}{video[0]} is not an SD 2.x text-to-image UNet key ({len(video)} "
@@ -157,6 +164,20 @@ def check_image_unet(shapes: Mapping[str, tuple], spec: "str | ModelSpec" = SPEC
     if extra:
         raise CheckpointError(f"{label}: {UNET_PREFIX}{extra[0]} is not an SD 2.x UNet key ({len(extra)} unknown UNet "
                               f"keys); expected exactly the v2-inference.yaml layout")
+
+
+def spec_for(shapes: Mapping[str, tuple], label: str = "") -> ModelSpec:
+    """The video spec for an image model's UNet width: SD 2.x (320) -> `SPEC`; TINY_STAGE1's width -> that test
+    spec (tests and demos); anything else is refused naming the width."""
+    from .testing import TINY_STAGE1
+
+    conv_in = _unet_shapes(shapes, label).get("input_blocks.0.0.weight")
+    for spec in (SPEC, TINY_STAGE1):
+        if conv_in is not None and conv_in[0] == spec.unet.model_channels:
+            return spec
+    found = f"width {conv_in[0]}" if conv_in is not None else f"no {UNET_PREFIX}input_blocks.0.0.weight"
+    raise CheckpointError(f"{label}: {found}; an SD 2.x UNet has model_channels {SPEC.unet.model_channels} "
+                          f"(expected a Stable Diffusion 2.x checkpoint)")
 
 
 def detect_prediction(source, prediction: str = "auto") -> tuple[str, str]:
@@ -241,18 +262,19 @@ def _load_part(model: SVDModel, source, shapes, prefix_src: str, prefix_dst: str
 
 
 @torch.no_grad()
-def from_image_model(path_or_state_dict, spec: "str | ModelSpec" = SPEC, *, prediction: str = "auto",
+def from_image_model(path_or_state_dict, spec: "str | ModelSpec | None" = None, *, prediction: str = "auto",
                      dtype: torch.dtype = torch.float32, device="cpu") -> tuple[SVDModel, Stage1Report]:
     """An SD 2.x checkpoint (path or state dict, keys under `model.diffusion_model.` or bare UNet keys) -> (video
     model of `spec`, report). The video model computes the image UNet on every frame at init (module docstring);
-    its spec records `source_prediction`. The file's VAE (`first_stage_model.`) and OpenCLIP text tower
-    (`cond_stage_model.model.`) are loaded when `spec` has matching parts; other keys are reported as ignored."""
-    spec = get_variant(spec)
+    its spec records `source_prediction`. `spec` None: `spec_for` the file. The file's VAE (`first_stage_model.`)
+    and OpenCLIP text tower (`cond_stage_model.model.`) are loaded when `spec` has matching parts; other keys are
+    reported as ignored."""
+    source, label = _source(path_or_state_dict)
+    shapes = source.shapes()
+    spec = spec_for(shapes, label) if spec is None else get_variant(spec)
     if spec.unet.in_channels < 4 or spec.unet.out_channels != 4:
         raise ValueError(f"spec {spec.name!r}: unet in_channels={spec.unet.in_channels}, out_channels="
                          f"{spec.unet.out_channels}; Stage I needs >= 4 inputs and 4 outputs (SD's latent channels)")
-    source, label = _source(path_or_state_dict)
-    shapes = source.shapes()
     check_image_unet(shapes, spec, label)
     kind, how = detect_prediction(source, prediction)
     spec = replace(spec, source_prediction=kind, custom=True)
@@ -301,5 +323,19 @@ def save_stage1(model: SVDModel, report: Stage1Report, out: "str | os.PathLike",
     return save(model, out, {"svd_suite.stage1": report.to_json()}, dtype=dtype)
 
 
+def convert_file(image_model: "str | os.PathLike", out: "str | os.PathLike", *, spec: "str | ModelSpec | None" = None,
+                 prediction: str = "auto", overwrite: bool = False,
+                 dtype: torch.dtype = torch.float32) -> tuple[Path, Stage1Report]:
+    """SD 2.x .safetensors -> Stage I video model file (what the CLI and the node run). `out` must end in
+    .safetensors; an existing `out` is refused before any work unless `overwrite`."""
+    out = Path(out)
+    if out.suffix.lower() != ".safetensors":
+        raise ValueError(f"output {out.name!r} must end in .safetensors")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another output name or allow overwriting it")
+    model, report = from_image_model(image_model, spec, prediction=prediction)
+    return save_stage1(model, report, out, overwrite=overwrite, dtype=dtype), report
+
+
 __all__ = ["SPEC", "PREDICTIONS", "sd_ddpm_sigmas", "Stage1Report", "image_unet_spec", "image_unet_manifest", "check_image_unet",
-           "detect_prediction", "init_identity_", "from_image_model", "save_stage1"]
+           "spec_for", "detect_prediction", "init_identity_", "from_image_model", "save_stage1", "convert_file"]

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import load_file as load_tensors
 
 from svd_core import stage1, testing
 from svd_core.convert import unet_image_diffusers_to_sgm, unet_image_sgm_to_diffusers, unet_layout
@@ -24,7 +25,7 @@ SD21_CONFIG = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_blo
                    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
                    cross_attention_dim=1024, use_linear_projection=True, norm_num_groups=32)
 # the same structure at the tiny test widths (model_channels 32, num_head_channels 32, context 64)
-TINY_SPEC = replace(testing.TINY_T2V, vae=replace(testing.TINY_T2V.vae, decoder="image", first_stage_quant=True))
+TINY_SPEC = testing.TINY_STAGE1
 TINY_CONFIG = dict(SD21_CONFIG, sample_size=16, block_out_channels=(32, 64, 128, 128), attention_head_dim=(1, 2, 4, 4),
                    cross_attention_dim=64)
 LAYOUT = unet_layout(TINY_SPEC.unet)
@@ -169,24 +170,30 @@ def test_loader_refuses_non_sd2_files_naming_the_key(tmp_path, peer):
         stage1.from_image_model(tmp_path / "sd.ckpt", TINY_SPEC)
 
 
-def test_cli_writes_once_and_refuses_to_overwrite(tmp_path, peer, monkeypatch, capsys):
+def test_cli_writes_once_and_refuses_to_overwrite(tmp_path):
     from svd_core.__main__ import main
-    from svd_core.variants import VARIANTS
 
-    monkeypatch.setitem(VARIANTS, "tiny_stage1", replace(TINY_SPEC, name="tiny_stage1"))
-    src, out = _sd_file(tmp_path, peer), tmp_path / "video_init.safetensors"
-    assert main(["stage1", str(src), "--out", str(out), "--variant", "tiny_stage1", "--prediction", "eps"]) == 0
-    assert load(out).spec.source_prediction == "eps"
+    src, out = testing.make_tiny_sd2_checkpoint(tmp_path / "sd2.safetensors"), tmp_path / "video_init.safetensors"
+    assert main(["stage1", str(src), "--out", str(out), "--prediction", "eps"]) == 0
+    first = load(out)  # spec_for picked the tiny Stage I spec from the UNet width
+    assert first.spec.source_prediction == "eps" and first.spec.name == "tiny_stage1"
+    sd2 = load_tensors(src)
+    key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    assert torch.equal(first.state_dict()[key], sd2[key])
+    text = "conditioner.embedders.0.model.token_embedding.weight"
+    assert torch.equal(first.state_dict()[text], sd2["cond_stage_model.model.token_embedding.weight"])
     before = out.read_bytes()
-    with pytest.raises(SystemExit, match="exists"):
-        main(["stage1", str(src), "--out", str(out), "--variant", "tiny_stage1"])
+    with pytest.raises(SystemExit, match="exists.*--overwrite"):
+        main(["stage1", str(src), "--out", str(out)])
     assert out.read_bytes() == before  # untouched
-    assert main(["stage1", str(src), "--out", str(out), "--variant", "tiny_stage1", "--prediction", "v",
-                 "--overwrite"]) == 0
+    assert main(["stage1", str(src), "--out", str(out), "--prediction", "v", "--overwrite"]) == 0
     assert load(out).spec.source_prediction == "v"
     with pytest.raises(SystemExit, match="no image UNet"):
         main(["stage1", str(save_tensors({"a": torch.zeros(1)}, tmp_path / "x.safetensors")), "--out",
-              str(tmp_path / "y.safetensors"), "--variant", "tiny_stage1"])
+              str(tmp_path / "y.safetensors")])
+    with pytest.raises(SystemExit, match="width 48"):
+        main(["stage1", str(save_tensors({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(48, 4, 3, 3)},
+                                         tmp_path / "w.safetensors")), "--out", str(tmp_path / "y.safetensors")])
     assert not (tmp_path / "y.safetensors").exists()
 
 

@@ -12,37 +12,28 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prediction", choices=("auto", "eps", "v"), default="auto",
                         help="the image model's prediction type: eps (SD 2.1 512-base), v (SD 2.1 768-v), or auto "
                              "(ComfyUI's SD 2.x heuristic); recorded in the saved spec")
-    parser.add_argument("--variant", default="t2v",
-                        help="video spec to build (default t2v: the text-to-video base model with SD 2.1's "
-                             "autoencoder)")
+    parser.add_argument("--variant", default="auto",
+                        help="video spec to build (default auto: the text-to-video base model t2v with SD 2.1's "
+                             "autoencoder, svd_core.stage1.SPEC)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                         help="dtype of the written weights (default float32, for training)")
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     import torch
 
     from .. import stage1
-    from ..loading import CheckpointError
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} exists; choose another --out or pass --overwrite to replace it")
-    if out.suffix.lower() != ".safetensors":
-        raise SystemExit(f"error: --out {out} must end in .safetensors")
-    spec = stage1.SPEC if args.variant == "t2v" else args.variant
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    spec = None if args.variant == "auto" else args.variant
     try:
-        model, report = stage1.from_image_model(args.image_model, spec, prediction=args.prediction)
+        path, report = stage1.convert_file(args.image_model, args.out, spec=spec, prediction=args.prediction,
+                                           overwrite=args.overwrite, dtype=dtype)
+    except FileExistsError as exc:
+        raise SystemExit(f"error: {exc} (--overwrite)") from None
     except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
         raise SystemExit(f"error: {exc}") from None
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     print(report.summary(), file=sys.stderr)
-    try:
-        path = stage1.save_stage1(model, report, out, overwrite=args.overwrite, dtype=dtype)
-    except (FileExistsError, CheckpointError) as exc:
-        raise SystemExit(f"error: {exc}") from None
-    print(f"wrote {path} (spec {model.spec.name}, source {report.prediction}-prediction); train it with the "
-          f"time_embed_warmup preset, then image_finetune")
+    print(f"wrote {path} (source {report.prediction}-prediction); train it with the time_embed_warmup preset, then "
+          f"image_finetune")
     return 0
