@@ -5,7 +5,7 @@ SVDSuite_Stage1FromSD2) loads an SD 2.x UNet (512-base, eps-prediction, referenc
 `configs/stable-diffusion/v2-inference.yaml`; 768-v, v-prediction, `v2-inference-v.yaml`; both: model_channels 320,
 channel_mult 1,2,4,4, num_res_blocks 2, attention_resolutions 4,2,1, num_head_channels 64, transformer depth 1,
 context_dim 1024, use_linear_in_transformer, in_channels 4) into our video UNet and returns a normal video model of
-this project (default spec `SPEC`: the text-to-video base model `t2v` with SD 2.1's image autoencoder).
+this project (default spec `SPEC`, "t2v_sd21": the text-to-video base model `t2v` with SD 2.1's image autoencoder).
 
 Key manifest: `image_unet_manifest(spec)` is our own UNet builder's layout without the parts the video model adds
 (`convert.VIDEO_ONLY_PARTS`: time_stack, time_mixer, time_pos_embed, label_emb); tests check it key for key against
@@ -59,8 +59,10 @@ from .variants import TEXT2VIDEO, ModelSpec, UNetSpec, get_variant
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 PREDICTIONS = ("eps", "v")
-# the text-to-video base model with SD 2.1's image autoencoder (quant_conv / post_quant_conv, per-frame decoder)
-SPEC = replace(TEXT2VIDEO, vae=replace(TEXT2VIDEO.vae, decoder="image", first_stage_quant=True))
+# the text-to-video base model (variant t2v) with SD 2.1's image autoencoder (quant_conv / post_quant_conv,
+# per-frame decoder); its spec travels in the file's metadata like every custom model's
+SPEC = replace(TEXT2VIDEO, name="t2v_sd21", vae=replace(TEXT2VIDEO.vae, decoder="image", first_stage_quant=True),
+               custom=True)
 # ComfyUI's SD 2.x test (comfy/supported_models.py, SD20.model_type): this LayerNorm bias is spread wider in v models
 V_PROBE_KEY = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 V_PROBE_STD = 0.09
@@ -129,7 +131,8 @@ def _shape_hint(key: str, expected: tuple, found: tuple) -> str:
     if ".proj_in." in key and len(found) == 4:
         return " (1x1-conv proj_in: SD 1.x layout; SD 2.x uses linear projections, use_linear_in_transformer)"
     if key == "input_blocks.0.0.weight" and len(found) == 4 and found[1] != expected[1]:
-        return f" ({found[1]} input channels: an inpainting / depth model; Stage I takes the 4-channel text-to-image UNet)"
+        return (f" ({found[1]} input channels: an inpainting / depth model; Stage I takes the 4-channel "
+                f"text-to-image UNet)")
     return ""
 
 
@@ -233,8 +236,8 @@ def _source(path_or_state_dict) -> tuple[object, str]:
     if not path.is_file():
         raise FileNotFoundError(f"image model not found: {path} (an SD 2.x .safetensors file)")
     if path.suffix.lower() != ".safetensors":
-        raise CheckpointError(f"{path.name}: Stage I reads .safetensors files only (pickled {path.suffix} files can run "
-                              f"code when loaded); convert the SD 2.x checkpoint to .safetensors")
+        raise CheckpointError(f"{path.name}: Stage I reads .safetensors files only (pickled {path.suffix} files can "
+                              f"run code when loaded); convert the SD 2.x checkpoint to .safetensors")
     return SafetensorsFile(path), str(path)
 
 
@@ -337,5 +340,6 @@ def convert_file(image_model: "str | os.PathLike", out: "str | os.PathLike", *, 
     return save_stage1(model, report, out, overwrite=overwrite, dtype=dtype), report
 
 
-__all__ = ["SPEC", "PREDICTIONS", "sd_ddpm_sigmas", "Stage1Report", "image_unet_spec", "image_unet_manifest", "check_image_unet",
-           "spec_for", "detect_prediction", "init_identity_", "from_image_model", "save_stage1", "convert_file"]
+__all__ = ["SPEC", "PREDICTIONS", "sd_ddpm_sigmas", "Stage1Report", "image_unet_spec", "image_unet_manifest",
+           "check_image_unet", "spec_for", "detect_prediction", "init_identity_", "from_image_model", "save_stage1",
+           "convert_file"]

@@ -263,7 +263,7 @@ def test_edm_v_scaling_is_sd21_v_parameterisation_on_sd_noise_levels():
     assert (round(sigmas[0].item(), 4), round(sigmas[-1].item(), 2)) == (0.0292, 14.61)
     gen = torch.Generator().manual_seed(0)
     t = torch.tensor([0, 250, 500, 999])
-    x0, eps = torch.randn(4, 8, generator=gen, dtype=torch.float64), torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    x0, eps = (torch.randn(4, 8, generator=gen, dtype=torch.float64) for _ in range(2))
     a = abar[t, None]
     s = ((1 - a) / a).sqrt()
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps  # DDPM forward process

@@ -13,7 +13,7 @@ def add_arguments(parser) -> None:
                         help="the image model's prediction type: eps (SD 2.1 512-base), v (SD 2.1 768-v), or auto "
                              "(ComfyUI's SD 2.x heuristic); recorded in the saved spec")
     parser.add_argument("--variant", default="auto",
-                        help="video spec to build (default auto: the text-to-video base model t2v with SD 2.1's "
+                        help="video spec to build (default auto: t2v_sd21, the text-to-video base model with SD 2.1's "
                              "autoencoder, svd_core.stage1.SPEC)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                         help="dtype of the written weights (default float32, for training)")

@@ -43,7 +43,8 @@ def test_stage1_node_writes_the_video_model_and_refuses_to_overwrite(comfy, obje
     sd2, sd = load_file(src), model.state_dict()
     unet_key = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_v.weight"
     assert torch.equal(sd[unet_key], sd2[unet_key])
-    assert torch.equal(sd["first_stage_model.decoder.conv_out.weight"], sd2["first_stage_model.decoder.conv_out.weight"])
+    vae_key = "first_stage_model.decoder.conv_out.weight"
+    assert torch.equal(sd[vae_key], sd2[vae_key])
     zero = "model.diffusion_model.input_blocks.1.0.time_stack.out_layers.3.weight"
     assert not sd[zero].any() and sd["model.diffusion_model.input_blocks.1.0.time_stack.in_layers.2.weight"].any()
 
