@@ -305,12 +305,14 @@ def from_image_model(path_or_state_dict, spec: "str | ModelSpec | None" = None, 
     report.text = f"not used: {spec.name} is {spec.cond_mode}-conditioned (its image encoders keep a fresh init)"
     if spec.cond_mode == "text":
         text = {k: source.tensor(k) for k in shapes if k.startswith(SD21_TEXT_PREFIXES)}
+        report.text = "not in the file: fresh init (load SD 2.1's text tower before training)"
         try:
             copied = set(text_tower_from_sd21(model, text))  # tower keys without the prefix
             used |= {k for k in text if k.split(".model.", 1)[-1] in copied}
             report.text = f"OpenCLIP text tower loaded ({len(copied)} tensors)"
         except ValueError as exc:
-            report.text = f"not loaded ({exc}): fresh init (load SD 2.1's tower before training)"
+            if text:
+                report.text = f"not loaded ({exc}): fresh init (load SD 2.1's text tower before training)"
     report.ignored = dict(Counter(_group(k) for k in shapes if k not in used))
     model.stage1_report = report
     return model.eval().requires_grad_(False), report
