@@ -1,4 +1,4 @@
-"""Command line: `python -m svd_core COMMAND ...` (img2vid, orbit, curate, eval, train, info)."""
+"""Command line: `python -m svd_core COMMAND ...` (img2vid, orbit, curate, eval, train, stage1, info)."""
 from __future__ import annotations
 
 import importlib
@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "curate": ("svd_core.curation.cli", "data curation: cuts, clipping, scores, filters, stats"),
     "eval": ("svd_core.eval.cli", "evaluation: FVD, Elo, multi-view metrics"),
     "train": ("svd_core.training.cli", "training from a config file"),
+    "stage1": ("svd_core.cli.stage1", "Stage I: a video model built from an SD 2.x image model"),
 }
 
 

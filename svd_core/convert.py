@@ -26,6 +26,8 @@ __all__ = [
     "vae_layout",
     "unet_sgm_to_diffusers",
     "unet_diffusers_to_sgm",
+    "unet_image_sgm_to_diffusers",
+    "unet_image_diffusers_to_sgm",
     "vae_sgm_to_diffusers",
     "vae_diffusers_to_sgm",
     "state_dict_sgm_to_diffusers",
@@ -196,6 +198,40 @@ def unet_diffusers_to_sgm(
             if kind == "upsamplers" and i == 0 and level != 0 and rest.startswith("conv."):
                 return f"output_blocks.{base + num_res_blocks}.{1 + has_attn}.{rest}"
     raise _unknown(key, what)
+
+
+# The image UNet (SD 2.x, reference `openaimodel.UNetModel`) is the video UNet without these parts (paper Sec. 3):
+# the same keys otherwise, so its rules are the video rules with diffusers' 2-D `ResnetBlock2D` in place of the
+# spatio-temporal block's `spatial_res_block`.
+VIDEO_ONLY_PARTS = ("time_stack", "time_mixer", "time_pos_embed", "label_emb")
+
+
+def is_video_only(key: str) -> bool:
+    """True for a video-UNet key (no `model.diffusion_model.`) that an image UNet does not have."""
+    return any(part in VIDEO_ONLY_PARTS for part in key.split("."))
+
+
+def unet_image_sgm_to_diffusers(
+    key: str, num_levels: int = 4, num_res_blocks: int = 2, attention_levels: tuple[int, ...] | None = None
+) -> str:
+    """SD 2.x image UNet key (no `model.diffusion_model.`) -> diffusers `UNet2DConditionModel` key."""
+    if is_video_only(key):
+        raise KeyError(f"unet_image_sgm_to_diffusers: {key!r} is a video-UNet key; an image UNet has no "
+                       f"{VIDEO_ONLY_PARTS}")
+    return unet_sgm_to_diffusers(key, num_levels, num_res_blocks, attention_levels).replace(
+        ".spatial_res_block.", ".")
+
+
+def unet_image_diffusers_to_sgm(
+    key: str, num_levels: int = 4, num_res_blocks: int = 2, attention_levels: tuple[int, ...] | None = None
+) -> str:
+    """diffusers `UNet2DConditionModel` key -> SD 2.x image UNet key (inverse of `unet_image_sgm_to_diffusers`)."""
+    video_key = re.sub(r"^((?:down_blocks|up_blocks)\.\d+\.resnets\.\d+\.|mid_block\.resnets\.\d+\.)",
+                       r"\1spatial_res_block.", key)
+    out = unet_diffusers_to_sgm(video_key, num_levels, num_res_blocks, attention_levels)
+    if is_video_only(out):
+        raise KeyError(f"unet_image_diffusers_to_sgm: {key!r} is not a UNet2DConditionModel key of an SD 2.x UNet")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- VAE

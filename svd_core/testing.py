@@ -37,8 +37,10 @@ TINY_T2V = replace(_tiny(TEXT2VIDEO, "tiny_t2v", height=64, width=128),
                    clip=CLIPSpec(embed_dim=64, image_size=56, patch_size=14, width=64, layers=2, head_width=32,
                                  text_context_length=16, text_vocab_size=49408, text_width=64, text_layers=2,
                                  text_heads=2))
+# Stage I (svd_core.stage1): the text-to-video model with SD 2.x's image autoencoder, at TINY's widths
+TINY_STAGE1 = replace(TINY_T2V, name="tiny_stage1", vae=replace(TINY_T2V.vae, decoder="image", first_stage_quant=True))
 TINY_VARIANTS = {s.name: s for s in (TINY, TINY_XT, TINY_IMAGE_DECODER, TINY_SV3D_U, TINY_SV3D_P, TINY_INTERP,
-                                     TINY_SVD_MV, TINY_T2V)}
+                                     TINY_SVD_MV, TINY_T2V, TINY_STAGE1)}
 
 
 @torch.no_grad()
@@ -79,6 +81,26 @@ def make_tiny_checkpoint(path: "str | Path", spec: "str | ModelSpec" = TINY, see
 
     model = tiny_model(spec, seed=seed, dtype=dtype)
     return save(model, path)
+
+
+def make_tiny_sd2_checkpoint(path: "str | Path", seed: int = 0) -> Path:
+    """A tiny random Stable Diffusion 2.x checkpoint in the original layout (`model.diffusion_model.` image UNet,
+    `first_stage_model.` autoencoder, `cond_stage_model.model.` OpenCLIP text tower, a DDPM buffer) at TINY_STAGE1's
+    widths: the input of `svd_core.stage1` in tests and demos."""
+    from .convert import is_video_only
+    from .loading import save_tensors
+
+    model = tiny_model(TINY_STAGE1, seed=seed)
+    tensors = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("model.diffusion_model.") and not is_video_only(key[len("model.diffusion_model."):]):
+            tensors[key] = value
+        elif key.startswith("first_stage_model."):
+            tensors[key] = value
+        elif key.startswith("conditioner.embedders.0.model."):
+            tensors["cond_stage_model.model." + key[len("conditioner.embedders.0.model."):]] = value
+    tensors["alphas_cumprod"] = torch.linspace(0.999, 0.005, 1000)
+    return save_tensors(tensors, path)
 
 
 def make_test_video(path: "str | Path", frames: int = 4, width: int = 64, height: int = 64, fps: float = 7.0,

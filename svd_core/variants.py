@@ -103,6 +103,10 @@ class ModelSpec:
     #       middle frames + binary mask channel (paper App. D.5; unet.in_channels = 4 + 4 + 1 = 9);
     #   "text": open_clip text tower tokens as cross-attention context, no concat (paper Sec. 4.2, unet.in_channels 4).
     cond_mode: str = "image"
+    # Stage I (paper Sec. 4.1, App. D.2; svd_core.stage1): the prediction type of the image model the video model
+    # was built from ("eps": SD 2.1 512-base, "v": SD 2.1 768-v), "" for every other model. The video model itself
+    # always uses the EDM v-preconditioning (svd_core.denoiser); this records what the spatial weights learned.
+    source_prediction: str = ""
 
     @property
     def adm_in_channels(self) -> int:

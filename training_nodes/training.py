@@ -34,7 +34,7 @@ Trained = io.Custom("SVDSUITE_TRAINED")
 
 TARGETS = {"as loaded": None, "interpolation (from SVD)": "interpolation", "multi-view (from SVD)": "multiview",
            "text-to-video (from SVD)": "text2video"}
-MODE_CHOICES = ("preset", "lora", "temporal", "full")
+MODE_CHOICES = ("preset", "lora", "temporal", "full", "time_embed", "spatial")
 TRAINED_TOOLTIP = "The finished (or resumed) training run: its trained weights, EMA, LoRA and data."
 
 
@@ -185,8 +185,9 @@ class Settings(io.ComfyNode):
                 io.Combo.Input("preset", options=list(PRESETS), default="img2vid",
                                tooltip="; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())),
                 io.Combo.Input("mode", options=list(MODE_CHOICES), default="preset",
-                               tooltip="What trains: LoRA in the temporal attention, temporal layers only, or the "
-                                       "whole UNet (preset: the preset's mode)."),
+                               tooltip="What trains: LoRA in the temporal attention, temporal layers only, the "
+                                       "whole UNet, the time embedding only (Stage I warm-up) or the image "
+                                       "model's layers only (Stage I image finetune) (preset: the preset's mode)."),
                 io.Int.Input("steps", default=1000, min=1, max=10_000_000, tooltip="Optimiser steps."),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6, round=1e-7,
                                tooltip="AdamW learning rate (0 = the preset's: 1e-4 pretraining / LoRA / "
@@ -507,4 +508,54 @@ class ValidationSampler(io.ComfyNode):
         return io.NodeOutput(out.to(mm.intermediate_device()))
 
 
-NODES = [Dataset, ModelToTrain, Settings, Train, SaveCheckpoint, SaveLoRA, ValidationSampler]
+# ------------------------------------------------------------------------------------------------------ Stage I
+
+
+class Stage1FromSD2(io.ComfyNode):
+    ID = PREFIX + "Stage1FromSD2"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.ID, display_name="Stage I: Video Model from SD 2.x", category=CATEGORY,
+            description=("Paper Sec. 4.1 / App. D.2: builds the text-to-video base model from a Stable Diffusion "
+                         "2.x checkpoint (512-base or 768-v): SD's UNet, autoencoder and OpenCLIP text encoder, "
+                         "temporal layers inserted at identity (the video model equals SD frame by frame), EDM "
+                         "preconditioning. Writes it to models/checkpoints; train it with the time_embed_warmup "
+                         "preset, then image_finetune and the video presets."),
+            inputs=[
+                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
+                               tooltip="The SD 2.x .safetensors file in models/checkpoints."),
+                io.Combo.Input("prediction", options=["auto", "eps", "v"], default="auto",
+                               tooltip="What the SD model predicts: eps (SD 2.1 512-base), v (SD 2.1 768-v), or auto "
+                                       "(ComfyUI's SD 2.x test); recorded in the written model's spec."),
+                io.String.Input("filename", default="svd_stage1_t2v.safetensors",
+                                tooltip="File name of the video model in models/checkpoints."),
+                io.Boolean.Input("overwrite", default=False,
+                                 tooltip="Replace an existing file of that name (off: refuse)."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="The written video model."),
+                     io.String.Output(display_name="report", tooltip="What was loaded, initialised and ignored.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name, prediction="auto", filename="svd_stage1_t2v.safetensors", overwrite=False):
+        from svd_core import stage1
+
+        name = _filename(cls.ID, filename)
+        src = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        out = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], name)
+        if os.path.realpath(out) == os.path.realpath(src):
+            raise _bad(cls.ID, "filename", f"{name!r} is the SD checkpoint itself; choose another name")
+        _Progress(1)
+        try:
+            path, report = stage1.convert_file(src, out, prediction=prediction, overwrite=bool(overwrite))
+        except FileExistsError as exc:
+            raise _bad(cls.ID, "filename", f"{exc} (turn on 'overwrite')") from None
+        except ValueError as exc:  # not an SD 2.x checkpoint: the message names the key
+            raise _bad(cls.ID, "ckpt_name", str(exc)) from None
+        return io.NodeOutput(str(path), report.summary(), ui={"text": [str(path), report.summary()]})
+
+
+NODES = [Dataset, ModelToTrain, Settings, Train, SaveCheckpoint, SaveLoRA, ValidationSampler, Stage1FromSD2]

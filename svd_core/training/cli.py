@@ -56,7 +56,8 @@ def run(args) -> int:
     if args.presets:
         for p in PRESETS.values():
             print(f"{p.name:22s} P_mean {p.p_mean:5.2f} P_std {p.p_std:4.2f} lr {p.lr:.0e} {p.num_frames:2d} frames "
-                  f"{p.width}x{p.height} {p.mode:8s} {p.description}")
+                  f"{p.width}x{p.height} {p.mode:10s} {p.description}"
+                  + f" [{p.steps} steps" + (f", paper batch {p.paper_batch_size}]" if p.paper_batch_size else "]"))
         return 0
     if not args.config:
         print("error: a CONFIG file is needed (or --presets)", file=sys.stderr)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-MODES = ("lora", "temporal", "full")
+MODES = ("lora", "temporal", "full", "time_embed", "spatial")
 TASKS = ("img2vid", "interpolation", "text2video", "multiview")
 
 
@@ -29,30 +29,48 @@ class Preset:
     mode: str = "full"
     task: str = "img2vid"
     lora_rank: int = 16
-    steps: int = 10000
+    steps: int = 10000  # the paper's iteration count for the stage where it states one (App. D), else 10k
     description: str = ""
     target_fps: float = 7.0  # frame rate the training windows are sampled at (TrainConfig.target_fps)
+    # the paper's global batch size (0: not stated); recorded, not applied: a run reaches it with
+    # batch_size x grad_accum x processes as the hardware allows
+    paper_batch_size: int = 0
 
 
 # Values from the paper's App. D (and the reference README); sizes are the stage's training resolution.
+# Stage order (paper Sec. 4.1, App. D.2): a video model built from SD 2.1 (`svd_core.stage1`, temporal layers at
+# identity) -> time_embed_warmup -> image_finetune (31k image iterations in all) -> video_pretrain ->
+# video_pretrain_hires -> the finetunes of App. D.3-D.6.
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("image_finetune", -1.2, 1.0, 1e-4, 1, 256, 384,
-           description="image model finetune at 256x384 (App. D.2): P_mean -1.2, P_std 1"),
-    Preset("video_pretrain", -1.2, 1.0, 1e-4, 14, 256, 384,
-           description="video pretraining, 14 frames at 256x384 with the image model's noise (App. D.2)"),
-    Preset("video_pretrain_hires", 0.0, 1.0, 1e-4, 14, 320, 576,
-           description="video pretraining continued at 320x576 with P_mean shifted to 0 (App. D.2)"),
-    Preset("text2video_finetune", 0.5, 1.4, 3e-5, 14, 576, 1024, task="text2video",
-           description="text-to-video high-quality finetune, P_mean 0.5, P_std 1.4 (App. D.3)"),
-    Preset("img2vid", 0.7, 1.6, 3e-5, 14, 320, 576,
-           description="image-to-video finetune, P_mean 0.7, P_std 1.6 (App. D.4)"),
-    Preset("img2vid_hires", 1.0, 1.6, 3e-5, 14, 576, 1024,
-           description="image-to-video at 576x1024, P_mean 1.0, P_std 1.6 (App. D.4)"),
-    Preset("interpolation", 1.0, 1.2, 1e-4, 5, 576, 1024, task="interpolation", target_fps=28.0,
+    Preset("time_embed_warmup", -1.2, 1.0, 1e-4, 1, 512, 512, mode="time_embed", task="text2video", steps=1000,
+           description="Stage I: the first 1k of SD 2.1's 31k EDM finetuning iterations train only the time "
+                       "embedding, at SD 2.1's 512x512, P_mean -1.2, P_std 1 (App. D.2)"),
+    Preset("image_finetune", -1.2, 1.0, 1e-4, 1, 256, 384, mode="spatial", task="text2video", steps=30000,
+           description="Stage I: then all of the image model's layers for 30k iterations at 256x384, P_mean -1.2, "
+                       "P_std 1 (App. D.2); the temporal layers stay at their identity init"),
+    Preset("video_pretrain", -1.2, 1.0, 1e-4, 14, 256, 384, task="text2video", steps=150000, paper_batch_size=1536,
+           description="Stage II video pretraining, 14 frames at 256x384, 150k iterations at batch 1536, lr 1e-4, "
+                       "15% text dropout (App. D.2)"),
+    Preset("video_pretrain_hires", 0.0, 1.0, 1e-4, 14, 320, 576, task="text2video", steps=100000,
+           paper_batch_size=768,
+           description="video pretraining continued at 320x576 with P_mean shifted to 0, 100k iterations at batch "
+                       "768 (App. D.2)"),
+    Preset("text2video_finetune", 0.5, 1.4, 3e-5, 14, 576, 1024, task="text2video", steps=50000,
+           paper_batch_size=768,
+           description="text-to-video high-quality finetune, P_mean 0.5, P_std 1.4, 50k iterations at batch 768 "
+                       "(App. D.3)"),
+    Preset("img2vid", 0.7, 1.6, 3e-5, 14, 320, 576, steps=50000, paper_batch_size=768,
+           description="image-to-video finetune, P_mean 0.7, P_std 1.6, 50k iterations at batch 768 (App. D.4)"),
+    Preset("img2vid_hires", 1.0, 1.6, 3e-5, 14, 576, 1024, steps=50000, paper_batch_size=768,
+           description="image-to-video at 576x1024 (14 or 25 frames), P_mean 1.0, P_std 1.6, 50k iterations at "
+                       "batch 768 (App. D.4)"),
+    Preset("interpolation", 1.0, 1.2, 1e-4, 5, 576, 1024, task="interpolation", target_fps=28.0, steps=10000,
+           paper_batch_size=256,
            description="frame interpolation from the base video model, 5 frames at 28 fps (4x a 7 fps video), "
-                       "lr 1e-4, P_mean 1.0, P_std 1.2 (App. D.5)"),
-    Preset("multiview", 0.7, 1.6, 1e-5, 21, 576, 576, task="multiview",
-           description="multi-view finetune from SVD, lr 1e-5 (App. D.6), 21 views at 576x576"),
+                       "lr 1e-4, P_mean 1.0, P_std 1.2, 10k iterations at batch 256 (App. D.5)"),
+    Preset("multiview", 0.7, 1.6, 1e-5, 21, 576, 576, task="multiview", steps=12000, paper_batch_size=16,
+           description="multi-view finetune from SVD, lr 1e-5, 21 views at 576x576, 12k iterations at batch 16 "
+                       "(App. D.6)"),
     Preset("camera_lora", 0.7, 1.6, 1e-4, 14, 320, 576, mode="lora", lora_rank=16, steps=5000,
            description="camera-motion LoRA, rank 16 in the temporal attention, 5k iterations (App. D.4.2)"),
 )}

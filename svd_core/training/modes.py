@@ -1,5 +1,6 @@
 """What trains (paper App. D): LoRA adapters on the temporal attention (camera motion, App. D.4.2, via
-`svd_core.lora`), the temporal layers only, or the whole UNet; the VAE and CLIP encoders always stay frozen."""
+`svd_core.lora`), the temporal layers only, the whole UNet, or for Stage I (App. D.2) the time embedding only
+(warm-up after the EDM switch) or the image model's layers only; the VAE and CLIP encoders always stay frozen."""
 from __future__ import annotations
 
 import torch
@@ -30,6 +31,12 @@ def is_temporal(name: str) -> bool:
     return any(k in name for k in TEMPORAL_KEYS)
 
 
+def is_time_embed(name: str) -> bool:
+    """The UNet's noise-level embedding MLP (`time_embed.0` / `.2`): what the Stage I warm-up trains after the
+    switch to EDM's c_noise = ln(sigma)/4 (paper App. D.2)."""
+    return name.startswith("time_embed.")
+
+
 def prepare(model, mode: str, *, lora_rank: int = 16, lora_alpha: float = 0.0, seed: int = 0,
             lora_init: str = "", gradient_checkpointing: bool = False, extra: dict | None = None,
             lora_ff: bool = False):
@@ -44,6 +51,14 @@ def prepare(model, mode: str, *, lora_rank: int = 16, lora_alpha: float = 0.0, s
     elif mode == "temporal":
         for name, p in unet.named_parameters():
             p.requires_grad_(is_temporal(name))
+    elif mode == "time_embed":  # Stage I warm-up (App. D.2)
+        for name, p in unet.named_parameters():
+            p.requires_grad_(is_time_embed(name))
+    elif mode == "spatial":  # Stage I image finetune: the image model's layers (svd_core.stage1), not the video ones
+        from ..convert import is_video_only
+
+        for name, p in unet.named_parameters():
+            p.requires_grad_(not is_video_only(name))
     elif mode == "lora":
         from .. import lora as lora_lib
 
@@ -56,7 +71,7 @@ def prepare(model, mode: str, *, lora_rank: int = 16, lora_alpha: float = 0.0, s
         lora.requires_grad_(True)
         handle = lora_lib.attach(model, [(lora, 1.0)])
     else:
-        raise ValueError(f"mode={mode!r}; expected lora, temporal or full")
+        raise ValueError(f"mode={mode!r}; expected lora, temporal, full, time_embed or spatial")
     extra = dict(extra or {}) if mode != "lora" else {}
     for p in extra.values():
         p.requires_grad_(True)
