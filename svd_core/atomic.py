@@ -78,10 +78,13 @@ def sweep_partials(path: "str | os.PathLike") -> list[Path]:
     return removed
 
 
-def _create(tmp: Path) -> None:
-    """Create `tmp` exclusively with the permissions a normal open() gives (0o666 & ~umask)."""
+def _create(tmp: Path) -> int:
+    """Create `tmp` exclusively with the permissions a normal open() gives (0o666 & ~umask); returns them."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    os.close(fd)
+    try:
+        return os.fstat(fd).st_mode & 0o7777
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -92,9 +95,11 @@ def atomic_path(path: "str | os.PathLike", keep_suffix: bool = False) -> Iterato
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_partials(path)
     tmp = temp_path_for(path, keep_suffix)
-    _create(tmp)
+    mode = _create(tmp)
     try:
         yield tmp
+        if os.stat(tmp).st_mode & 0o7777 != mode:  # a writer that recreated the file privately (safetensors: 0600)
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

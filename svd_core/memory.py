@@ -227,8 +227,8 @@ class MemoryBudgetError(ValueError):
     """A request that cannot fit on its device; the message gives the estimate and what would fit."""
 
 
-def max_frames_that_fit(estimate_for: Callable[[int], RequestEstimate], available: int, upper: int) -> int:
-    """The largest frame count <= `upper` whose estimate fits in `available` bytes (0 if none)."""
+def largest_that_fits(estimate_for: Callable[[int], RequestEstimate], available: int, upper: int) -> int:
+    """The largest n <= `upper` whose estimate (growing with n) fits in `available` bytes (0 if none)."""
     lo, hi = 0, upper
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -245,7 +245,7 @@ def check_request_fits(model, *, frames: int, height: int, width: int, decode_t:
                        available: int | None = None) -> RequestEstimate:
     """Refuse (MemoryBudgetError) a request whose `estimate_request` exceeds the memory available on `device`,
     naming the estimate, the free memory and the most frames that would fit at that size."""
-    labels = {"frames": "num_frames", "size": "width / height", **(labels or {})}
+    labels = {"frames": "num_frames", "width": "width", **(labels or {})}
 
     def estimate_for(t: int) -> RequestEstimate:
         return estimate_request(model, frames=t, height=height, width=width, decode_t=decode_t, device=device,
@@ -255,15 +255,20 @@ def check_request_fits(model, *, frames: int, height: int, width: int, decode_t:
     available = available_bytes(device) if available is None else available
     if available is None or est.total <= available:
         return est
-    fit = max_frames_that_fit(estimate_for, available, frames)
+    fit = largest_that_fits(estimate_for, available, frames)
+    wide = 64 * largest_that_fits(lambda n: estimate_request(
+        model, frames=frames, height=height, width=64 * n, decode_t=decode_t, device=device, dtype=dtype,
+        ff_chunk=ff_chunk, offload=offload, cfg=cfg), available, width // 64)
+    advice = [f"at {width}x{height} at most {fit} frames fit (set {labels['frames']})" if fit else
+              f"not even one frame fits at {width}x{height}"]
+    if wide:
+        advice.append(f"{frames} frames fit up to {wide}x{height} (set {labels['width']})")
     weights = sum(est.weights.values())
-    advice = (f"at {width}x{height} at most {fit} frames fit (set {labels['frames']})" if fit else
-              f"not even one frame fits at {width}x{height}: lower {labels['size']}")
     raise MemoryBudgetError(
         f"{frames} frames at {width}x{height} need about {est.total / GiB:.1f} GiB on {device} (weights "
         f"{weights / GiB:.1f} GiB, sampling {est.sampling / GiB:.1f} GiB, decoding {est.decoding / GiB:.1f} GiB) but "
-        f"only {available / GiB:.1f} GiB is available; {advice}, or use a smaller dtype / offloading")
+        f"only {available / GiB:.1f} GiB is available; {'; '.join(advice)}; or use a smaller dtype / offloading")
 
 
 __all__ = ["LiveBytes", "activation_peak", "MemoryPlan", "full_size_plan", "RequestEstimate", "estimate_request",
-           "available_bytes", "MemoryBudgetError", "check_request_fits", "max_frames_that_fit"]
+           "available_bytes", "MemoryBudgetError", "check_request_fits", "largest_that_fits"]

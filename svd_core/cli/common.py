@@ -129,7 +129,7 @@ def plan_model(args, frames_for=None):
         check_request_fits(model, frames=frames, height=args.height or spec.height, width=args.width or spec.width,
                            decode_t=args.decode_t or spec.decode_t, device=device, dtype=dtype,
                            ff_chunk=args.ff_chunk, offload=args.offload,
-                           labels={"frames": "--frames", "size": "--width / --height"})
+                           labels={"frames": "--frames", "width": "--width"})
     except MemoryBudgetError as exc:
         raise CLIError(str(exc)) from None
     return model

@@ -1,0 +1,184 @@
+"""Property test of `python -m svd_core img2vid / orbit` options (issue 12), bounded and cheap (validation only).
+
+Each example draws every option from a pool of valid values and one of malformed ones (zero, negative, NaN, inf,
+huge, text, empty, paths that must not be written) and runs the CLI in process up to the point where weights would
+be loaded. Property: a request with any malformed value ends in a clean error (exit status 2, one line, no
+traceback), a request of valid values only reaches the model load, and nothing is ever written or removed.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections import Counter
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from PIL import Image
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import svd_core  # noqa: E402
+import svd_core.cli.common as cli_common  # noqa: E402
+from svd_core.__main__ import main  # noqa: E402
+from svd_core.testing import TINY, TINY_SV3D_P, make_tiny_checkpoint  # noqa: E402
+
+OUTCOMES: Counter = Counter()
+
+# option -> (valid values, malformed values); valid ones keep the tiny request small and consistent
+NUMERIC = {
+    "--frames": (["1", "3", "4"], ["0", "-2", "2.5", "nan", "1e3x", "", "1000001", "٣"]),
+    "--width": (["64", "128"], ["0", "100", "-64", "63", "inf", "abc", "1048640"]),
+    "--height": (["64", "128"], ["0", "65", "-128", "1e9", " "]),
+    "--steps": (["1", "2", "25"], ["0", "-1", "1001", "nan", "3.0", "10**3"]),
+    "--seed": (["0", "42", str(2 ** 64 - 1)], ["-1", str(2 ** 64), "1.5", "seed"]),
+    "--cond-aug": (["0", "0.02"], ["-0.1", "nan", "inf", "11", "x"]),
+    "--min-cfg": (["1", "1.5"], ["nan", "-inf", "-1", "101", ""]),
+    "--max-cfg": (["2.5", "3"], ["inf", "nan", "1e400", "-0.5"]),
+    "--decode-t": (["14", "2"], ["0", "-3", "1.5", "nan"]),
+    "--overlap": (["0", "1"], ["-1", "0.5", "nan"]),
+    "--ff-chunk": (["0", "8192"], ["-1", "1e4", "nan"]),
+    "--out-fps": (["7", "0.5", "30"], ["-1", "0", "nan", "inf", "1e6", "0.001", "fast"]),
+    "--device": (["cpu"], ["quantum", "cuda:99", "cpu:x", "", "meta"]),
+}
+IMG2VID = {
+    "--fps": (["7", "1", "30"], ["0", "-7", "nan", "inf", "1e9"]),
+    "--motion-bucket": (["127", "0", "255"], ["256", "1000", "-1", "nan", "lots"]),
+}
+ORBIT = {
+    "--elevation": (["10", "-90", "90"], ["91", "-91", "nan", "up"]),
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A sandbox: a tiny SVD and SV3D checkpoint, images good and bad, an output folder with a user file."""
+    root = tmp_path_factory.mktemp("fuzz")
+    ckpts = {"svd": make_tiny_checkpoint(root / "svd.safetensors", spec=TINY),
+             "sv3d": make_tiny_checkpoint(root / "sv3d.safetensors", spec=TINY_SV3D_P)}
+    Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype("uint8")).save(root / "in.png")
+    Image.fromarray(np.full((16, 16), 30000, np.uint16)).save(root / "g16.png")
+    (root / "notes.txt").write_text("user data")
+    (root / "user.mp4").write_text("not a video")
+    (root / "folder").mkdir()
+    (root / "folder" / "keep.txt").write_text("user data")
+    (root / "dir.safetensors").mkdir()
+    (root / "run").mkdir()  # the working directory of the runs: relative paths land here
+    metas = {}
+    real_load = svd_core.load
+
+    def cached_load(path, *, device="cpu", dtype=None, **kw):  # the meta model of a tiny file, built once
+        key = (str(path), str(dtype))
+        if device == "meta" and str(path) in {str(p) for p in ckpts.values()}:
+            if key not in metas:
+                metas[key] = real_load(path, device="meta", dtype=dtype, **kw)
+            return metas[key]
+        return real_load(path, device=device, dtype=dtype, **kw)
+
+    return {"root": root, "ckpts": ckpts, "load": cached_load}
+
+
+def _paths(world):
+    r = world["root"]
+    good_out = [str(r / "run" / "new.mp4"), "rel/clip.webm", "frames_out", str(r / "run" / "x.gif"), "seq.png"]
+    bad_out = [".", "..", str(r), str(r / "folder"), str(r / "notes.txt"), str(r / "user.mp4"), "x.txt", "x.jpg",
+               "/proc/svd_fuzz/x.mp4", str(r / "notes.txt" / "x.mp4"), "", "clip.MP3", "a\0b.mp4"]
+    good_img = [str(r / "in.png"), str(r / "g16.png")]
+    bad_img = [str(r / "notes.txt"), str(r / "missing.png"), str(r), "", str(r / "svd.safetensors")]
+    bad_ckpt = [str(r / "notes.txt"), str(r / "missing.safetensors"), str(r / "dir.safetensors"), ""]
+    return good_out, bad_out, good_img, bad_img, bad_ckpt
+
+
+def _option(values: tuple[list[str], list[str]]):
+    good, bad = values
+    return st.one_of(st.none(), st.tuples(st.sampled_from(good), st.just(True)),
+                     st.tuples(st.sampled_from(bad), st.just(False)))
+
+
+@st.composite
+def requests(draw, world):
+    good_out, bad_out, good_img, bad_img, bad_ckpt = _paths(world)
+    command = draw(st.sampled_from(["img2vid", "orbit"]))
+    ckpt = str(world["ckpts"]["svd" if command == "img2vid" else "sv3d"])
+    chosen = {
+        "--checkpoint": draw(st.one_of(st.just((ckpt, True)), st.tuples(st.sampled_from(bad_ckpt), st.just(False)))),
+        "--image": draw(st.one_of(st.tuples(st.sampled_from(good_img), st.just(True)),
+                                  st.tuples(st.sampled_from(bad_img), st.just(False)))),
+        "--out": draw(st.one_of(st.tuples(st.sampled_from(good_out), st.just(True)),
+                                st.tuples(st.sampled_from(bad_out), st.just(False)))),
+    }
+    pools = {**NUMERIC, **(IMG2VID if command == "img2vid" else ORBIT)}
+    for option in draw(st.lists(st.sampled_from(sorted(pools)), max_size=4, unique=True)):
+        value = draw(_option(pools[option]))
+        if value is not None:
+            chosen[option] = value
+    if command == "orbit" and draw(st.booleans()):
+        n = int(chosen.get("--frames", ("5", True))[0]) if chosen.get("--frames", ("", True))[1] else 5
+        good = ",".join(str(10 * i) for i in range(n))
+        chosen["--elevations"] = draw(st.sampled_from([(good, True), ("0,nan", False), ("", False),
+                                                       ("0;1", False), (good + ",95", False)]))
+    return command, chosen
+
+
+def _snapshot(root: Path):
+    return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else -1) for p in root.rglob("*"))
+
+
+class _Accepted(Exception):
+    pass
+
+
+def _accept(args):
+    raise _Accepted
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow], database=None)
+@given(data=st.data())
+def test_cli_options_clean_error_or_accepted_nothing_written(world, data):
+    command, chosen = data.draw(requests(world))
+    argv = [command] + [s for option, (value, _) in chosen.items() for s in (option, value)]
+    all_valid = all(ok for _, ok in chosen.values())
+    decode_t = chosen.get("--decode-t", ("14", True))
+    overlap = chosen.get("--overlap", ("0", True))
+    if decode_t[1] and overlap[1] and int(overlap[0]) >= int(decode_t[0]):
+        all_valid = False  # a valid pair that does not go together
+    if command == "orbit" and "--elevations" in chosen and chosen["--elevations"][1]:
+        frames = chosen.get("--frames", ("5", True))
+        all_valid = all_valid and frames[1]
+    root = world["root"]
+    before = _snapshot(root)
+    err = io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(root / "run")
+    try:
+        with mock.patch.object(cli_common, "load_model", _accept), mock.patch.object(svd_core, "load", world["load"]), \
+                contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(list(argv))
+            except SystemExit as exc:
+                code = exc.code
+            except _Accepted:
+                code = "accepted"
+    finally:
+        os.chdir(cwd)
+    message = err.getvalue()
+    if code == "accepted":
+        OUTCOMES["valid, accepted"] += 1
+        assert all_valid, f"accepted a malformed request: {argv}"
+    else:
+        OUTCOMES["malformed, clean error" if not all_valid else "valid, refused"] += 1
+        assert code == 2, (argv, code, message)
+        assert "Traceback" not in message and len(message.strip().splitlines()) == 1, (argv, message)
+        assert all_valid is False, f"refused a valid request: {argv}: {message}"
+    assert _snapshot(root) == before, f"{argv} wrote or removed files"
+
+
+def test_zz_report_fuzz_outcomes():
+    """Prints the outcome counts of the property test above (run with -s to see them)."""
+    print(f"\nCLI fuzz outcomes: {dict(OUTCOMES)}")
+    assert not OUTCOMES or OUTCOMES["valid, refused"] == 0
