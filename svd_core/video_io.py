@@ -26,6 +26,7 @@ _SIGNATURES = {".mp4": lambda b: b[4:8] == b"ftyp", ".webm": lambda b: b[:4] == 
                ".gif": lambda b: b[:6] in (b"GIF87a", b"GIF89a"), ".png": lambda b: b[:8] == b"\x89PNG\r\n\x1a\n"}
 MAX_IMAGE_PIXELS = 50_000_000  # input images above 50 megapixels are refused before decoding (the model needs ~0.6)
 MIN_FPS, MAX_FPS = 0.01, 1000.0  # frame rates the containers' time bases represent (1/100 s .. 1 ms per frame)
+MAX_GIF_FPS = 100.0  # GIF frame delays are whole centiseconds
 
 
 class OutputError(ValueError):
@@ -175,8 +176,8 @@ def check_output(path: "str | os.PathLike", option: str = "path") -> tuple[str, 
     return kind, target
 
 
-def check_fps(fps, option: str = "fps") -> float:
-    """A frame rate the containers can represent: a finite number in [MIN_FPS, MAX_FPS]."""
+def check_fps(fps, option: str = "fps", path: "str | os.PathLike | None" = None) -> float:
+    """A frame rate the containers can represent: a finite number in [MIN_FPS, MAX_FPS] (GIF: MAX_GIF_FPS)."""
     try:
         v = float(fps)
     except (TypeError, ValueError):
@@ -184,6 +185,9 @@ def check_fps(fps, option: str = "fps") -> float:
                          f"[{MIN_FPS:g}, {MAX_FPS:g}]") from None
     if not (MIN_FPS <= v <= MAX_FPS):  # NaN fails too
         raise ValueError(f"{option}={fps!r} is impossible: expected frames per second in [{MIN_FPS:g}, {MAX_FPS:g}]")
+    if path is not None and Path(path).suffix.lower() == ".gif" and v > MAX_GIF_FPS:
+        raise ValueError(f"{option}={fps!r} is impossible for a .gif: GIF frame delays are whole centiseconds, at "
+                         f"most {MAX_GIF_FPS:g} fps")
     return v
 
 
@@ -224,7 +228,7 @@ def write_video(frames: torch.Tensor, path: "str | os.PathLike", fps: float = 7.
 
     Refuses (OutputError naming `option`) what `check_output` refuses; the file appears complete or not at all."""
     kind, target = check_output(path, option)
-    fps = check_fps(fps)
+    fps = check_fps(fps, "fps", target)
     pixels = _to_uint8(frames)
     try:
         return _write_frames(pixels, target) if kind == "frames" else _write_container(pixels, target, fps, crf)

@@ -3,9 +3,7 @@ option and API argument is checked before the model loads (one-line errors, exit
 from __future__ import annotations
 
 import os
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from svd_core import atomic
 from svd_core.__main__ import main
 from svd_core.memory import MemoryBudgetError, activation_peak, estimate_request
 from svd_core.model import build
-from svd_core.testing import TINY, TINY_XT, make_tiny_checkpoint
+from svd_core.testing import TINY, TINY_XT, header_only_png, make_tiny_checkpoint
 from svd_core.video_io import OutputError, check_output, load_image, read_video, write_video
 
 
@@ -247,19 +245,9 @@ def test_estimate_bounds_the_meta_device_accounting():
     assert sum(est.weights.values()) == 4 * sum(p.numel() for p in model.parameters())
 
 
-def _png_header_only(path, width, height):
-    """A PNG whose IHDR claims width x height (8-bit RGB) with a tiny IDAT: only the header can be read."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-                     + chunk(b"IEND", b""))
-    return path
-
-
 @pytest.mark.parametrize("side", [13000, 20000])
 def test_huge_images_are_refused_from_the_header(tmp_path, side):
-    p = _png_header_only(tmp_path / "big.png", side, side)
+    p = header_only_png(tmp_path / "big.png", side, side)
     start = time.perf_counter()
     with pytest.raises(ValueError, match=rf"{side}x{side} \({side * side / 1e6:.0f} megapixels\)|"
                                          rf"{side * side / 1e6:.0f} megapixels, over the input limit of 50"):
@@ -268,7 +256,7 @@ def test_huge_images_are_refused_from_the_header(tmp_path, side):
 
 
 def test_huge_image_cli_error(tmp_path, ckpt, capsys, no_real_load):
-    p = _png_header_only(tmp_path / "big.png", 20000, 20000)
+    p = header_only_png(tmp_path / "big.png", 20000, 20000)
     code, err = _cli(["img2vid", "--checkpoint", str(ckpt), "--image", str(p), "--out", str(tmp_path / "o.mp4")],
                      capsys)
     _clean_error(code, err, "--image", "400 megapixels, over the input limit of 50 megapixels")

@@ -90,12 +90,15 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def check_options(args) -> None:
     """Everything that needs no model, before it is loaded: the output path, option combinations, the checkpoint
     path. Raises CLIError naming the option."""
-    from ..video_io import check_output
+    from ..video_io import check_fps, check_output
 
     if args.decode_t is not None and args.overlap >= args.decode_t:
         raise CLIError(f"--overlap {args.overlap} must be smaller than --decode-t {args.decode_t}")
     try:
         check_output(args.out, "--out")
+        fps_option = "--out-fps" if args.out_fps else "--fps" if getattr(args, "fps", None) else None
+        if fps_option:  # the written rate: --out-fps, else the conditioning --fps (else the variant's, 7)
+            check_fps(args.out_fps or args.fps, fps_option, args.out)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if not Path(args.checkpoint).exists():
