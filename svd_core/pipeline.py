@@ -397,6 +397,7 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
                                  decode_t=decode_t, overlap=overlap, ff_chunk_size=ff_chunk_size),
               guidance=guidance, sampler=sampler, schedule=schedule, resize_mode=resize_mode, device=device,
               offload=offload, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_size)
+
     def make_cond(gen):
         return image_conditioning(model, image, num_frames=num_frames, width=width, height=height, fps=fps,
                                   motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, resize_mode=resize_mode,
@@ -422,6 +423,7 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
                                  elevations=list(elev), azimuths=None if azimuths is None else list(azimuths)),
               guidance=guidance, sampler=sampler, schedule=schedule, resize_mode=resize_mode, device=device,
               offload=offload, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_size)
+
     def make_cond(gen):
         return orbit_conditioning(model, image, elevations=elevations, azimuths=azimuths, num_frames=num_frames,
                                   width=width, height=height, cond_aug=cond_aug, resize_mode=resize_mode,

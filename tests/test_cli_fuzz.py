@@ -146,8 +146,8 @@ def _accept(args):
     raise _Accepted
 
 
-@settings(max_examples=int(os.environ.get("SVD_FUZZ_EXAMPLES", 80)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                HealthCheck.too_slow], database=None)
+@settings(max_examples=int(os.environ.get("SVD_FUZZ_EXAMPLES", 80)), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_cli_options_clean_error_or_accepted_nothing_written(world, data):
     command, chosen = data.draw(requests(world))
