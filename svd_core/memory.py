@@ -116,7 +116,7 @@ def full_size_plan(variant: str = "svd_xt", frames: int | None = None, height: i
 # full-resolution 128-channel maps plus 3.5 of one frame (svd_xt: 3.23 w; 320x576, w=2: 4.9 w).
 UNET_MAPS, UNET_MAPS_UNCHUNKED, FF_ROW_WIDTHS = 18.0, 23.0, 3 * 8
 DECODE_MAPS_PER_FRAME, DECODE_MAPS_FIXED = 3.3, 3.5
-VIDEO_COPIES_F32 = 5  # decoded video: float conversion, [0, 1] rescale, clamp, uint8 staging (pipeline.decode, video_io)
+VIDEO_COPIES_F32 = 5  # decoded video: float conversion, [0, 1] rescale, clamp, uint8 staging (pipeline.decode)
 LATENT_COPIES = 16  # noise, x, denoised, sampler history, concat latent, ... (b t) 4 h w float32 each
 SLACK = 256 * 2 ** 20  # embeddings, CLIP at 224 px, allocator rounding: fixed, small next to the rest
 

@@ -169,8 +169,8 @@ def check_output(path: "str | os.PathLike", option: str = "path") -> tuple[str, 
             foreign = [p.name for p in target.iterdir()
                        if not (FRAME_NAME.match(p.name) and p.is_file() and not p.is_symlink() and _sniff(p, ".png"))]
             if foreign:
-                raise OutputError(f"{option}={str(path)!r}: the folder {str(target)!r} holds {len(foreign)} entries that "
-                                  f"are not our frame files (e.g. {sorted(foreign)[0]!r}); PNG frames go into a new or "
+                raise OutputError(f"{option}={str(path)!r}: the folder {str(target)!r} holds {len(foreign)} entries "
+                                  f"that are not our frame files (e.g. {sorted(foreign)[0]!r}); PNG frames go into a new or "
                                   f"empty folder, or one holding only frame_NNNNN.png: choose another {option}")
     _writable_ancestor(target / "frame_00000.png" if kind == "frames" and target.is_dir() else target, option)
     return kind, target
@@ -187,7 +187,7 @@ def check_fps(fps, option: str = "fps", path: "str | os.PathLike | None" = None)
         raise ValueError(f"{option}={fps!r} is impossible: expected frames per second in [{MIN_FPS:g}, {MAX_FPS:g}]")
     if path is not None and Path(path).suffix.lower() == ".gif" and v > MAX_GIF_FPS:
         raise ValueError(f"{option}={fps!r} is impossible for a .gif: GIF frame delays are whole centiseconds, at "
-                         f"most {MAX_GIF_FPS:g} fps")
+                         f"most {MAX_GIF_FPS:g} fps; lower the rate (--out-fps) or write .mp4 / .webm")
     return v
 
 
@@ -233,7 +233,8 @@ def write_video(frames: torch.Tensor, path: "str | os.PathLike", fps: float = 7.
     try:
         return _write_frames(pixels, target) if kind == "frames" else _write_container(pixels, target, fps, crf)
     except OSError as exc:  # disk full, permissions changed since the check: nothing half-written is left
-        raise OutputError(f"{option}={str(path)!r}: writing failed ({exc.strerror or exc}); nothing was written") from None
+        raise OutputError(f"{option}={str(path)!r}: writing failed ({exc.strerror or exc}); nothing was "
+                          f"written") from None
 
 
 def _write_container(pixels: np.ndarray, target: Path, fps: float, crf: int) -> Path:
