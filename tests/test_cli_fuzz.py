@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import svd_core  # noqa: E402
-import svd_core.cli.common as cli_common  # noqa: E402
+import svd_core.cli.img2vid as cli_img2vid  # noqa: E402
+import svd_core.cli.orbit as cli_orbit  # noqa: E402
 from svd_core.__main__ import main  # noqa: E402
 from svd_core.model import build  # noqa: E402
 from svd_core.testing import TINY, TINY_SV3D_P, header_only_png  # noqa: E402
@@ -166,8 +167,9 @@ def test_cli_options_clean_error_or_accepted_nothing_written(world, data):
     cwd = os.getcwd()
     os.chdir(root / "run")
     try:
-        with mock.patch.object(cli_common, "load_model", _accept), mock.patch.object(svd_core, "load", world["load"]), \
-                contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        with mock.patch.object(cli_img2vid, "load_model", _accept), mock.patch.object(cli_orbit, "load_model", _accept), \
+                mock.patch.object(svd_core, "load", world["load"]), contextlib.redirect_stderr(err), \
+                contextlib.redirect_stdout(io.StringIO()):
             try:
                 code = main(list(argv))
             except SystemExit as exc:

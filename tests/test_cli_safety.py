@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import svd_core.cli.common as cli_common
+import svd_core.cli.img2vid as cli_img2vid
+import svd_core.cli.orbit as cli_orbit
 from svd_core import atomic
 from svd_core.__main__ import main
 from svd_core.memory import MemoryBudgetError, activation_peak, estimate_request
@@ -36,7 +37,8 @@ def no_real_load(monkeypatch):
     """Fail the test if the CLI gets as far as loading weights (validation must refuse first)."""
     def refuse(args):
         raise AssertionError("the model was loaded although the request is invalid")
-    monkeypatch.setattr(cli_common, "load_model", refuse)
+    for module in (cli_img2vid, cli_orbit):  # the commands hold their own reference to common.load_model
+        monkeypatch.setattr(module, "load_model", refuse)
 
 
 def _cli(argv, capsys):
