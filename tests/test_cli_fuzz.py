@@ -216,6 +216,39 @@ def test_valid_output_rates_write_what_was_asked(tmp_path_factory, fps, frames, 
         assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:05d}.png" for i in range(frames)]
 
 
+IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F")
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(mode=st.sampled_from(IMAGE_MODES), fmt=st.sampled_from(["PNG", "TIFF", "JPEG", "WEBP", "GIF"]),
+       size=st.tuples(st.integers(1, 24), st.integers(1, 24)), cut=st.one_of(st.none(), st.integers(0, 120)),
+       seed=st.integers(0, 3))
+def test_any_image_file_loads_in_range_or_fails_cleanly(tmp_path_factory, mode, fmt, size, cut, seed):
+    """Every Pillow mode in every format, whole or truncated: an RGB tensor in [0, 1] or one ValueError."""
+    from svd_core.video_io import load_image
+
+    folder = tmp_path_factory.mktemp("img")
+    rng = np.random.default_rng(seed)
+    im = Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8")).convert(mode)
+    path = folder / f"im.{fmt.lower()}"
+    try:
+        im.save(path, format=fmt)
+    except (OSError, ValueError, KeyError):  # this format cannot store this mode
+        OUTCOMES["image mode not storable, skipped"] += 1
+        return
+    if cut is not None:
+        path.write_bytes(path.read_bytes()[:cut])  # truncated / emptied file
+    try:
+        x = load_image(path)
+    except ValueError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
+        OUTCOMES["malformed image, clean error"] += 1
+        return
+    assert x.shape == (1, 3, size[1], size[0]) and x.dtype == torch.float32
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and torch.isfinite(x).all()
+    OUTCOMES["image loaded in range"] += 1
+
+
 def test_zz_report_fuzz_outcomes():
     """Prints the outcome counts of the property test above (run with -s to see them)."""
     print(f"\nCLI fuzz outcomes: {dict(OUTCOMES)}")

@@ -158,6 +158,16 @@ def test_interrupted_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch
     assert out.read_bytes() == before and _listing(tmp_path) == ["v.mp4"]
 
 
+def test_ctrl_c_in_the_cli_is_one_line_and_leaves_nothing(tmp_path, ckpt, image, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_img2vid, "load_model", interrupted)
+    code, err = _cli(["img2vid", "--checkpoint", str(ckpt), "--image", str(image), "--out", str(tmp_path / "o.mp4")],
+                     capsys)
+    assert code == 130 and err.strip() == "python -m svd_core img2vid: interrupted; unfinished output files were removed"
+    assert _listing(tmp_path) == ["in.png"]
+
+
 def test_stale_temps_of_dead_runs_are_swept_and_nothing_else(tmp_path):
     target = tmp_path / "v.mp4"
     dead = 2 ** 22 + 12345  # above the default pid_max: no such process
