@@ -1,6 +1,7 @@
 """Command line: `python -m svd_core COMMAND ...` (img2vid, orbit, curate, eval, train, stage1, info)."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -25,8 +26,6 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -38,10 +37,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"python -m svd_core {name}", description=help_)
+    parser = _Parser(prog=f"python -m svd_core {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(argv)
-    return int(module.run(args) or 0)
+    from .cli import CLIError
+
+    try:
+        return int(module.run(args) or 0)
+    except CLIError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; unfinished output files were removed", file=sys.stderr)
+        return 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (which option, what was expected) and exit status 2, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 if __name__ == "__main__":

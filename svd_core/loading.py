@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -273,17 +272,12 @@ def save(model: SVDModel, path: "str | os.PathLike", metadata: Mapping[str, str]
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: "str | os.PathLike",
                  metadata: Mapping[str, str] | None = None) -> Path:
-    """Write a safetensors file atomically: a temp file beside `path`, then a rename (nothing half-written)."""
+    """Write a safetensors file atomically (svd_core.atomic: a temp file beside `path`, then a rename)."""
     from safetensors.torch import save_file
 
+    from .atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
     return path

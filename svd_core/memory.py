@@ -8,6 +8,7 @@ ops and frees count as they happen.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -106,4 +107,168 @@ def full_size_plan(variant: str = "svd_xt", frames: int | None = None, height: i
     return MemoryPlan(variant, frames, height, width, dtype, weights, unet_peak, decode_peak, decode_t)
 
 
-__all__ = ["LiveBytes", "activation_peak", "MemoryPlan", "full_size_plan"]
+# ------------------------------------------------------------------------------------ request bounds (issue 12)
+# A closed-form upper bound of one generation's memory, calibrated against the meta-device accounting above
+# (tests/test_cli_safety.py checks it stays above `activation_peak` and near it). With C the UNet's first-level
+# channels, n = (H/8)(W/8) latent tokens and e the element size, one guided step peaks at about 18 level-0 maps
+# of the 2T-frame batch (23 without feed-forward chunking: svd_xt 25 x 576x1024 measures 17.9 / 22.9) plus the
+# chunk's GEGLU working set (8 x the widest level per row); a temporal-decoder window of w frames peaks at 3.3 w
+# full-resolution 128-channel maps plus 3.5 of one frame (svd_xt: 3.23 w; 320x576, w=2: 4.9 w).
+UNET_MAPS, UNET_MAPS_UNCHUNKED, FF_ROW_WIDTHS = 18.0, 23.0, 3 * 8
+DECODE_MAPS_PER_FRAME, DECODE_MAPS_FIXED = 3.3, 3.5
+VIDEO_COPIES_F32 = 5  # decoded video: float conversion, [0, 1] rescale, clamp, uint8 staging (pipeline.decode)
+LATENT_COPIES = 16  # noise, x, denoised, sampler history, concat latent, ... (b t) 4 h w float32 each
+SLACK = 256 * 2 ** 20  # embeddings, CLIP at 224 px, allocator rounding: fixed, small next to the rest
+
+
+@dataclass(frozen=True)
+class RequestEstimate:
+    """Bytes one generation needs on its device, per phase, including weights still to be placed there."""
+
+    device: str
+    frames: int
+    height: int
+    width: int
+    weights: dict[str, int]  # per module, bytes not yet on the device
+    sampling: int  # UNet activation peak + latents
+    decoding: int  # decoder window peak + the decoded video
+    offload: bool
+
+    @property
+    def total(self) -> int:
+        w = self.weights
+        if self.offload:  # UNet on the device while sampling, then the VAE while decoding
+            return max(w.get("unet", 0) + self.sampling, w.get("vae", 0) + self.decoding) + SLACK
+        return sum(w.values()) + max(self.sampling, self.decoding) + SLACK
+
+
+def _unet_peak(spec, frames: int, height: int, width: int, elem: int, ff_chunk: int | None, cfg: bool) -> int:
+    u = spec.unet
+    batch = (2 if cfg else 1) * frames
+    level0 = batch * u.model_channels * (height // 8) * (width // 8) * elem
+    rows = batch * (height // 8) * (width // 8)
+    if ff_chunk:
+        ff = FF_ROW_WIDTHS * min(ff_chunk, rows) * u.model_channels * max(u.channel_mult) * elem
+        return int(UNET_MAPS * level0 + ff)
+    return int(UNET_MAPS_UNCHUNKED * level0)
+
+
+def _decode_peak(spec, frames: int, height: int, width: int, elem: int, decode_t: int) -> int:
+    window = min(decode_t, frames)
+    one_map = spec.vae.ch * height * width * elem  # one frame, one full-resolution 128-channel map
+    return int((DECODE_MAPS_PER_FRAME * window + DECODE_MAPS_FIXED) * one_map)
+
+
+def _weights_to_place(model, device, dtype) -> dict[str, int]:
+    """Bytes of each stage's weights that are not on `device` yet (all of them for a meta-device model)."""
+    import torch as _torch
+
+    target = _torch.device(device)
+    out = {}
+    for name, module in (("unet", model.model), ("vae", model.first_stage_model), ("conditioner", model.conditioner)):
+        n = 0
+        for p in module.parameters():
+            placed = p.device.type == target.type and (target.index is None or p.device.index == target.index)
+            if not placed:
+                n += p.numel() * (_torch.tensor([], dtype=dtype or p.dtype).element_size())
+        out[name] = n
+    return out
+
+
+def estimate_request(model, *, frames: int, height: int, width: int, decode_t: int, device="cpu",
+                     dtype: torch.dtype | None = None, ff_chunk: int | None = 8192, offload: bool = False,
+                     cfg: bool = True) -> RequestEstimate:
+    """Upper bound of the memory one img2vid / orbit run needs on `device` (closed form, no allocation).
+
+    `model` may live on the meta device (the CLI checks before loading) or be loaded (the API checks before
+    sampling; weights already on the device count 0). `dtype` is the compute dtype (default: the weights')."""
+    dtype = dtype or next(model.model.parameters()).dtype
+    elem = torch.tensor([], dtype=dtype).element_size()
+    spec = model.spec
+    latents = LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
+    sampling = _unet_peak(spec, frames, height, width, elem, ff_chunk, cfg) + latents
+    video = frames * 3 * height * width * (2 * elem + 4 * VIDEO_COPIES_F32)
+    decoding = _decode_peak(spec, frames, height, width, elem, decode_t) + video + latents
+    return RequestEstimate(str(device), frames, height, width, _weights_to_place(model, device, dtype), sampling,
+                           decoding, offload)
+
+
+def available_bytes(device="cpu") -> int | None:
+    """Memory a new allocation can use now: free GPU memory plus what torch's allocator caches (CUDA), or
+    available RAM (CPU: psutil, else /proc/meminfo MemAvailable). None when unknown (then nothing is refused)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class MemoryBudgetError(ValueError):
+    """A request that cannot fit on its device; the message gives the estimate and what would fit."""
+
+
+def largest_that_fits(estimate_for: Callable[[int], RequestEstimate], available: int, upper: int) -> int:
+    """The largest n <= `upper` whose estimate (growing with n) fits in `available` bytes (0 if none)."""
+    lo, hi = 0, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate_for(mid).total <= available:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def check_request_fits(model, *, frames: int, height: int, width: int, decode_t: int, device="cpu",
+                       dtype: torch.dtype | None = None, ff_chunk: int | None = 8192, offload: bool = False,
+                       cfg: bool = True, labels: dict[str, str] | None = None,
+                       available: int | None = None) -> RequestEstimate:
+    """Refuse (MemoryBudgetError) a request whose `estimate_request` exceeds the memory available on `device`,
+    naming the estimate, the free memory and the most frames that would fit at that size."""
+    labels = {"frames": "num_frames", "width": "width", **(labels or {})}
+
+    def estimate_for(t: int) -> RequestEstimate:
+        return estimate_request(model, frames=t, height=height, width=width, decode_t=decode_t, device=device,
+                                dtype=dtype, ff_chunk=ff_chunk, offload=offload, cfg=cfg)
+
+    est = estimate_for(frames)
+    available = available_bytes(device) if available is None else available
+    if available is None or est.total <= available:
+        return est
+    fit = largest_that_fits(estimate_for, available, frames)
+    wide = 64 * largest_that_fits(lambda n: estimate_request(
+        model, frames=frames, height=height, width=64 * n, decode_t=decode_t, device=device, dtype=dtype,
+        ff_chunk=ff_chunk, offload=offload, cfg=cfg), available, width // 64)
+    advice = [f"at {width}x{height} at most {fit} frames fit (set {labels['frames']})" if fit else
+              f"not even one frame fits at {width}x{height}"]
+    if wide:
+        advice.append(f"{frames} frames fit up to {wide}x{height} (set {labels['width']})")
+    weights = sum(est.weights.values())
+    raise MemoryBudgetError(
+        f"{frames} frames at {width}x{height} need about {est.total / GiB:.1f} GiB on {device} (weights "
+        f"{weights / GiB:.1f} GiB, sampling {est.sampling / GiB:.1f} GiB, decoding {est.decoding / GiB:.1f} GiB) but "
+        f"only {available / GiB:.1f} GiB is available; {'; '.join(advice)}; or use a smaller dtype / offloading")
+
+
+__all__ = ["LiveBytes", "activation_peak", "MemoryPlan", "full_size_plan", "RequestEstimate", "estimate_request",
+           "available_bytes", "MemoryBudgetError", "check_request_fits", "largest_that_fits"]

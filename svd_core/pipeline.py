@@ -17,6 +17,7 @@ from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .samplers import SAMPLERS
 from .schedules import get_sigmas
+from .validation import check_choice, check_request
 from .vae_decode import decode_video, encode_video
 
 ProgressFn = Callable[[int, int], None]
@@ -151,7 +152,8 @@ def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = N
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
     if cond_aug < 0:
         raise ValueError(f"cond_aug={cond_aug} must be >= 0")
-    img = prepare_image(image, width or spec.width, height or spec.height, resize_mode, (spec.height, spec.width))
+    img = prepare_image(image, spec.width if width is None else width, spec.height if height is None else height,
+                        resize_mode, (spec.height, spec.width))
     generator = generator or torch.Generator().manual_seed(seed)
     b = img.shape[0]
     # fps is given in frames per second; the model was trained on fps_id = fps - 1 (the reference script's default
@@ -191,7 +193,8 @@ def orbit_conditioning(model, image: torch.Tensor, *, elevations: float | Sequen
     num_frames = _check_frames(spec.num_frames if num_frames is None else num_frames)
     elev, azim = orbit_angles(num_frames, elevations, azimuths)
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
-    img = prepare_image(image, width or spec.width, height or spec.height, resize_mode, (spec.height, spec.width))
+    img = prepare_image(image, spec.width if width is None else width, spec.height if height is None else height,
+                        resize_mode, (spec.height, spec.width))
     generator = generator or torch.Generator().manual_seed(seed)
     b = img.shape[0]
     vector = {"cond_aug": _per_frame(cond_aug, b, num_frames, "cond_aug")}
@@ -244,7 +247,7 @@ def sample(model, cond: Conditioning, guidance: Guidance | None = None, *, sampl
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
     guidance = guidance or defaults_for(spec)
-    steps = steps or spec.steps
+    steps = spec.steps if steps is None else steps
     sigmas = get_sigmas(schedule, steps, spec.sigma_min, spec.sigma_max, denoise=denoise)
     generator = generator or torch.Generator().manual_seed(seed)
     shape = cond.latent_shape
@@ -286,7 +289,7 @@ def decode(model, latent: torch.Tensor, num_frames: int, *, decode_t: int | None
     """Latent (b t) 4 h w -> frames b t 3 H W in [0, 1], `decode_t` frames per chunk (never from free memory)."""
     fs = model.first_stage_model
     device, dtype = _module_device(fs), next(fs.parameters()).dtype
-    decode_t = decode_t or model.spec.decode_t
+    decode_t = model.spec.decode_t if decode_t is None else decode_t
 
     def progress(done, total):
         if cancel is not None and cancel():
@@ -337,7 +340,7 @@ def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t
     generator = torch.Generator().manual_seed(seed)
     with _placed(model.conditioner, device, offload):
         cond = make_cond(generator)
-    total = steps or model.spec.steps
+    total = model.spec.steps if steps is None else steps
 
     def step_progress(i, n):
         if callback:
@@ -353,6 +356,32 @@ def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t
                       callback=(lambda i, n: callback("decoding", i, n)) if callback else None)
 
 
+def check_run(model, image: torch.Tensor, values: dict, *, guidance: Guidance | None, sampler: str, schedule: str,
+              resize_mode: str, device, offload: bool, autocast_dtype: torch.dtype | None,
+              ff_chunk_size: int | None) -> None:
+    """Every argument of a whole run in range, and its memory within the device's, before any heavy work
+    (issue 12): ValueError naming the argument (validation.RULES), MemoryBudgetError with what would fit."""
+    from .memory import check_request_fits
+
+    spec = model.spec
+    checked = check_request(values)
+    check_choice("sampler", sampler, sorted(SAMPLERS))
+    check_choice("schedule", schedule, ("karras", "exponential"))
+    check_choice("resize_mode", resize_mode, RESIZE_MODES)
+    if guidance is not None:
+        check_request({"min_scale": guidance.min_scale, "max_scale": guidance.max_scale},
+                      {"min_scale": "guidance.min_scale", "max_scale": "guidance.max_scale"})
+    if image.ndim not in (3, 4):
+        raise ValueError(f"image must be (batch, 3, H, W) or (3, H, W) RGB in [0, 1]; got shape {tuple(image.shape)}")
+    batch = image.shape[0] if image.ndim == 4 else 1
+    frames = spec.num_frames if checked.get("num_frames") is None else checked["num_frames"]
+    decode_t = spec.decode_t if checked.get("decode_t") is None else checked["decode_t"]
+    check_request_fits(model, frames=batch * frames, height=spec.height if checked.get("height") is None else
+                       checked["height"], width=spec.width if checked.get("width") is None else checked["width"],
+                       decode_t=decode_t, device=device if device is not None else _module_device(model.unet),
+                       dtype=autocast_dtype, ff_chunk=ff_chunk_size, offload=offload)
+
+
 def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width: int | None = None,
             height: int | None = None, fps: float | None = None, motion_bucket_id: float | None = None,
             cond_aug: float | None = None, resize_mode: str = "crop", guidance: Guidance | None = None,
@@ -363,6 +392,12 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
             sampler_options: dict | None = None, noise: torch.Tensor | None = None,
             ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True) -> torch.Tensor:
     """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant."""
+    check_run(model, image, dict(num_frames=num_frames, width=width, height=height, fps=fps,
+                                 motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, steps=steps, seed=seed,
+                                 decode_t=decode_t, overlap=overlap, ff_chunk_size=ff_chunk_size),
+              guidance=guidance, sampler=sampler, schedule=schedule, resize_mode=resize_mode, device=device,
+              offload=offload, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_size)
+
     def make_cond(gen):
         return image_conditioning(model, image, num_frames=num_frames, width=width, height=height, fps=fps,
                                   motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, resize_mode=resize_mode,
@@ -382,6 +417,13 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
           offload: bool = False, autocast_dtype: torch.dtype | None = None,
           ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True) -> torch.Tensor:
     """SV3D: one object image -> `num_frames` views around it (b t 3 H W in [0, 1]), triangle CFG by default."""
+    elev = [elevations] if isinstance(elevations, (int, float)) else elevations
+    check_run(model, image, dict(num_frames=num_frames, width=width, height=height, cond_aug=cond_aug, steps=steps,
+                                 seed=seed, decode_t=decode_t, overlap=overlap, ff_chunk_size=ff_chunk_size,
+                                 elevations=list(elev), azimuths=None if azimuths is None else list(azimuths)),
+              guidance=guidance, sampler=sampler, schedule=schedule, resize_mode=resize_mode, device=device,
+              offload=offload, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_size)
+
     def make_cond(gen):
         return orbit_conditioning(model, image, elevations=elevations, azimuths=azimuths, num_frames=num_frames,
                                   width=width, height=height, cond_aug=cond_aug, resize_mode=resize_mode,

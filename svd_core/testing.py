@@ -119,6 +119,22 @@ def make_test_video(path: "str | Path", frames: int = 4, width: int = 64, height
     return write_video(video, path, fps=fps)
 
 
+def header_only_png(path: "str | Path", width: int, height: int) -> Path:
+    """A PNG whose header claims width x height (8-bit RGB) but holds almost no data: a hostile input that only
+    the header can be read of (tests of image-size limits, without writing a huge file)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
 # ---- the diffusers peer on the same weights (parity tests, benchmarks); diffusers/transformers imported lazily ----
 def hf_clip_from_open_clip(visual_sd: dict, spec: CLIPSpec):
     """open_clip `visual.*` -> transformers CLIPVisionModelWithProjection (inverse of our diffusers loader map): the

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import time
 
-from .common import add_common, finish, load_model, progress_printer, read_image
+from ..validation import arg_type
+from . import CLIError
+from .common import add_common, check_options, finish, load_model, plan_model, progress_printer, read_image
 
 
 def add_arguments(parser) -> None:
     add_common(parser)
-    parser.add_argument("--fps", type=float, default=None, help="fps conditioning in frames per second (default 7)")
-    parser.add_argument("--motion-bucket", type=float, default=None, help="motion bucket id 0-255 (default 127)")
+    parser.add_argument("--fps", type=arg_type("fps", "--fps"), default=None,
+                        help="fps conditioning in frames per second, 1-1000 (default 7)")
+    parser.add_argument("--motion-bucket", type=arg_type("motion_bucket_id", "--motion-bucket"), default=None,
+                        help="motion bucket id 0-255, the range the released models were trained on (default 127)")
     parser.add_argument("--guidance", choices=("linear", "triangle", "trapezoid", "vanilla"), default=None,
                         help="per-frame guidance shape (default: the variant's)")
     parser.add_argument("--image-decoder", action="store_true", help="decode frames one by one (no temporal layers)")
@@ -20,10 +24,12 @@ def run(args) -> int:
     from ..pipeline import img2vid
 
     started = time.perf_counter()
+    check_options(args)  # everything that needs no model: nothing is loaded or written on a bad option
     image = read_image(args.image)
+    plan = plan_model(args)  # the checkpoint on the meta device: variant, memory of the request
+    if "fps_id" not in dict(plan.spec.vector_inputs):
+        raise CLIError(f"--checkpoint {args.checkpoint} is an {plan.spec.name} model; use `python -m svd_core orbit`")
     model, device = load_model(args)
-    if "fps_id" not in dict(model.spec.vector_inputs):
-        raise SystemExit(f"error: {args.checkpoint} is an {model.spec.name} model; use `python -m svd_core orbit`")
     base = defaults_for(model.spec)
     guidance = Guidance(args.guidance or base.kind, base.min_scale if args.min_cfg is None else args.min_cfg,
                         base.max_scale if args.max_cfg is None else args.max_cfg)
@@ -35,6 +41,6 @@ def run(args) -> int:
                          image_decoder=args.image_decoder, callback=progress_printer(), device=device,
                          offload=args.offload, ff_chunk_size=args.ff_chunk)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise CLIError(str(exc)) from None
     fps = args.out_fps or args.fps or model.spec.fps
     return finish(frames, args, fps, started)

@@ -3,18 +3,38 @@ from __future__ import annotations
 
 import time
 
-from .common import add_common, finish, load_model, progress_printer, read_image
+import argparse
+
+from ..validation import RULES, arg_type
+from . import CLIError
+from .common import add_common, check_options, finish, load_model, plan_model, progress_printer, read_image
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.replace(",", " ").split()]
+def _floats(name: str, option: str):
+    """An argparse type: comma / space separated numbers, each obeying `RULES[name]`."""
+    def convert(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.replace(",", " ").split()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one number")
+        try:
+            return [RULES[name].check(f"value {i + 1}", v) for i, v in enumerate(values)]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name
+    return convert
 
 
 def add_arguments(parser) -> None:
     add_common(parser)
-    parser.add_argument("--elevation", type=float, default=10.0, help="constant elevation in degrees (SV3D_p)")
-    parser.add_argument("--elevations", type=_floats, default=None, help="per-view elevations, comma separated")
-    parser.add_argument("--azimuths", type=_floats, default=None,
+    parser.add_argument("--elevation", type=arg_type("elevations", "--elevation"), default=10.0,
+                        help="constant elevation in degrees, -90 to 90 (SV3D_p)")
+    parser.add_argument("--elevations", type=_floats("elevations", "--elevations"), default=None,
+                        help="per-view elevations, comma separated")
+    parser.add_argument("--azimuths", type=_floats("azimuths", "--azimuths"), default=None,
                         help="per-view azimuths in degrees (default: evenly spaced, as the reference)")
 
 
@@ -23,10 +43,18 @@ def run(args) -> int:
     from ..pipeline import orbit
 
     started = time.perf_counter()
+    check_options(args)  # everything that needs no model: nothing is loaded or written on a bad option
     image = read_image(args.image)
+    plan = plan_model(args)  # the checkpoint on the meta device: variant, memory of the request
+    if "fps_id" in dict(plan.spec.vector_inputs):
+        raise CLIError(f"--checkpoint {args.checkpoint} is an {plan.spec.name} model; use `python -m svd_core "
+                       f"img2vid`")
+    frames = args.frames or plan.spec.num_frames
+    for option, values in (("--elevations", args.elevations), ("--azimuths", args.azimuths)):
+        if values is not None and len(values) != frames:
+            raise CLIError(f"{option} has {len(values)} values but the orbit has {frames} views (--frames); give one "
+                           f"per view")
     model, device = load_model(args)
-    if "fps_id" in dict(model.spec.vector_inputs):
-        raise SystemExit(f"error: {args.checkpoint} is an {model.spec.name} model; use `python -m svd_core img2vid`")
     base = defaults_for(model.spec)
     guidance = Guidance(base.kind, base.min_scale if args.min_cfg is None else args.min_cfg,
                         base.max_scale if args.max_cfg is None else args.max_cfg)
@@ -38,5 +66,5 @@ def run(args) -> int:
                        callback=progress_printer(), device=device, offload=args.offload,
                        ff_chunk_size=args.ff_chunk)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise CLIError(str(exc)) from None
     return finish(frames, args, args.out_fps or 7.0, started)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..atomic import atomic_path
 from .cuts import Cancelled
 from .video_io import CurationError, _open, _stream_fps, source_id
 
@@ -85,14 +86,9 @@ def write_clip(src: str, dst: str, start_frame: int, end_frame: int) -> str:
     dst_p.parent.mkdir(parents=True, exist_ok=True)
     if dst_p.resolve() == Path(src).resolve():
         raise CurationError(f"clip path {dst!r} is the source itself; choose another output folder")
-    tmp = dst_p.with_name(f".{dst_p.stem}.{os.getpid()}.tmp.mp4")
-    try:
+    with atomic_path(dst_p, keep_suffix=True) as tmp:  # the temp name keeps .mp4: it picks the muxer
         if _packet_copy(src, str(tmp), start_frame, end_frame) == 0:
             raise CurationError(f"no packets between frames {start_frame} and {end_frame} of {src!r}")
-        os.replace(tmp, dst_p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return str(dst_p)
 
 

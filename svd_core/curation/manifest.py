@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes as _atomic_write_bytes
 from .video_io import CurationError
 
 # Columns every manifest row has (scores and captions are added by the stages that ran).
@@ -16,17 +17,8 @@ BASE_COLUMNS = ("clip_id", "source", "start", "end", "start_frame", "end_frame",
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
-    """Write bytes to a temp file beside `path`, then rename: a reader never sees a half-written file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return str(p)
+    """Write bytes to a temp file beside `path`, then rename (svd_core.atomic): never half-written."""
+    return str(_atomic_write_bytes(path, data))
 
 
 def write_manifest(rows: Sequence[dict], path: str | os.PathLike) -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 
 def sqrtm_psd(a: np.ndarray) -> np.ndarray:
@@ -109,16 +110,8 @@ class FeatureStats:
 
         tensors = {"mu": self.mu, "sigma": self.sigma, "n": np.array([self.n], dtype=np.int64)}
         meta = {"format": "svd_core.eval.FeatureStats/1", "meta": json.dumps(self.meta, sort_keys=True)}
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str) -> "FeatureStats":

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -88,19 +89,11 @@ def write_video(path: str, frames: np.ndarray, fps: float = 8, codec: str | None
     h, w = frames.shape[1:3]
     if codec != "gif" and (h % 2 or w % 2):
         frames = frames[:, : h - h % 2, : w - w % 2]  # yuv420p needs even sizes
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=ext)
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format={".webm": "webm", ".gif": "gif"}.get(ext, None)) as out:
+    with atomic_path(path, keep_suffix=True) as tmp:  # the temp name keeps the extension: it picks the muxer
+        with av.open(str(tmp), mode="w", format={".webm": "webm", ".gif": "gif"}.get(ext, None)) as out:
             stream = out.add_stream(codec, rate=int(round(fps)))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
             for f in frames:
                 out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
             out.mux(stream.encode(None))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
