@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from ..guidance import KINDS
 from .common import add_common, finish, load_model, progress_printer, read_image
 
 
@@ -10,8 +11,10 @@ def add_arguments(parser) -> None:
     add_common(parser)
     parser.add_argument("--fps", type=float, default=None, help="fps conditioning in frames per second (default 7)")
     parser.add_argument("--motion-bucket", type=float, default=None, help="motion bucket id 0-255 (default 127)")
-    parser.add_argument("--guidance", choices=("linear", "triangle", "trapezoid", "vanilla"), default=None,
-                        help="per-frame guidance shape (default: the variant's)")
+    parser.add_argument("--guidance", choices=KINDS, default=None,
+                        help="per-frame guidance shape (default: the variant's); trapezoid is the reference's "
+                             "TrapezoidPredictionGuider (edge_perc 0.1, 1.0 in the middle), ramp_hold ramps and holds "
+                             "max-cfg")
     parser.add_argument("--image-decoder", action="store_true", help="decode frames one by one (no temporal layers)")
 
 

@@ -20,6 +20,7 @@ NODE_IDS = {
     "SVDSuite_LinearGuidance": "svd/guidance",
     "SVDSuite_TriangleGuidance": "svd/guidance",
     "SVDSuite_TrapezoidGuidance": "svd/guidance",
+    "SVDSuite_RampHoldGuidance": "svd/guidance",
     "SVDSuite_VanillaGuidance": "svd/guidance",
     "SVDSuite_Sampler": "svd/sampling",
     "SVDSuite_Decode": "svd/latent",
@@ -222,7 +223,7 @@ def test_sv3d_keyframed_orbit(comfy, sv3d_ckpt):
         "4": {"class_type": "SVDSuite_OrbitConditioning", "inputs": {
             "svd_model": ["1", 0], "image": ["2", 0], "width": 64, "height": 64, "num_frames": 5, "elevations": "10",
             "azimuths": "", "cond_aug": 1e-5, "resize_mode": "pad", "seed": 0, "orbit": ["3", 0]}},
-        "5": {"class_type": "SVDSuite_TrapezoidGuidance", "inputs": {"min_scale": 1.0, "max_scale": 2.0, "ramp": 0.25}},
+        "5": {"class_type": "SVDSuite_RampHoldGuidance", "inputs": {"min_scale": 1.0, "max_scale": 2.0, "ramp": 0.25}},
         "6": {"class_type": "SVDSuite_Sampler", "inputs": {
             "svd_model": ["1", 0], "conditioning": ["4", 0], "guidance": ["5", 0], "sampler": "heun",
             "schedule": "karras", "steps": 2, "seed": 3, "denoise": 1.0}},
