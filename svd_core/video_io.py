@@ -13,8 +13,9 @@ import torch
 CONTAINERS = {".mp4": ("libx264", "yuv420p"), ".webm": ("libvpx-vp9", "yuv420p"), ".gif": ("gif", "rgb8")}
 
 
-def load_image(path: "str | os.PathLike") -> torch.Tensor:
-    """An image file -> 1 3 H W float in [0, 1] (RGB; alpha composited on white)."""
+def load_image(path: "str | os.PathLike", keep_alpha: bool = False) -> torch.Tensor:
+    """An image file -> 1 3 H W float in [0, 1] (RGB; alpha composited on white), or 1 4 H W RGBA when `keep_alpha`
+    and the file has an alpha channel (SV3D inputs: the object is cropped by its alpha)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -23,6 +24,9 @@ def load_image(path: "str | os.PathLike") -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
+            if keep_alpha and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
+                arr = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+                return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()  # h w c -> 1 c h w
             if im.mode in ("RGBA", "LA", "P"):
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))

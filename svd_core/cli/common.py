@@ -20,8 +20,14 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="height, a multiple of 64 (default: the variant's)")
     parser.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop",
                         help="fit the image to width x height by center crop, padding or stretching")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the variant's, 25)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (default: the loaded variant's, as the reference script: 25 svd / "
+                             "svd_image_decoder, 30 svd_xt / svd_xt_1_1 / svd_xt_image_decoder, 50 sv3d_u / sv3d_p)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the noise (default: the variant's, 23 as the reference script)")
+    parser.add_argument("--noise-device", choices=("cpu", "device"), default="cpu",
+                        help="draw the initial noise on a CPU generator (default: the same video on every machine) "
+                             "or on the compute device (as the reference does on CUDA)")
     parser.add_argument("--sampler", choices=SAMPLER_CHOICES, default="euler")
     parser.add_argument("--schedule", choices=("karras", "exponential"), default="karras")
     parser.add_argument("--cond-aug", type=float, default=None, help="conditioning-frame noise (default: variant's)")
@@ -84,10 +90,10 @@ def finish(frames, args, fps: float, started: float) -> int:
     return 0
 
 
-def read_image(path):
+def read_image(path, keep_alpha: bool = False):
     from ..video_io import load_image
 
     try:
-        return load_image(path)
+        return load_image(path, keep_alpha=keep_alpha)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
