@@ -255,7 +255,7 @@ def multiview(model, image: torch.Tensor, orbit: Orbit | None = None, *, width: 
     check_orbit(spec, orbit)
     w, h = width or spec.width, height or spec.height
     ready = object_input(image, mask, width=w, height=h, recenter=recenter, image_frame_ratio=image_frame_ratio)
-    ready = (prepare_image(ready, w, h, resize_mode, (spec.height, spec.width)) + 1.0) / 2.0  # b 3 H W in [0, 1]
+    ready = (prepare_image(ready, w, h, resize_mode) + 1.0) / 2.0  # b 3 H W in [0, 1]; the size warning comes later
 
     def make_cond(gen):
         return multiview_conditioning(model, ready, orbit, width=w, height=h, cond_aug=cond_aug, generator=gen)

@@ -421,7 +421,7 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
     spec = model.spec
     w, h = width or spec.width, height or spec.height
     ready = object_input(image, mask, width=w, height=h, recenter=recenter, image_frame_ratio=image_frame_ratio)
-    ready = (prepare_image(ready, w, h, resize_mode, (spec.height, spec.width)) + 1.0) / 2.0  # b 3 H W in [0, 1]
+    ready = (prepare_image(ready, w, h, resize_mode) + 1.0) / 2.0  # b 3 H W in [0, 1]; the size warning comes later
 
     def make_cond(gen):
         return orbit_conditioning(model, ready, elevations=elevations, azimuths=azimuths, num_frames=num_frames,
