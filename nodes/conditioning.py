@@ -28,8 +28,8 @@ def _common_inputs(cond_aug: float) -> list:
                        tooltip="Noise added to the conditioning image (reference 0.02; SV3D 1e-5). More noise = more motion, less fidelity."),
         io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="crop",
                        tooltip="How the image is fitted to width x height: crop (fill, cut the overflow), pad (fit, grey borders) or stretch."),
-        io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                     tooltip="Seed of the conditioning-augmentation noise."),
+        io.Int.Input("seed", default=23, min=0, max=SEED_MAX, control_after_generate=True,
+                     tooltip="Seed of the conditioning-augmentation noise (reference script 23)."),
     ]
 
 

@@ -38,7 +38,7 @@ def split_alpha(image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[
         if m.ndim != 4 or m.shape[1] != 1 or m.shape[-2:] != rgb.shape[-2:] or m.shape[0] not in (1, rgb.shape[0]):
             raise ValueError(f"mask has shape {tuple(mask.shape)}; expected (H, W), (batch, H, W) or (batch, 1, H, W) "
                              f"with H, W = {tuple(rgb.shape[-2:])} (the image's size) and batch 1 or {rgb.shape[0]}")
-        alpha = m.expand(rgb.shape[0], 1, -1, -1)
+        alpha = m.to(rgb.device).expand(rgb.shape[0], 1, -1, -1)
     return rgb, (alpha.clamp(0, 1) if alpha is not None else None)
 
 

@@ -203,7 +203,8 @@ VARIANTS: dict[str, ModelSpec] = {s.name: s for s in (SVD, SVD_XT, SVD_IMAGE_DEC
                                                       SV3D_P, TINY, SVD_INTERP, SVD_MV, TEXT2VIDEO)}
 # svd_xt_1_1 has the svd_xt layout and defaults
 VARIANTS["svd_xt_1_1"] = replace(SVD_XT, name="svd_xt_1_1")
-RELEASED = ("svd", "svd_xt", "svd_xt_1_1", "svd_image_decoder", "svd_xt_image_decoder", "sv3d_u", "sv3d_p")
+RELEASED = ("svd", "svd_xt", "svd_xt_1_1", "svd_image_decoder", "svd_xt_image_decoder", "sv3d_u",
+            "sv3d_p")
 
 
 def get_variant(name_or_spec: "str | ModelSpec") -> ModelSpec:

@@ -238,6 +238,41 @@ def test_sv3d_keyframed_orbit(comfy, sv3d_ckpt):
     assert media_info(saved(comfy, entry, node="8")) == (5, 64, 64)
 
 
+def test_sv3d_multiview_prepares_an_rgba_object_and_replaces_the_last_view(comfy, sv3d_ckpt):
+    """Reference scripts/sampling/simple_video_sample.py (sv3d): the RGBA object is cut to its bounding box, centred on
+    a square canvas of the input's height (image_frame_ratio None), resized to the output and put on white; the last
+    view is replaced by that input (samples_x[-1:] = cond_frames_without_noise). Load Image's MASK is 1 - alpha."""
+    import numpy as np
+    import torch
+    from factories import test_image
+    from PIL import Image
+
+    from svd_core.object_image import object_input
+
+    name = "svd_suite_rgba_object.png"
+    test_image(comfy.input_dir / name, width=160, height=96, alpha=True)
+    prompt = {
+        "1": {"class_type": "SVDSuite_CheckpointLoader", "inputs": {"ckpt_name": sv3d_ckpt, "dtype": "float32"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "3": {"class_type": "SVDSuite_MultiViewSampler", "inputs": {
+            "svd_model": ["1", 0], "image": ["2", 0], "mask": ["2", 1], "width": 64, "height": 64, "cond_aug": 1e-5,
+            "resize_mode": "crop", "sampler": "euler", "schedule": "karras", "steps": 1, "seed": 23, "decode_t": 5}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "svd_suite/sv3d_rgba"}},
+    }
+    entry, _ = run_ok(comfy, prompt)
+    items = entry["outputs"]["4"]["images"]
+    assert len(items) == 5
+    last = np.asarray(Image.open(comfy.output_file(items[-1])).convert("RGB"), dtype=np.float32) / 255.0
+    with Image.open(comfy.input_dir / name) as im:
+        rgba = torch.from_numpy(np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    expected = object_input(rgba, width=64, height=64)[0].permute(1, 2, 0).numpy()  # h w 3 in [0, 1]
+    assert np.abs(last - expected).max() <= 1.5 / 255  # the input view itself, 8-bit rounding only
+    assert np.all(last[:4, :4] == 1.0) and np.all(last[-4:, -4:] == 1.0)  # white background at the corners
+    assert last[32, 32, 2] > 0.8 and last[32, 32, 1] < 0.75  # the bright-blue disc, centred
+    first = np.asarray(Image.open(comfy.output_file(items[0])).convert("RGB"), dtype=np.float32) / 255.0
+    assert np.abs(first - expected).max() > 0.05  # the other views are generated
+
+
 # ----------------------------------------------------------------------------------------------- interrupt
 def test_interrupt_during_sampling_stops_within_a_step_and_server_keeps_working(comfy):
     steps = 400
