@@ -111,4 +111,5 @@ def test_clear_errors(files, change, message, capsys):
 
 def test_info_reports_variant(files, capsys):
     assert main(["info", str(files["sv3d"])]) == 0
-    assert "variant tiny_sv3d_p" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "variant tiny_sv3d_p" in out and "defaults: 4 steps, seed 23" in out  # the spec's (tiny: 4 steps)

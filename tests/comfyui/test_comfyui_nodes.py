@@ -195,6 +195,20 @@ def test_video_to_video_encode_then_partial_denoise(comfy):
     assert media_info(saved(comfy, entry, node="13")) == (4, 64, 64)
 
 
+def test_sampler_steps_zero_follow_the_loaded_variant_and_encode_samples_the_posterior(comfy):
+    """Reference simple_video_sample.py: num_steps per version when none is given (steps 0 = the loaded model's;
+    the tiny model's 4); the reference first stage encodes by sampling the posterior (Encode sample_posterior)."""
+    prompt = img2vid(steps=0, prefix="svd_suite/steps0")
+    prompt["5"]["inputs"]["noise_device"] = "device"
+    prompt["10"] = {"class_type": "SVDSuite_Encode", "inputs": {"svd_model": ["1", 0], "frames": ["6", 0],
+                                                                 "num_frames": 0, "sample_posterior": True, "seed": 3}}
+    prompt["11"] = {"class_type": "PreviewAny", "inputs": {"source": ["10", 0]}}
+    entry, messages = run_ok(comfy, prompt)
+    maxima = {m["data"]["max"] for m in messages if m["type"] == "progress" and m["data"].get("node") == "5"}
+    assert maxima == {4}, maxima
+    assert media_info(saved(comfy, entry)) == (4, 64, 64)
+
+
 def test_diffusers_folder_loader(comfy, object_info):
     folders = object_info["SVDSuite_DiffusersLoader"]["input"]["required"]["folder"][1]["options"]
     assert folders == ["tiny_svd_diffusers"]  # conftest.BASE_MODELS: models/diffusers/tiny_svd_diffusers
