@@ -114,7 +114,7 @@ def test_invalid_width_fails_validation_naming_node_and_input(comfy):
 
 
 def test_out_of_range_and_unknown_values_fail_validation(comfy):
-    body = _errors(comfy.post_prompt(img2vid(steps=0)))
+    body = _errors(comfy.post_prompt(img2vid(steps=-1)))  # 0 is valid: the loaded variant's steps
     assert body["node_errors"]["5"]["class_type"] == "SVDSuite_Sampler"
     assert "steps" in json.dumps(body["node_errors"]["5"]["errors"])
     prompt = img2vid()
