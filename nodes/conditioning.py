@@ -28,8 +28,8 @@ def _common_inputs(cond_aug: float) -> list:
                        tooltip="Noise added to the conditioning image (reference 0.02; SV3D 1e-5). More noise = more motion, less fidelity."),
         io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="crop",
                        tooltip="How the image is fitted to width x height: crop (fill, cut the overflow), pad (fit, grey borders) or stretch."),
-        io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                     tooltip="Seed of the conditioning-augmentation noise."),
+        io.Int.Input("seed", default=23, min=0, max=SEED_MAX, control_after_generate=True,
+                     tooltip="Seed of the conditioning-augmentation noise (reference script 23)."),
     ]
 
 
@@ -107,7 +107,9 @@ class OrbitConditioning(io.ComfyNode):
             display_name="SV3D Orbit Conditioning",
             category="svd/conditioning",
             description=("SV3D conditioning: an object image plus the camera orbit (elevation and azimuth per "
-                         "frame, in degrees). SV3D_u ignores the orbit (fixed circular orbit)."),
+                         "frame, in degrees). SV3D_u ignores the orbit (fixed circular orbit). With a mask the object "
+                         "is cropped, centred and put on white (reference); the SV3D Multi-View Sampler also puts "
+                         "the input view in place of the last view."),
             inputs=[
                 SVDModel.Input("svd_model", tooltip="An SV3D model (sv3d_p or sv3d_u) from an SVD loader."),
                 io.Image.Input("image", tooltip="Object image, ideally centred on a plain background."),
@@ -119,14 +121,24 @@ class OrbitConditioning(io.ComfyNode):
                 *_common_inputs(1e-5),
                 SVDOrbit.Input("orbit", optional=True,
                                tooltip="A keyframed orbit from SV3D Orbit Keyframes; overrides elevations and azimuths."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional object mask of the image (e.g. Load Image's MASK output): the object "
+                                      "is cropped, centred and put on white as the SV3D reference script does."),
+                io.Combo.Input("mask_is", options=["background", "object"], default="background", optional=True,
+                               tooltip="What the mask's 1s mark: background (Load Image's mask = 1 - alpha) or "
+                                       "object (segmentation nodes)."),
+                io.Float.Input("image_frame_ratio", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Share of the frame side the object's longer side takes after recentring; "
+                                       "0 = keep the input's framing (the reference script's default None)."),
             ],
             outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP)],
         )
 
     @classmethod
     def validate_inputs(cls, width: int, height: int, num_frames: int, elevations: str, azimuths: str,
-                        resize_mode: str) -> bool | str:
-        ok = check_inputs(cls, width=width, height=height, num_frames=num_frames, resize_mode=resize_mode)
+                        resize_mode: str, mask_is: str | None = None) -> bool | str:
+        ok = check_inputs(cls, width=width, height=height, num_frames=num_frames, resize_mode=resize_mode,
+                          mask_is=mask_is)
         if ok is not True:
             return ok
         try:
@@ -140,7 +152,7 @@ class OrbitConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, svd_model, image, width, height, num_frames, elevations, azimuths, cond_aug, resize_mode,
-                seed, orbit=None) -> io.NodeOutput:
+                seed, orbit=None, mask=None, mask_is="background", image_frame_ratio=0.0) -> io.NodeOutput:
         if orbit is not None:
             elev, azim = list(orbit["elevations"]), list(orbit["azimuths"])
             if len(elev) != num_frames:
@@ -148,10 +160,14 @@ class OrbitConditioning(io.ComfyNode):
         else:
             elev = parse_angles(cls.ID, "elevations", elevations, num_frames)
             azim = parse_angles(cls.ID, "azimuths", azimuths, num_frames)  # None: the reference's even orbit
+        from .multiview import object_alpha
+
+        alpha = object_alpha(cls.ID, image, mask, mask_is)
         model = svd_model.acquire()
         cond = engine().orbit_conditioning(
             model, image_to_bchw(image), elevations=elev, azimuths=azim, num_frames=num_frames, width=width,
-            height=height, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed)
+            height=height, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed, mask=alpha,
+            image_frame_ratio=image_frame_ratio or None)
         return io.NodeOutput(cond)
 
 

@@ -104,8 +104,35 @@ class TrapezoidGuidance(io.ComfyNode):
             node_id=cls.ID,
             display_name="SVD Trapezoid Guidance",
             category="svd/guidance",
-            description=("Trapezoid guidance: rises from min_scale over the first `ramp` fraction of the clip, holds "
-                         "max_scale, and falls back over the last `ramp` fraction."),
+            description=("Trapezoid guidance as the reference's TrapezoidPredictionGuider: the first "
+                         "int(num_frames * edge_perc) frames rise from min_scale to max_scale, the middle frames get "
+                         "1.0 (no guidance), the last ones fall back. For a ramp that holds max_scale in the middle "
+                         "use SVD Ramp-Hold Guidance."),
+            inputs=[
+                _scale("min_scale", 1.0, "Guidance scale at the first and last frame."),
+                _scale("max_scale", 2.5, "Guidance scale at the top of each edge (the middle frames get 1.0)."),
+                io.Float.Input("edge_perc", default=0.1, min=0.0, max=0.5, step=0.01,
+                               tooltip="Fraction of the frames in each edge, rounded down (reference default 0.1)."),
+            ],
+            outputs=[SVDGuidance.Output(display_name="guidance", tooltip=GUIDANCE_TOOLTIP)],
+        )
+
+    @classmethod
+    def execute(cls, min_scale: float, max_scale: float, edge_perc: float) -> io.NodeOutput:
+        return _make(cls, kind="trapezoid", min_scale=min_scale, max_scale=max_scale, edge_perc=edge_perc)
+
+
+class RampHoldGuidance(io.ComfyNode):
+    ID = PREFIX + "RampHoldGuidance"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.ID,
+            display_name="SVD Ramp-Hold Guidance",
+            category="svd/guidance",
+            description=("Ramp-and-hold guidance: rises from min_scale over the first `ramp` fraction of the clip, "
+                         "holds max_scale, and falls back over the last `ramp` fraction."),
             inputs=[
                 _scale("min_scale", 1.0, MIN_TOOLTIP),
                 _scale("max_scale", 2.5, MAX_TOOLTIP),
@@ -117,7 +144,7 @@ class TrapezoidGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, min_scale: float, max_scale: float, ramp: float) -> io.NodeOutput:
-        return _make(cls, kind="trapezoid", min_scale=min_scale, max_scale=max_scale, ramp=ramp)
+        return _make(cls, kind="ramp_hold", min_scale=min_scale, max_scale=max_scale, ramp=ramp)
 
 
 class VanillaGuidance(io.ComfyNode):
@@ -139,4 +166,4 @@ class VanillaGuidance(io.ComfyNode):
         return _make(cls, kind="vanilla", min_scale=scale, max_scale=scale)
 
 
-NODES = [LinearGuidance, TriangleGuidance, TrapezoidGuidance, VanillaGuidance]
+NODES = [LinearGuidance, TriangleGuidance, TrapezoidGuidance, RampHoldGuidance, VanillaGuidance]

@@ -4,7 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 from einops import rearrange
 
-from ._comfy import PREFIX, Progress, SVDModel, bad_input, check_inputs, engine, frames_to_image, latent_frames, latent_out
+from ._comfy import (PREFIX, SEED_MAX, Progress, SVDModel, bad_input, check_inputs, engine, frames_to_image,
+                     latent_frames, latent_out)
 
 
 class Decode(io.ComfyNode):
@@ -68,12 +69,17 @@ class Encode(io.ComfyNode):
                 io.Image.Input("frames", tooltip="Video frames [frames, H, W, 3] in 0..1; H and W multiples of 64."),
                 io.Int.Input("num_frames", default=0, min=0, max=4096,
                              tooltip="Frames per video when the batch holds several videos back to back; 0 = one video."),
+                io.Boolean.Input("sample_posterior", default=False, optional=True,
+                                 tooltip="Off: the VAE posterior's mean. On: a seeded draw from the posterior, as the "
+                                         "reference's first stage encodes."),
+                io.Int.Input("seed", default=23, min=0, max=SEED_MAX, optional=True,
+                             tooltip="Seed of the posterior draw (used only with sample_posterior)."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The video latent (frames of a video contiguous).")],
         )
 
     @classmethod
-    def execute(cls, svd_model, frames, num_frames) -> io.NodeOutput:
+    def execute(cls, svd_model, frames, num_frames, sample_posterior=False, seed=23) -> io.NodeOutput:
         total = frames.shape[0]
         t = num_frames or total
         if total % t:
@@ -84,7 +90,7 @@ class Encode(io.ComfyNode):
         model = svd_model.acquire()
         Progress(1)
         video = rearrange(frames[..., :3].float(), "(b t) h w c -> b t c h w", t=t)  # IMAGE batch -> videos
-        samples = engine().encode(model, video)
+        samples = engine().encode(model, video, sample_posterior=sample_posterior, seed=seed)
         return io.NodeOutput(latent_out(samples, t))
 
 

@@ -11,6 +11,7 @@ from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
                      frames_to_image, image_to_bchw, latent_out)
+from .sampling import STEPS_TOOLTIP
 
 
 def _long_video():
@@ -30,9 +31,9 @@ def _sampling_inputs() -> list:
         io.Combo.Input("sampler", options=list(SAMPLERS), default="euler", tooltip="Sampling method (reference: euler)."),
         io.Combo.Input("schedule", options=list(SCHEDULES), default="karras",
                        tooltip="Noise schedule (reference: karras, sigma 700 -> 0.002)."),
-        io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps (reference 25)."),
-        io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                     tooltip="Seed of the initial noise."),
+        io.Int.Input("steps", default=0, min=0, max=1000, tooltip=STEPS_TOOLTIP),
+        io.Int.Input("seed", default=23, min=0, max=SEED_MAX, control_after_generate=True,
+                     tooltip="Seed of the initial noise (reference script 23)."),
     ]
 
 
@@ -82,6 +83,7 @@ class SlidingWindowSampler(io.ComfyNode):
         win = window or svd_model.spec.num_frames
         if overlap >= win:
             raise bad_input(cls.ID, "overlap", f"{overlap} must be smaller than the window ({win} frames)")
+        steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
         model = svd_model.acquire()
         progress = Progress(steps)
         samples = _long_video().sample_windows(
@@ -155,6 +157,7 @@ class ChainedVideo(io.ComfyNode):
                                                  f"an image-to-video model (SVD / SVD-XT)")
         clip = clip_frames or svd_model.spec.num_frames
         clips = 1 + max(0, -(-(num_frames - clip) // (clip - 1)))
+        steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
         model = svd_model.acquire()
         progress = Progress(clips * steps)
 

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from svd_core.pipeline import NOISE_DEVICES
 from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
                      engine, latent_frames, latent_out)
+
+STEPS_TOOLTIP = ("Sampling steps; 0 = the loaded model's reference value (svd / svd_image_decoder 25, svd_xt / "
+                 "svd_xt_1_1 / svd_xt_image_decoder 30, sv3d_u / sv3d_p 50).")
+NOISE_DEVICE_TOOLTIP = ("Where the initial noise is drawn: cpu (same video on every machine for a seed) or device "
+                        "(the compute device, as the reference script on CUDA; differs between GPUs and CPUs).")
 
 
 class Sampler(io.ComfyNode):
@@ -30,11 +36,14 @@ class Sampler(io.ComfyNode):
                                tooltip="Sampling method (reference: euler)."),
                 io.Combo.Input("schedule", options=list(SCHEDULES), default="karras",
                                tooltip="Noise schedule (reference: karras, sigma 700 -> 0.002)."),
-                io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps (reference 25)."),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                             tooltip="Seed of the initial noise."),
+                io.Int.Input("steps", default=0, min=0, max=1000,
+                             tooltip=STEPS_TOOLTIP),
+                io.Int.Input("seed", default=23, min=0, max=SEED_MAX, control_after_generate=True,
+                             tooltip="Seed of the initial noise (reference script 23)."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="1.0 samples from pure noise; lower keeps more of the input latent (needs `latent`)."),
+                io.Combo.Input("noise_device", options=list(NOISE_DEVICES), default="cpu", optional=True,
+                               tooltip=NOISE_DEVICE_TOOLTIP),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Optional start video latent (from SVD Encode) for video-to-video with denoise < 1."),
             ],
@@ -42,11 +51,11 @@ class Sampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler: str, schedule: str) -> bool | str:
-        return check_inputs(cls, sampler=sampler, schedule=schedule)
+    def validate_inputs(cls, sampler: str, schedule: str, noise_device: str | None = None) -> bool | str:
+        return check_inputs(cls, sampler=sampler, schedule=schedule, noise_device=noise_device)
 
     @classmethod
-    def execute(cls, svd_model, conditioning, guidance, sampler, schedule, steps, seed, denoise,
+    def execute(cls, svd_model, conditioning, guidance, sampler, schedule, steps, seed, denoise, noise_device="cpu",
                 latent=None) -> io.NodeOutput:
         if latent is None and denoise < 1.0:
             raise bad_input(cls.ID, "denoise", f"{denoise} < 1 needs a start video on the 'latent' input "
@@ -58,10 +67,12 @@ class Sampler(io.ComfyNode):
             if frames != conditioning.num_frames:
                 raise bad_input(cls.ID, "latent", f"has {frames} frames per video but the conditioning has "
                                                   f"{conditioning.num_frames} (match num_frames)")
+        steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
         model = svd_model.acquire()
         progress = Progress(steps)
         samples = engine().sample(model, conditioning, guidance, sampler=sampler, schedule=schedule, steps=steps,
-                                  seed=seed, init_latent=init, denoise=denoise, callback=progress.absolute)
+                                  seed=seed, init_latent=init, denoise=denoise, callback=progress.absolute,
+                                  noise_device=noise_device)
         return io.NodeOutput(latent_out(samples, conditioning.num_frames))
 
 

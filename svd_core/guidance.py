@@ -14,7 +14,7 @@ from einops import rearrange
 
 __all__ = ["KINDS", "FUSINGS", "frame_scales", "combine", "Guidance", "defaults_for"]
 
-KINDS = ("vanilla", "linear", "triangle", "trapezoid")
+KINDS = ("vanilla", "linear", "triangle", "trapezoid", "ramp_hold")
 FUSINGS = ("max", "mean", "multiply")
 Period = Union[float, Sequence[float]]
 
@@ -47,6 +47,14 @@ def _periods(period: Period) -> tuple[float, ...]:
     return out
 
 
+def _check_edge_perc(value) -> float:
+    v = _check_scale("edge_perc", value)
+    if not 0 <= v <= 0.5:
+        raise ValueError(f"edge_perc must satisfy 0 <= edge_perc <= 0.5 (fraction of frames per edge), "
+                         f"got edge_perc={value!r}")
+    return v
+
+
 def _triangle_wave(values: torch.Tensor, period: float) -> torch.Tensor:
     """Reference `TrianglePredictionGuider.triangle_wave`: 2 |v/p - floor(v/p + 1/2)|, in [0, 1]."""
     return 2 * (values / period - torch.floor(values / period + 0.5)).abs()
@@ -61,6 +69,7 @@ def frame_scales(
     period: Period = 1.0,
     period_fusing: str = "max",
     ramp: float = 0.25,
+    edge_perc: float = 0.1,
 ) -> torch.Tensor:
     """Guidance scale per frame, float32 (num_frames,), for the guiders of SVD App. D.4.1 / Fig. 15.
 
@@ -71,11 +80,15 @@ def frame_scales(
       fused elementwise by ``period_fusing`` ("max", "mean" or "multiply"), mapped to
       ``wave * (max_scale - min_scale) + min_scale``. With period 1 it is ``min_scale`` at both ends and
       ``max_scale`` in the middle.
-    * ``"trapezoid"``: with ``u = linspace(0, 1, num_frames)``, ``w = clamp(min(u, 1 - u) / ramp, 0, 1)`` and
+    * ``"trapezoid"``: reference `TrapezoidPredictionGuider` value for value: with ``n = int(num_frames *
+      edge_perc)`` (default ``edge_perc`` 0.1, the reference's), ``linspace(min_scale, max_scale, n)`` over the first
+      ``n`` frames, **1.0** (no guidance) on the ``num_frames - 2n`` middle frames, and the rise reversed over the
+      last ``n`` frames (``0 <= edge_perc <= 0.5``).
+    * ``"ramp_hold"``: with ``u = linspace(0, 1, num_frames)``, ``w = clamp(min(u, 1 - u) / ramp, 0, 1)`` and
       scale ``min_scale + w (max_scale - min_scale)``: it rises linearly from ``min_scale`` at the first frame
       to ``max_scale`` over the first ``ramp`` fraction of the clip, stays at ``max_scale``, and falls back to
       ``min_scale`` over the last ``ramp`` fraction (``0 < ramp <= 0.5``; ``ramp = 0.5`` is the period-1
-      triangle).
+      triangle). This suite's own shape (it was called "trapezoid" before it followed the reference).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown guidance kind {kind!r}; expected one of {list(KINDS)}")
@@ -98,7 +111,11 @@ def frame_scales(
         else:
             wave = waves.prod(dim=0)
         out = wave * (hi - lo) + lo
-    else:  # trapezoid
+    elif kind == "trapezoid":
+        n = int(t * _check_edge_perc(edge_perc))  # the reference's int(num_frames * edge_perc), floor
+        rise = torch.linspace(lo, hi, n, dtype=torch.float64)
+        out = torch.cat([rise, torch.ones(t - 2 * n, dtype=torch.float64), rise.flip(0)])
+    else:  # ramp_hold
         r = _check_scale("ramp", ramp)
         if not (0 < r <= 0.5):
             raise ValueError(f"ramp must satisfy 0 < ramp <= 0.5 (fraction of frames per slope), got ramp={ramp!r}")
@@ -137,6 +154,7 @@ class Guidance:
     period: Union[float, tuple[float, ...]] = 1.0
     period_fusing: str = "max"
     ramp: float = 0.25
+    edge_perc: float = 0.1
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -152,11 +170,13 @@ class Guidance:
         if not (0 < r <= 0.5):
             raise ValueError(f"ramp must satisfy 0 < ramp <= 0.5 (fraction of frames per slope), got ramp={self.ramp!r}")
         object.__setattr__(self, "ramp", r)
+        object.__setattr__(self, "edge_perc", _check_edge_perc(self.edge_perc))
 
     def scales(self, num_frames: int) -> torch.Tensor:
         """Per-frame scales, float32 (num_frames,)."""
         return frame_scales(self.kind, num_frames, self.min_scale, self.max_scale,
-                            period=self.period, period_fusing=self.period_fusing, ramp=self.ramp)
+                            period=self.period, period_fusing=self.period_fusing, ramp=self.ramp,
+                            edge_perc=self.edge_perc)
 
     def combine(self, uncond: torch.Tensor, cond: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Per-frame CFG with these settings on "(b t) ..." tensors."""

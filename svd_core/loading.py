@@ -140,7 +140,11 @@ def detect_spec(shapes: Mapping[str, tuple], metadata: Mapping[str, str], filena
     name = filename.lower()
     if adm == 768:
         if "first_stage_model.decoder.conv_out.time_mix_conv.weight" not in shapes:
-            return VARIANTS["svd_image_decoder"], "adm width 768 and a per-frame image decoder"
+            if "xt" in name:  # svd_xt_image_decoder.safetensors: same layout, SVD-XT's 25 frames and 30 steps
+                return VARIANTS["svd_xt_image_decoder"], ("adm width 768, a per-frame image decoder, 'xt' in the file "
+                                                          "name (svd_xt_image_decoder)")
+            return VARIANTS["svd_image_decoder"], ("adm width 768 and a per-frame image decoder (name it *xt* for "
+                                                   "svd_xt_image_decoder's 25 frames)")
         if "xt" in name:
             key = "svd_xt_1_1" if ("1_1" in name or "1.1" in name) else "svd_xt"
             return VARIANTS[key], f"adm width 768, temporal decoder, 'xt' in the file name ({key})"

@@ -132,14 +132,14 @@ class WindowedDenoiser:
 @torch.inference_mode()
 def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, *, window: int | None = None,
                    overlap: int | None = None, schedule: str = "uniform", blend: str = "pyramid",
-                   sampler: str = "euler", sigma_schedule: str = "karras", steps: int | None = None, seed: int = 0,
-                   generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                   sampler: str = "euler", sigma_schedule: str = "karras", steps: int | None = None,
+                   seed: int | None = None, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                    callback: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
                    autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Guided EDM sampling of an N-frame conditioning with sliding windows -> latent (b N) 4 h w.
 
     window defaults to the model's trained frame count, overlap to half of it; with N <= window this is exactly
-    `pipeline.sample` (one window covering the video)."""
+    `pipeline.sample` (one window covering the video). steps / seed None: the variant's (reference script)."""
     spec = model.spec
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
@@ -148,7 +148,7 @@ def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, 
     guidance = guidance or defaults_for(spec)
     steps = steps or spec.steps
     sigmas = get_sigmas(sigma_schedule, steps, spec.sigma_min, spec.sigma_max)
-    generator = generator or torch.Generator().manual_seed(seed)
+    generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
     shape = cond.latent_shape
     if noise is None:
         noise = torch.randn(shape, generator=generator, device=generator.device)
@@ -187,7 +187,8 @@ def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | Non
           guidance: Guidance | None = None, color_match: str = "latent", width: int | None = None,
           height: int | None = None, fps: float | None = None, motion_bucket_id: float | None = None,
           cond_aug: float | None = None, resize_mode: str = "crop", sampler: str = "euler",
-          sigma_schedule: str = "karras", steps: int | None = None, seed: int = 0, decode_t: int | None = None,
+          sigma_schedule: str = "karras", steps: int | None = None, seed: int | None = None,
+          decode_t: int | None = None,
           callback: Callable[[str, int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Chained image-to-video: each clip starts from the previous clip's last frame -> frames b N 3 H W in [0, 1].
@@ -198,6 +199,7 @@ def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | Non
     from .pipeline import sample
 
     spec = model.spec
+    seed = spec.seed if seed is None else seed  # the variant's (reference script: 23)
     if color_match not in COLOR_MATCH:
         raise ValueError(f"color_match={color_match!r}; expected one of {list(COLOR_MATCH)}")
     clip_frames = clip_frames or spec.num_frames

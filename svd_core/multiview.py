@@ -30,6 +30,7 @@ import torch
 from . import model as _model
 from .denoiser import VideoCond
 from .guidance import Guidance
+from .object_image import object_input, replace_last_view
 from .pipeline import (Conditioning, _frame_conditioning, _per_frame, _run, orbit_angles, orbit_conditioning,
                        prepare_image)
 from .variants import SVD_MV, ModelSpec, get_variant
@@ -202,9 +203,10 @@ def check_orbit(spec: ModelSpec, orbit: Orbit) -> None:
 def svd_mv_conditioning(model, image: torch.Tensor, *, elevations: "float | Sequence[float]" = 10.0,
                         num_frames: int | None = None, width: int | None = None, height: int | None = None,
                         fps: float | None = None, motion_bucket_id: float | None = None,
-                        cond_aug: float | None = None, resize_mode: str = "crop", seed: int = 0,
+                        cond_aug: float | None = None, resize_mode: str = "crop", seed: int | None = None,
                         generator: torch.Generator | None = None) -> Conditioning:
-    """SVD-MV: SVD's image conditioning plus the per-view elevation (degrees) in the vector."""
+    """SVD-MV: SVD's image conditioning plus the per-view elevation (degrees) in the vector (seed None: the
+    variant's)."""
     spec = model.spec
     if _kind(spec) != "svd_mv":
         raise ValueError(f"svd_mv_conditioning needs an SVD-MV model; got {spec.name}")
@@ -218,12 +220,13 @@ def svd_mv_conditioning(model, image: torch.Tensor, *, elevations: "float | Sequ
                                              b, n, "motion_bucket_id"),
               "cond_aug": _per_frame(cond_aug, b, n, "cond_aug"),
               "elevation_deg": _per_frame(elev, b, n, "elevations")}
-    return _frame_conditioning(model, img, n, cond_aug, vector, generator or torch.Generator().manual_seed(seed))
+    generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
+    return _frame_conditioning(model, img, n, cond_aug, vector, generator)
 
 
 def multiview_conditioning(model, image: torch.Tensor, orbit: Orbit | None = None, *, width: int | None = None,
                            height: int | None = None, cond_aug: float | None = None, resize_mode: str = "crop",
-                           seed: int = 0, generator: torch.Generator | None = None) -> Conditioning:
+                           seed: int | None = None, generator: torch.Generator | None = None) -> Conditioning:
     """Conditioning for `orbit` (default: static at 10 degrees, the model's view count) on any multi-view model."""
     spec = model.spec
     orbit = orbit or static_orbit(spec.num_frames)
@@ -238,20 +241,29 @@ def multiview_conditioning(model, image: torch.Tensor, orbit: Orbit | None = Non
 def multiview(model, image: torch.Tensor, orbit: Orbit | None = None, *, width: int | None = None,
               height: int | None = None, cond_aug: float | None = None, resize_mode: str = "crop",
               guidance: Guidance | None = None, sampler: str = "euler", schedule: str = "karras",
-              steps: int | None = None, seed: int = 0, decode_t: int | None = None,
+              steps: int | None = None, seed: int | None = None, decode_t: int | None = None,
               callback: Callable[[str, int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-              device=None, offload: bool = False) -> tuple[torch.Tensor, Orbit]:
-    """Object image (b 3 h w in [0, 1]) -> (views b n 3 H W in orbit order, the orbit); triangle CFG by default."""
+              device=None, offload: bool = False, mask: torch.Tensor | None = None, recenter: bool = True,
+              image_frame_ratio: float | None = None, replace_last: bool = True,
+              noise_device: str = "cpu") -> tuple[torch.Tensor, Orbit]:
+    """Object image (b 3|4 h w in [0, 1], RGBA or + `mask` 1 = object) -> (views b n 3 H W in orbit order, the
+    orbit); triangle CFG by default. As the reference sv3d branch: an alpha / mask is cropped, centred
+    (`image_frame_ratio`) and put on white when `recenter`; on SV3D_u / SV3D_p, `replace_last` sets the last view
+    (the input's camera) to that prepared input. SVD-MV's views are left as generated."""
     spec = model.spec
     orbit = orbit or static_orbit(spec.num_frames)
     check_orbit(spec, orbit)
+    w, h = width or spec.width, height or spec.height
+    ready = object_input(image, mask, width=w, height=h, recenter=recenter, image_frame_ratio=image_frame_ratio)
+    ready = (prepare_image(ready, w, h, resize_mode) + 1.0) / 2.0  # b 3 H W in [0, 1]; the size warning comes later
 
     def make_cond(gen):
-        return multiview_conditioning(model, image, orbit, width=width, height=height, cond_aug=cond_aug,
-                                      resize_mode=resize_mode, generator=gen)
+        return multiview_conditioning(model, ready, orbit, width=w, height=h, cond_aug=cond_aug, generator=gen)
     frames = _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
                   decode_t=decode_t, overlap=0, image_decoder=False, callback=callback, cancel=cancel, device=device,
-                  offload=offload, autocast_dtype=None, sampler_options=None)
+                  offload=offload, autocast_dtype=None, sampler_options=None, noise_device=noise_device)
+    if replace_last and _kind(spec) != "svd_mv":
+        frames = replace_last_view(frames, ready)
     return frames, orbit
 
 

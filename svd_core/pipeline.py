@@ -15,6 +15,7 @@ from einops import repeat
 from .attention import DEFAULT_FF_CHUNK
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
+from .object_image import object_input, replace_last_view
 from .samplers import SAMPLERS
 from .schedules import get_sigmas
 from .validation import check_choice, check_request
@@ -23,6 +24,9 @@ from .vae_decode import decode_video, encode_video
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 RESIZE_MODES = ("crop", "pad", "stretch")
+# where the initial noise is drawn: "cpu" (a seeded CPU generator: the same numbers on every machine, the default)
+# or "device" (a generator on the UNet's device, as the reference's torch.randn(shape, device="cuda"))
+NOISE_DEVICES = ("cpu", "device")
 
 
 class Cancelled(RuntimeError):
@@ -137,9 +141,10 @@ def _per_frame(values: torch.Tensor | float, batch: int, num_frames: int, name: 
 
 def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = None, width: int | None = None,
                        height: int | None = None, fps: float | None = None, motion_bucket_id: float | None = None,
-                       cond_aug: float | None = None, resize_mode: str = "crop", seed: int = 0,
+                       cond_aug: float | None = None, resize_mode: str = "crop", seed: int | None = None,
                        generator: torch.Generator | None = None) -> Conditioning:
-    """SVD / SVD-XT conditioning of `image` (b 3 h w in [0, 1]) with the variant's reference defaults."""
+    """SVD / SVD-XT conditioning of `image` (b 3 h w in [0, 1]) with the variant's reference defaults (seed None:
+    the variant's, 23)."""
     spec = model.spec
     if "fps_id" not in dict(spec.vector_inputs):
         raise ValueError(f"image_conditioning needs an SVD/SVD-XT model; {spec.name} takes {spec.vector_inputs} "
@@ -154,7 +159,7 @@ def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = N
         raise ValueError(f"cond_aug={cond_aug} must be >= 0")
     img = prepare_image(image, spec.width if width is None else width, spec.height if height is None else height,
                         resize_mode, (spec.height, spec.width))
-    generator = generator or torch.Generator().manual_seed(seed)
+    generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
     b = img.shape[0]
     # fps is given in frames per second; the model was trained on fps_id = fps - 1 (the reference script's default
     # fps_id 6 is 7 fps, and diffusers embeds fps - 1 too), so convert exactly once, here.
@@ -182,10 +187,12 @@ def orbit_angles(num_frames: int, elevations: float | Sequence[float] = 10.0,
 def orbit_conditioning(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 10.0,
                        azimuths: Sequence[float] | None = None, num_frames: int | None = None,
                        width: int | None = None, height: int | None = None, cond_aug: float | None = None,
-                       resize_mode: str = "crop", seed: int = 0,
-                       generator: torch.Generator | None = None) -> Conditioning:
+                       resize_mode: str = "crop", seed: int | None = None,
+                       generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
+                       recenter: bool = True, image_frame_ratio: float | None = None) -> Conditioning:
     """SV3D_u / SV3D_p conditioning: cond_aug 1e-5; SV3D_p adds polar = 90 - elevation and the azimuth per frame,
-    made relative to the last view (reference `simple_video_sample.py`), in radians."""
+    made relative to the last view (reference `simple_video_sample.py`), in radians. An RGBA `image` or a `mask`
+    (1 = object) is cropped, centred and put on white first (`object_image.object_input`, reference sv3d branch)."""
     spec = model.spec
     keys = dict(spec.vector_inputs)
     if "fps_id" in keys:
@@ -193,9 +200,11 @@ def orbit_conditioning(model, image: torch.Tensor, *, elevations: float | Sequen
     num_frames = _check_frames(spec.num_frames if num_frames is None else num_frames)
     elev, azim = orbit_angles(num_frames, elevations, azimuths)
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
-    img = prepare_image(image, spec.width if width is None else width, spec.height if height is None else height,
-                        resize_mode, (spec.height, spec.width))
-    generator = generator or torch.Generator().manual_seed(seed)
+    w = spec.width if width is None else width
+    h = spec.height if height is None else height
+    image = object_input(image, mask, width=w, height=h, recenter=recenter, image_frame_ratio=image_frame_ratio)
+    img = prepare_image(image, w, h, resize_mode, (spec.height, spec.width))
+    generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
     b = img.shape[0]
     vector = {"cond_aug": _per_frame(cond_aug, b, num_frames, "cond_aug")}
     if "polars_rad" in keys:
@@ -238,20 +247,32 @@ class GuidedDenoiser:
 
 @torch.inference_mode()
 def sample(model, cond: Conditioning, guidance: Guidance | None = None, *, sampler: str = "euler",
-           schedule: str = "karras", steps: int | None = None, seed: int = 0, generator: torch.Generator | None = None,
-           noise: torch.Tensor | None = None, init_latent: torch.Tensor | None = None, denoise: float = 1.0,
-           callback: ProgressFn | None = None, cancel: CancelFn | None = None, autocast_dtype: torch.dtype | None = None,
-           sampler_options: dict | None = None) -> torch.Tensor:
-    """Guided EDM sampling -> latent (b t) 4 h w. `init_latent` + `denoise < 1` is video-to-video."""
+           schedule: str = "karras", steps: int | None = None, seed: int | None = None,
+           generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+           init_latent: torch.Tensor | None = None, denoise: float = 1.0, callback: ProgressFn | None = None,
+           cancel: CancelFn | None = None, autocast_dtype: torch.dtype | None = None,
+           sampler_options: dict | None = None, noise_device: str = "cpu") -> torch.Tensor:
+    """Guided EDM sampling -> latent (b t) 4 h w. `init_latent` + `denoise < 1` is video-to-video.
+
+    `steps` / `seed` None: the variant's reference values (`ModelSpec.steps`, `.seed`). `noise_device` "device"
+    draws the initial noise on the UNet's device from a generator seeded with `seed` (reference
+    `simple_video_sample.py`: `torch.manual_seed(seed)`, `torch.randn(shape, device=device)`); "cpu" (default) draws
+    it from `generator` (reproducible across machines)."""
     spec = model.spec
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
+    if noise_device not in NOISE_DEVICES:
+        raise ValueError(f"noise_device={noise_device!r}; expected one of {NOISE_DEVICES}")
     guidance = guidance or defaults_for(spec)
     steps = spec.steps if steps is None else steps
+    seed = spec.seed if seed is None else seed
     sigmas = get_sigmas(schedule, steps, spec.sigma_min, spec.sigma_max, denoise=denoise)
     generator = generator or torch.Generator().manual_seed(seed)
     shape = cond.latent_shape
-    if noise is None:
+    if noise is None and noise_device == "device":
+        device = _module_device(model.unet)
+        noise = torch.randn(shape, generator=torch.Generator(device).manual_seed(seed), device=device)
+    elif noise is None:
         noise = torch.randn(shape, generator=generator, device=generator.device)
     if tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
@@ -305,14 +326,20 @@ def decode(model, latent: torch.Tensor, num_frames: int, *, decode_t: int | None
 
 
 @torch.inference_mode()
-def encode(model, frames: torch.Tensor) -> torch.Tensor:
-    """Frames b t 3 H W in [0, 1] -> scaled latents (b t) 4 h w (for video-to-video with denoise < 1)."""
+def encode(model, frames: torch.Tensor, *, sample_posterior: bool = False, seed: int | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Frames b t 3 H W in [0, 1] -> scaled latents (b t) 4 h w (for video-to-video with denoise < 1): the VAE
+    posterior's mean, or with `sample_posterior` a seeded draw from it as the reference first stage encodes
+    (`vae_decode.encode_video`; seed None: the variant's)."""
     if frames.ndim != 5 or frames.shape[2] != 3:
         raise ValueError(f"frames must be (batch, frames, 3, H, W) in [0, 1]; got {tuple(frames.shape)}")
     fs = model.first_stage_model
     device, dtype = _module_device(fs), next(fs.parameters()).dtype
     x = frames.flatten(0, 1).to(device, dtype) * 2.0 - 1.0  # b t c h w -> (b t) c h w in [-1, 1]
-    return encode_video(fs, x, scale_factor=model.spec.scale_factor).float().cpu()
+    if sample_posterior:
+        generator = generator or torch.Generator().manual_seed(model.spec.seed if seed is None else seed)
+    return encode_video(fs, x, scale_factor=model.spec.scale_factor, sample_posterior=sample_posterior,
+                        generator=generator).float().cpu()
 
 
 # --------------------------------------------------------------------------------------------- whole pipelines
@@ -333,8 +360,9 @@ def _placed(module: torch.nn.Module, device: torch.device, offload: bool):
 
 def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t, overlap, image_decoder,
          callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None,
-         ff_chunk_size=DEFAULT_FF_CHUNK, channels_last=True):
+         ff_chunk_size=DEFAULT_FF_CHUNK, channels_last=True, noise_device="cpu"):
     device = torch.device(device) if device is not None else _module_device(model.unet)
+    seed = model.spec.seed if seed is None else seed
     model.unet.set_ff_chunk_size(ff_chunk_size)  # bounded feed-forward memory; identical results
     model.set_channels_last(channels_last)  # NHWC convs: no layout reorders in oneDNN / cuDNN
     generator = torch.Generator().manual_seed(seed)
@@ -348,8 +376,8 @@ def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t
 
     with _placed(model.model, device, offload):
         latent = sample(model, cond, guidance, sampler=sampler, schedule=schedule, steps=total, generator=generator,
-                        noise=noise, callback=step_progress, cancel=cancel, autocast_dtype=autocast_dtype,
-                        sampler_options=sampler_options)
+                        seed=seed, noise=noise, callback=step_progress, cancel=cancel, autocast_dtype=autocast_dtype,
+                        sampler_options=sampler_options, noise_device=noise_device)
     with _placed(model.first_stage_model, device, offload):
         return decode(model, latent, cond.num_frames, decode_t=decode_t, overlap=overlap,
                       image_decoder=image_decoder, cancel=cancel,
@@ -385,13 +413,15 @@ def check_run(model, image: torch.Tensor, values: dict, *, guidance: Guidance | 
 def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width: int | None = None,
             height: int | None = None, fps: float | None = None, motion_bucket_id: float | None = None,
             cond_aug: float | None = None, resize_mode: str = "crop", guidance: Guidance | None = None,
-            sampler: str = "euler", schedule: str = "karras", steps: int | None = None, seed: int = 0,
+            sampler: str = "euler", schedule: str = "karras", steps: int | None = None, seed: int | None = None,
             decode_t: int | None = None, overlap: int = 0, image_decoder: bool = False,
             callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None,
             device=None, offload: bool = False, autocast_dtype: torch.dtype | None = None,
             sampler_options: dict | None = None, noise: torch.Tensor | None = None,
-            ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True) -> torch.Tensor:
-    """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant."""
+            ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True,
+            noise_device: str = "cpu") -> torch.Tensor:
+    """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant (steps and
+    seed None: the variant's `steps` and `seed`)."""
     check_run(model, image, dict(num_frames=num_frames, width=width, height=height, fps=fps,
                                  motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, steps=steps, seed=seed,
                                  decode_t=decode_t, overlap=overlap, ff_chunk_size=ff_chunk_size),
@@ -405,30 +435,41 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
     return _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
                 decode_t=decode_t, overlap=overlap, image_decoder=image_decoder, callback=callback, cancel=cancel,
                 device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=sampler_options,
-                noise=noise, ff_chunk_size=ff_chunk_size, channels_last=channels_last)
+                noise=noise, ff_chunk_size=ff_chunk_size, channels_last=channels_last, noise_device=noise_device)
 
 
 def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 10.0,
           azimuths: Sequence[float] | None = None, num_frames: int | None = None, width: int | None = None,
           height: int | None = None, cond_aug: float | None = None, resize_mode: str = "crop",
           guidance: Guidance | None = None, sampler: str = "euler", schedule: str = "karras",
-          steps: int | None = None, seed: int = 0, decode_t: int | None = None, overlap: int = 0,
+          steps: int | None = None, seed: int | None = None, decode_t: int | None = None, overlap: int = 0,
           callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None, device=None,
           offload: bool = False, autocast_dtype: torch.dtype | None = None,
-          ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True) -> torch.Tensor:
-    """SV3D: one object image -> `num_frames` views around it (b t 3 H W in [0, 1]), triangle CFG by default."""
+          ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True, mask: torch.Tensor | None = None,
+          recenter: bool = True, image_frame_ratio: float | None = None, replace_last: bool = True,
+          noise_device: str = "cpu") -> torch.Tensor:
+    """SV3D: one object image -> `num_frames` views around it (b t 3 H W in [0, 1]), triangle CFG by default.
+
+    As the reference script's sv3d branch: an RGBA image (or `mask`, 1 = object) is cropped to the object, centred
+    (`image_frame_ratio`) and put on white when `recenter`; with `replace_last` the last view (the input's camera)
+    is replaced by that prepared input image."""
     elev = [elevations] if isinstance(elevations, (int, float)) else elevations
     check_run(model, image, dict(num_frames=num_frames, width=width, height=height, cond_aug=cond_aug, steps=steps,
                                  seed=seed, decode_t=decode_t, overlap=overlap, ff_chunk_size=ff_chunk_size,
                                  elevations=list(elev), azimuths=None if azimuths is None else list(azimuths)),
               guidance=guidance, sampler=sampler, schedule=schedule, resize_mode=resize_mode, device=device,
               offload=offload, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_size)
+    spec = model.spec
+    w = spec.width if width is None else width
+    h = spec.height if height is None else height
+    ready = object_input(image, mask, width=w, height=h, recenter=recenter, image_frame_ratio=image_frame_ratio)
+    ready = (prepare_image(ready, w, h, resize_mode) + 1.0) / 2.0  # b 3 H W in [0, 1]; the size warning comes later
 
     def make_cond(gen):
-        return orbit_conditioning(model, image, elevations=elevations, azimuths=azimuths, num_frames=num_frames,
-                                  width=width, height=height, cond_aug=cond_aug, resize_mode=resize_mode,
-                                  generator=gen)
-    return _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
-                decode_t=decode_t, overlap=overlap, image_decoder=False, callback=callback, cancel=cancel,
-                device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=None,
-                ff_chunk_size=ff_chunk_size, channels_last=channels_last)
+        return orbit_conditioning(model, ready, elevations=elevations, azimuths=azimuths, num_frames=num_frames,
+                                  width=w, height=h, cond_aug=cond_aug, generator=gen)
+    frames = _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
+                  decode_t=decode_t, overlap=overlap, image_decoder=False, callback=callback, cancel=cancel,
+                  device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=None,
+                  ff_chunk_size=ff_chunk_size, channels_last=channels_last, noise_device=noise_device)
+    return replace_last_view(frames, ready) if replace_last else frames

@@ -130,15 +130,28 @@ def encode_video(
     x: torch.Tensor,
     scale_factor: float = 0.18215,
     encode_t: int = 14,
+    sample_posterior: bool = False,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Frames "(b t) 3 H W" in [-1, 1] -> scaled latent modes "(b t) 4 h w" (video-to-video); per-frame, `encode_t` at a time.
+    """Frames "(b t) 3 H W" in [-1, 1] -> scaled latents "(b t) 4 h w" (video-to-video); per-frame, `encode_t` at a time.
 
-    `first_stage` is a `FirstStage` with an encoder or a `CondEncoder`.
+    `first_stage` is a `FirstStage` with an encoder or a `CondEncoder`. The latent is the posterior's mean (mode), or
+    with `sample_posterior` a draw `mean + exp(logvar / 2) * eps`, eps from `generator` (CPU by default), as the
+    reference first stage encodes (`DiagonalGaussianRegularizer(sample=True)` ->
+    `DiagonalGaussianDistribution.sample`, sgm/modules/autoencoding/regularizers, distributions.py).
     """
     _check_int("encode_t", encode_t, 1)
     if not scale_factor or scale_factor <= 0:
         raise ValueError(f"scale_factor must be > 0, got {scale_factor!r}")
     if x.ndim != 4:
         raise ValueError(f"encode_video expects frames (N, 3, H, W) with N = batch*frames, got shape {tuple(x.shape)}")
-    latents = [first_stage.encode(x[start:start + encode_t]) for start in range(0, x.shape[0], encode_t)]
+    if not sample_posterior:
+        latents = [first_stage.encode(x[start:start + encode_t]) for start in range(0, x.shape[0], encode_t)]
+        return torch.cat(latents, dim=0) * scale_factor
+    generator = generator or torch.Generator().manual_seed(0)
+    latents = []
+    for start in range(0, x.shape[0], encode_t):
+        mean, logvar = first_stage.encode_dist(x[start:start + encode_t])
+        eps = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=torch.float32)
+        latents.append(mean + torch.exp(0.5 * logvar) * eps.to(mean))
     return torch.cat(latents, dim=0) * scale_factor

@@ -85,10 +85,13 @@ class ModelSpec:
     num_frames: int = 14
     height: int = 576
     width: int = 1024
+    # reference simple_video_sample.py: num_steps 25 (svd, svd_image_decoder), 30 (svd_xt*, svd_xt_image_decoder),
+    # 50 (sv3d_u, sv3d_p); seed 23 for every version (torch.manual_seed(seed) before the conditioning noise)
     steps: int = 25
+    seed: int = 23
     sigma_min: float = 0.002
     sigma_max: float = 700.0
-    guider: str = "linear"  # "linear" | "triangle" | "vanilla" | "trapezoid"
+    guider: str = "linear"  # a svd_core.guidance.KINDS name
     min_cfg: float = 1.0
     max_cfg: float = 2.5
     fps: int = 7  # frames per second; embedded as fps_id = fps - 1 (reference default fps_id 6)
@@ -141,8 +144,11 @@ def spec_from_dict(data: dict[str, Any]) -> ModelSpec:
 
 
 SVD = ModelSpec()
-SVD_XT = replace(SVD, name="svd_xt", num_frames=25, min_cfg=1.5, max_cfg=3.0)
+SVD_XT = replace(SVD, name="svd_xt", num_frames=25, steps=30, min_cfg=1.5, max_cfg=3.0)
 SVD_IMAGE_DECODER = replace(SVD, name="svd_image_decoder", vae=replace(SVD.vae, decoder="image", first_stage_quant=True))
+# reference configs/svd_xt_image_decoder.yaml: the image-decoder layout with SVD-XT's frames, steps and guidance
+SVD_XT_IMAGE_DECODER = replace(SVD_IMAGE_DECODER, name="svd_xt_image_decoder", num_frames=25, steps=30, min_cfg=1.5,
+                               max_cfg=3.0)
 SV3D_U = replace(
     SVD,
     name="sv3d_u",
@@ -153,6 +159,7 @@ SV3D_U = replace(
     num_frames=21,
     height=576,
     width=576,
+    steps=50,
     guider="triangle",
     min_cfg=1.0,
     max_cfg=2.5,
@@ -197,11 +204,12 @@ TEXT2VIDEO = replace(SVD, name="t2v", unet=replace(SVD.unet, in_channels=4, adm_
                      width=576, guider="vanilla", min_cfg=7.5, max_cfg=7.5, cond_aug=0.0, custom=True)
 GENERATORS = ("svd_interp", "svd_mv", "t2v")
 
-VARIANTS: dict[str, ModelSpec] = {s.name: s for s in (SVD, SVD_XT, SVD_IMAGE_DECODER, SV3D_U, SV3D_P, TINY,
-                                                      SVD_INTERP, SVD_MV, TEXT2VIDEO)}
+VARIANTS: dict[str, ModelSpec] = {s.name: s for s in (SVD, SVD_XT, SVD_IMAGE_DECODER, SVD_XT_IMAGE_DECODER, SV3D_U,
+                                                      SV3D_P, TINY, SVD_INTERP, SVD_MV, TEXT2VIDEO)}
 # svd_xt_1_1 has the svd_xt layout and defaults
 VARIANTS["svd_xt_1_1"] = replace(SVD_XT, name="svd_xt_1_1")
-RELEASED = ("svd", "svd_xt", "svd_xt_1_1", "svd_image_decoder", "sv3d_u", "sv3d_p")
+RELEASED = ("svd", "svd_xt", "svd_xt_1_1", "svd_image_decoder", "svd_xt_image_decoder", "sv3d_u",
+            "sv3d_p")
 
 
 def get_variant(name_or_spec: "str | ModelSpec") -> ModelSpec:

@@ -68,23 +68,32 @@ def _full_scale(mode: str, values: np.ndarray) -> float:
     return 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0  # F
 
 
-def _to_rgb_array(im) -> np.ndarray:
-    """A decoded Pillow image of any mode -> h w 3 float32 in [0, 1]; transparency composited on white."""
+def _has_alpha(im) -> bool:
+    return im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
+def _to_rgb_array(im, keep_alpha: bool = False) -> np.ndarray:
+    """A decoded Pillow image of any mode -> h w 3 float32 in [0, 1], transparency composited on white; h w 4 RGBA
+    when `keep_alpha` and the image has an alpha channel."""
     from PIL import Image
 
+    if keep_alpha and _has_alpha(im):
+        return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         gray = np.asarray(im).astype(np.float32)  # h w, the image's own integer / float values
         gray = np.clip(gray / _full_scale(im.mode, gray), 0.0, 1.0)
         return np.repeat(gray[..., None], 3, axis=2)
-    if im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if _has_alpha(im):
         im = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # 1, L, P, CMYK, YCbCr, RGB, ...
 
 
-def load_image(path: "str | os.PathLike", max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+def load_image(path: "str | os.PathLike", max_pixels: int = MAX_IMAGE_PIXELS,
+               keep_alpha: bool = False) -> torch.Tensor:
     """An image file -> 1 3 H W float in [0, 1] (RGB; alpha composited on white; 16-bit and float images scaled
-    from their own range). Images over `max_pixels` are refused from the header, before decoding."""
+    from their own range), or 1 4 H W RGBA when `keep_alpha` and the file has an alpha channel (SV3D inputs: the
+    object is cropped by its alpha). Images over `max_pixels` are refused from the header, before decoding."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -99,7 +108,7 @@ def load_image(path: "str | os.PathLike", max_pixels: int = MAX_IMAGE_PIXELS) ->
     with im:
         try:
             im.load()
-            arr = _to_rgb_array(im)
+            arr = _to_rgb_array(im, keep_alpha)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated / corrupt data, unsupported modes
             raise ValueError(f"{path}: the image cannot be decoded ({type(exc).__name__}: {exc}); re-save it as "
                              f"PNG or JPEG") from None

@@ -58,6 +58,39 @@ def test_orbit_on_sv3d(files):
     assert video.shape[0] == 5
 
 
+def test_orbit_prepares_an_rgba_object_and_keeps_the_input_as_last_view(files):
+    """Reference simple_video_sample.py, sv3d branch: an RGBA object is cut to its alpha's bounding box, centred on
+    a white square (image_frame_ratio) and the last generated view replaced by that input; both can be turned off."""
+    import torch
+
+    from svd_core.object_image import object_input
+
+    rgba = np.zeros((90, 160, 4), dtype=np.uint8)
+    rgba[20:60, 30:50] = (200, 40, 40, 255)  # an opaque red box, transparent elsewhere
+    Image.fromarray(rgba).save(files["dir"] / "object.png")
+    base = ["orbit", "--checkpoint", str(files["sv3d"]), "--image", str(files["dir"] / "object.png"), "--steps", "1",
+            "--image-frame-ratio", "0.5"]
+    assert main(base + ["--out", str(files["dir"] / "views")]) == 0
+    assert main(base + ["--out", str(files["dir"] / "raw"), "--no-replace-last-view"]) == 0
+    pngs = sorted((files["dir"] / "views").glob("frame_*.png"))
+    last = np.asarray(Image.open(pngs[-1]), dtype=np.float32) / 255.0
+    src = torch.from_numpy(rgba.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    expected = object_input(src, width=128, height=128, image_frame_ratio=0.5)[0].permute(1, 2, 0).numpy()
+    assert len(pngs) == 5 and np.abs(last - expected).max() <= 1 / 255
+    assert np.all(last[:16] == 1.0) and last[64, 64, 0] > 0.7 > last[64, 64, 1]  # white around, red box centred
+    raw = np.asarray(Image.open(sorted((files["dir"] / "raw").glob("frame_*.png"))[-1]), dtype=np.float32) / 255.0
+    assert np.abs(raw - expected).max() > 0.05
+
+
+def test_help_states_the_per_variant_defaults(capsys):
+    """Reference simple_video_sample.py: num_steps 25 / 30 / 50 per version, seed 23."""
+    with pytest.raises(SystemExit):
+        main(["img2vid", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "25 svd / svd_image_decoder, 30 svd_xt / svd_xt_1_1 / svd_xt_image_decoder, 50 sv3d_u / sv3d_p" in text
+    assert "23 as the reference script" in text and "--noise-device {cpu,device}" in text
+
+
 @pytest.mark.parametrize("change,message", [
     ({"--checkpoint": "missing.safetensors"}, "checkpoint not found"),
     ({"--image": "missing.png"}, "image not found"),
@@ -82,4 +115,5 @@ def test_clear_errors(files, change, message, capsys):
 
 def test_info_reports_variant(files, capsys):
     assert main(["info", str(files["sv3d"])]) == 0
-    assert "variant tiny_sv3d_p" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "variant tiny_sv3d_p" in out and "defaults: 4 steps, seed 23" in out  # the spec's (tiny: 4 steps)

@@ -15,7 +15,7 @@ from svd_core.variants import TINY
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 LAYOUT_FILE = {"svd": "svd_xt", "svd_xt": "svd_xt", "svd_xt_1_1": "svd_xt", "svd_image_decoder": "svd_image_decoder",
-               "sv3d_u": "sv3d_u", "sv3d_p": "sv3d_p"}
+               "svd_xt_image_decoder": "svd_image_decoder", "sv3d_u": "sv3d_u", "sv3d_p": "sv3d_p"}
 
 
 def reference_keys(variant: str) -> dict[str, list[int]]:
@@ -40,6 +40,7 @@ def test_full_size_layout_matches_reference_key_by_key(variant):
     ("svd", "svd.safetensors", "svd"), ("svd_xt", "svd_xt.safetensors", "svd_xt"),
     ("svd_xt", "svd_xt_1_1.safetensors", "svd_xt_1_1"), ("svd_image_decoder", "svd_image_decoder.safetensors",
                                                          "svd_image_decoder"),
+    ("svd_image_decoder", "svd_xt_image_decoder.safetensors", "svd_xt_image_decoder"),
     ("sv3d_u", "sv3d_u.safetensors", "sv3d_u"), ("sv3d_p", "sv3d_p.safetensors", "sv3d_p")])
 def test_variant_detected_from_shapes_and_full_layout_assigns_on_meta(variant, filename, expected):
     shapes = {k: tuple(v) for k, v in reference_keys(variant).items()}

@@ -59,9 +59,32 @@ def test_triangle_period_tuple_equals_single_float_for_one_period():
     torch.testing.assert_close(frame_scales("triangle", 9, period=[1.0]), frame_scales("triangle", 9, period=1.0))
 
 
-def test_trapezoid_shape():
+@pytest.mark.parametrize("num_frames, edge_perc, lo, hi, expected", [
+    # n = int(14 * 0.1) = 1: linspace(1.0, 2.5, 1) = [1.0]; 12 middle frames at 1.0
+    (14, 0.1, 1.0, 2.5, [1.0] + [1.0] * 12 + [1.0]),
+    # n = int(25 * 0.1) = 2: [1.5, 3.0], 21 ones, [3.0, 1.5]
+    (25, 0.1, 1.5, 3.0, [1.5, 3.0] + [1.0] * 21 + [3.0, 1.5]),
+    # n = int(21 * 0.25) = 5: linspace(1, 3, 5) = 1, 1.5, 2, 2.5, 3
+    (21, 0.25, 1.0, 3.0, [1.0, 1.5, 2.0, 2.5, 3.0] + [1.0] * 11 + [3.0, 2.5, 2.0, 1.5, 1.0]),
+    # n = int(10 * 0.5) = 5: no middle
+    (10, 0.5, 2.0, 4.0, [2.0, 2.5, 3.0, 3.5, 4.0, 4.0, 3.5, 3.0, 2.5, 2.0]),
+    # n = int(7 * 0.1) = 0: every frame 1.0
+    (7, 0.1, 1.0, 2.5, [1.0] * 7),
+])
+def test_trapezoid_matches_reference_trapezoid_prediction_guider(num_frames, edge_perc, lo, hi, expected):
+    """Reference sgm/modules/diffusionmodules/guiders.py `TrapezoidPredictionGuider`: rise =
+    linspace(min_scale, max_scale, int(num_frames * edge_perc)), then ones(num_frames - 2 * len(rise)), then the
+    rise flipped; default edge_perc 0.1. Values hand-computed from that definition."""
+    s = frame_scales("trapezoid", num_frames, lo, hi, edge_perc=edge_perc)
+    torch.testing.assert_close(s, torch.tensor(expected), rtol=0, atol=1e-6)
+    g = Guidance(kind="trapezoid", min_scale=lo, max_scale=hi, edge_perc=edge_perc)
+    torch.testing.assert_close(g.scales(num_frames), s)
+    assert Guidance(kind="trapezoid").edge_perc == 0.1  # the reference default
+
+
+def test_ramp_hold_shape():
     t, lo, hi = 21, 1.0, 3.0
-    s = frame_scales("trapezoid", t, lo, hi, ramp=0.25)
+    s = frame_scales("ramp_hold", t, lo, hi, ramp=0.25)
     u = [i / 20 for i in range(t)]
     expected = [lo + min(min(x, 1 - x) / 0.25, 1.0) * (hi - lo) for x in u]
     torch.testing.assert_close(s, torch.tensor(expected), rtol=0, atol=1e-6)
@@ -71,7 +94,7 @@ def test_trapezoid_shape():
     torch.testing.assert_close(s[5:16], torch.full((11,), hi))
     torch.testing.assert_close(s, s.flip(0))
     # ramp = 0.5 is the period-1 triangle
-    torch.testing.assert_close(frame_scales("trapezoid", t, lo, hi, ramp=0.5), frame_scales("triangle", t, lo, hi))
+    torch.testing.assert_close(frame_scales("ramp_hold", t, lo, hi, ramp=0.5), frame_scales("triangle", t, lo, hi))
 
 
 def test_combine_batch2_applies_frame_scale_to_both_videos():
@@ -112,15 +135,17 @@ def test_combine_errors():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: frame_scales("cosine", 5), r"unknown guidance kind 'cosine'; expected one of \['vanilla', 'linear', 'triangle', 'trapezoid'\]"),
+        (lambda: frame_scales("cosine", 5), r"unknown guidance kind 'cosine'; expected one of \['vanilla', 'linear', 'triangle', 'trapezoid', 'ramp_hold'\]"),
         (lambda: frame_scales("linear", 0), r"num_frames must be an integer >= 1, got 0"),
         (lambda: frame_scales("triangle", 5, period=0.0), r"period must be a number > 0 or a non-empty list of them, got period=0.0"),
         (lambda: frame_scales("triangle", 5, period=[]), r"period must be a number > 0"),
         (lambda: frame_scales("triangle", 5, period_fusing="min"), r"unknown period_fusing 'min'; expected one of \['max', 'mean', 'multiply'\]"),
-        (lambda: frame_scales("trapezoid", 5, ramp=0.7), r"ramp must satisfy 0 < ramp <= 0.5.*got ramp=0.7"),
+        (lambda: frame_scales("ramp_hold", 5, ramp=0.7), r"ramp must satisfy 0 < ramp <= 0.5.*got ramp=0.7"),
         (lambda: frame_scales("linear", 5, max_scale=float("nan")), r"max_scale must be a finite number"),
         (lambda: Guidance(kind="nope"), r"unknown guidance kind 'nope'"),
         (lambda: Guidance(ramp=0.0), r"ramp must satisfy 0 < ramp <= 0.5"),
+        (lambda: frame_scales("trapezoid", 5, edge_perc=0.6), r"edge_perc must satisfy 0 <= edge_perc <= 0.5.*0.6"),
+        (lambda: Guidance(kind="trapezoid", edge_perc=-0.1), r"edge_perc must satisfy 0 <= edge_perc <= 0.5"),
     ],
 )
 def test_errors(call, match):

@@ -197,3 +197,69 @@ def test_channels_last_is_the_same_video(model):
     nchw = P.img2vid(model, img, steps=2, seed=2, channels_last=False)
     assert model.unet.input_blocks[0][0].weight.is_contiguous()
     assert (nhwc - nchw).abs().max() < 1e-4  # kernel choice changes fp32 rounding only
+
+
+@pytest.mark.parametrize("variant, steps", [("svd", 25), ("svd_image_decoder", 25), ("svd_xt", 30),
+                                            ("svd_xt_1_1", 30), ("svd_xt_image_decoder", 30), ("sv3d_u", 50),
+                                            ("sv3d_p", 50)])
+def test_variant_sampling_defaults_are_the_reference_scripts(variant, steps):
+    """Reference scripts/sampling/simple_video_sample.py: num_steps default(num_steps, 25 | 30 | 50) per version,
+    seed 23; frames 14 / 25 / 21; guider from scripts/sampling/configs/<version>.yaml."""
+    from svd_core.variants import get_variant
+
+    spec = get_variant(variant)
+    assert (spec.steps, spec.seed) == (steps, 23)
+    assert spec.num_frames == {25: 14, 30: 25, 50: 21}[steps]
+    assert (spec.min_cfg, spec.max_cfg) == ((1.5, 3.0) if steps == 30 else (1.0, 2.5))
+
+
+def test_default_seed_and_steps_come_from_the_variant(model):
+    """Reference simple_video_sample.py: seed 23 and the version's num_steps when none is given (here the tiny
+    variant's 4 steps stand for 25 / 30 / 50)."""
+    img = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    seen = []
+    default = P.img2vid(model, img, callback=lambda stage, i, n: seen.append((stage, n)))
+    assert ("sampling", model.spec.steps) in seen and model.spec.seed == 23
+    assert torch.equal(default, P.img2vid(model, img, steps=model.spec.steps, seed=23))
+    cond = P.image_conditioning(model, img)  # conditioning noise from seed 23 too
+    assert torch.equal(cond.cond.concat, P.image_conditioning(model, img, seed=23).cond.concat)
+    assert not torch.equal(cond.cond.concat, P.image_conditioning(model, img, seed=0).cond.concat)
+
+
+def test_noise_device_draws_the_initial_noise_on_the_unet_device(model):
+    """Reference simple_video_sample.py: torch.manual_seed(seed); randn = torch.randn(shape, device=device).
+    "device" = a generator on the UNet's device seeded with `seed` (here CPU: the same numbers as
+    torch.Generator(device).manual_seed(seed)); "cpu" (default) = the shared, reproducible CPU generator."""
+    img = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    cond = P.image_conditioning(model, img, seed=5)
+    g = Guidance("linear", 1.0, 2.0)
+    dev = P.sample(model, cond, g, steps=2, seed=5, noise_device="device")
+    unet_device = next(model.unet.parameters()).device
+    noise = torch.randn(cond.latent_shape, generator=torch.Generator(unet_device).manual_seed(5), device=unet_device)
+    assert torch.equal(dev, P.sample(model, cond, g, steps=2, noise=noise))
+    shared = torch.Generator().manual_seed(5)
+    torch.randn(3, generator=shared)  # a generator that already drew (as in img2vid, after the conditioning)
+    cpu = P.sample(model, cond, g, steps=2, seed=5, generator=shared)
+    assert (cpu - dev).abs().max() > 1e-3  # "cpu" draws from the shared generator, "device" from a fresh one
+    with pytest.raises(ValueError, match=r"noise_device='gpu'; expected one of \('cpu', 'device'\)"):
+        P.sample(model, cond, g, steps=2, noise_device="gpu")
+
+
+def test_encode_samples_the_posterior_when_asked(model):
+    """Reference first stage: DiagonalGaussianRegularizer(sample=True) -> DiagonalGaussianDistribution.sample()
+    = mean + exp(logvar / 2) * eps (sgm/modules/distributions/distributions.py); default here stays the mean."""
+    video = torch.rand(1, 4, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    fs = model.first_stage_model
+    x = video.flatten(0, 1) * 2 - 1
+    mean, logvar = fs.encode_dist(x)
+    scale = model.spec.scale_factor
+    torch.testing.assert_close(P.encode(model, video), mean * scale)  # mean path unchanged
+    a = P.encode(model, video, sample_posterior=True, seed=4)
+    assert torch.equal(a, P.encode(model, video, sample_posterior=True, seed=4))  # seeded
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a, (mean + torch.exp(0.5 * logvar) * eps) * scale)
+    # the draws scatter around the mean with the posterior's std: standardised residuals ~ N(0, 1)
+    draws = torch.stack([P.encode(model, video, sample_posterior=True, seed=s) for s in range(6)])
+    z = (draws / scale - mean) / torch.exp(0.5 * logvar)
+    assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1.0) < 0.02
+    assert (a - mean * scale).abs().max() > 1e-4

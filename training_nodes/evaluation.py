@@ -395,9 +395,11 @@ def _manifest_study(node: str, load_study, path: str):
     # one message for a missing file and a file outside input/: the node says nothing about files outside
     outside = bad_input(node, "manifest", "lists a video or image that is missing or outside ComfyUI's input "
                                           "folder; put the study's files in input/, paths relative to the manifest")
+    from svd_core.eval.study import MediaOutsideError
+
     try:
         study = load_study(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, MediaOutsideError):
         raise outside from None
     except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise bad_input(node, "manifest", f"not a usable study manifest ({type(exc).__name__}: "

@@ -61,8 +61,14 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop",
                         help="fit the image to width x height by center crop, padding or stretching")
     parser.add_argument("--steps", type=arg_type("steps", "--steps"), default=None,
-                        help=f"sampling steps, 1-{MAX_STEPS} (default: the variant's, 25)")
-    parser.add_argument("--seed", type=arg_type("seed", "--seed"), default=0, help="random seed, 0 to 2^64-1")
+                        help=f"sampling steps, 1-{MAX_STEPS} (default: the loaded variant's, as the reference script: "
+                             "25 svd / svd_image_decoder, 30 svd_xt / svd_xt_1_1 / svd_xt_image_decoder, 50 sv3d_u / "
+                             "sv3d_p)")
+    parser.add_argument("--seed", type=arg_type("seed", "--seed"), default=None,
+                        help="seed of the noise, 0 to 2^64-1 (default: the variant's, 23 as the reference script)")
+    parser.add_argument("--noise-device", choices=("cpu", "device"), default="cpu",
+                        help="draw the initial noise on a CPU generator (default: the same video on every machine) "
+                             "or on the compute device (as the reference does on CUDA)")
     parser.add_argument("--sampler", choices=SAMPLER_CHOICES, default="euler")
     parser.add_argument("--schedule", choices=("karras", "exponential"), default="karras")
     parser.add_argument("--cond-aug", type=arg_type("cond_aug", "--cond-aug"), default=None,
@@ -179,10 +185,10 @@ def finish(frames, args, fps: float, started: float) -> int:
     return 0
 
 
-def read_image(path):
+def read_image(path, keep_alpha: bool = False):
     from ..video_io import load_image
 
     try:
-        return load_image(path)
+        return load_image(path, keep_alpha=keep_alpha)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(f"--image: {exc}") from None

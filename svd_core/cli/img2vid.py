@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from ..guidance import KINDS
 from ..validation import arg_type
 from . import CLIError
 from .common import add_common, check_options, finish, load_model, plan_model, progress_printer, read_image
@@ -14,8 +15,10 @@ def add_arguments(parser) -> None:
                         help="fps conditioning in frames per second, 1-1000 (default 7)")
     parser.add_argument("--motion-bucket", type=arg_type("motion_bucket_id", "--motion-bucket"), default=None,
                         help="motion bucket id 0-255, the range the released models were trained on (default 127)")
-    parser.add_argument("--guidance", choices=("linear", "triangle", "trapezoid", "vanilla"), default=None,
-                        help="per-frame guidance shape (default: the variant's)")
+    parser.add_argument("--guidance", choices=KINDS, default=None,
+                        help="per-frame guidance shape (default: the variant's); trapezoid is the reference's "
+                             "TrapezoidPredictionGuider (edge_perc 0.1, 1.0 in the middle), ramp_hold ramps and holds "
+                             "max-cfg")
     parser.add_argument("--image-decoder", action="store_true", help="decode frames one by one (no temporal layers)")
 
 
@@ -39,7 +42,7 @@ def run(args) -> int:
                          guidance=guidance, sampler=args.sampler, schedule=args.schedule, steps=args.steps,
                          seed=args.seed, decode_t=args.decode_t, overlap=args.overlap,
                          image_decoder=args.image_decoder, callback=progress_printer(), device=device,
-                         offload=args.offload, ff_chunk_size=args.ff_chunk)
+                         offload=args.offload, ff_chunk_size=args.ff_chunk, noise_device=args.noise_device)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     fps = args.out_fps or args.fps or model.spec.fps

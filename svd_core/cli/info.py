@@ -17,4 +17,5 @@ def run(args) -> int:
     print(model.load_report.summary())
     print(f"frames {spec.num_frames}, {spec.width}x{spec.height}, guider {spec.guider} "
           f"{spec.min_cfg}-{spec.max_cfg}, vector inputs {[k for k, _ in spec.vector_inputs]}")
+    print(f"defaults: {spec.steps} steps, seed {spec.seed} (reference sampling script)")
     return 0

@@ -28,6 +28,17 @@ def _floats(name: str, option: str):
     return convert
 
 
+def _frame_ratio(text: str) -> float:
+    """--image-frame-ratio: a share of the frame side, in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is impossible: expected a share of the frame in (0, 1]")
+    return value
+
+
 def add_arguments(parser) -> None:
     add_common(parser)
     parser.add_argument("--elevation", type=arg_type("elevations", "--elevation"), default=10.0,
@@ -36,6 +47,15 @@ def add_arguments(parser) -> None:
                         help="per-view elevations, comma separated")
     parser.add_argument("--azimuths", type=_floats("azimuths", "--azimuths"), default=None,
                         help="per-view azimuths in degrees (default: evenly spaced, as the reference)")
+    parser.add_argument("--no-recenter", dest="recenter", action="store_false",
+                        help="use an RGBA image as it is framed (composited on white) instead of cropping it to the "
+                             "object and centring it on a white square as the reference script does")
+    parser.add_argument("--image-frame-ratio", type=_frame_ratio, default=None,
+                        help="share of the frame side the object's longer side takes after recentring, in (0, 1] "
+                             "(default: keep the input's framing, the reference script's None)")
+    parser.add_argument("--no-replace-last-view", dest="replace_last", action="store_false",
+                        help="keep the generated last view instead of replacing it by the input view (the reference "
+                             "replaces it)")
 
 
 def run(args) -> int:
@@ -44,7 +64,7 @@ def run(args) -> int:
 
     started = time.perf_counter()
     check_options(args)  # everything that needs no model: nothing is loaded or written on a bad option
-    image = read_image(args.image)
+    image = read_image(args.image, keep_alpha=True)  # RGBA objects are cropped and centred (reference sv3d branch)
     plan = plan_model(args)  # the checkpoint on the meta device: variant, memory of the request
     if "fps_id" in dict(plan.spec.vector_inputs):
         raise CLIError(f"--checkpoint {args.checkpoint} is an {plan.spec.name} model; use `python -m svd_core "
@@ -64,7 +84,8 @@ def run(args) -> int:
                        resize_mode=args.resize, guidance=guidance, sampler=args.sampler, schedule=args.schedule,
                        steps=args.steps, seed=args.seed, decode_t=args.decode_t, overlap=args.overlap,
                        callback=progress_printer(), device=device, offload=args.offload,
-                       ff_chunk_size=args.ff_chunk)
+                       ff_chunk_size=args.ff_chunk, recenter=args.recenter, image_frame_ratio=args.image_frame_ratio,
+                       replace_last=args.replace_last, noise_device=args.noise_device)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     return finish(frames, args, args.out_fps or 7.0, started)

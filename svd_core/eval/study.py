@@ -237,6 +237,10 @@ def inside(path: str, roots) -> bool:
     return any(os.path.commonpath([real, r]) == r for r in roots)
 
 
+class MediaOutsideError(ValueError):
+    """A study names a media file outside its media folder(s): refused, never served."""
+
+
 def check_media(path: str, roots, kind: str, what: str) -> str:
     """The resolved path of a servable media file: inside a root, a video (or image) type, a regular file within
     `MAX_MEDIA_BYTES`."""
@@ -246,8 +250,8 @@ def check_media(path: str, roots, kind: str, what: str) -> str:
     if os.path.splitext(path)[1].lower() not in allowed or media_type(path) is None:
         raise ValueError(f"{what}: {os.path.basename(path)!r} is not a {kind} file ({', '.join(allowed)})")
     if not inside(path, roots):
-        raise ValueError(f"{what}: {path!r} lies outside the study's media folder(s) {', '.join(roots)}; "
-                         "keep the media next to the manifest")
+        raise MediaOutsideError(f"{what}: {path!r} lies outside the study's media folder(s) {', '.join(roots)}; "
+                                "keep the media next to the manifest")
     real = os.path.realpath(path)
     try:
         st = os.stat(real)

@@ -14,8 +14,9 @@ def tiny_checkpoint(path: Path, variant: str = "tiny", seed: int = 0) -> None:
     testing.make_tiny_checkpoint(path, spec=variant, seed=seed)
 
 
-def test_image(path: Path, width: int = 160, height: int = 96, seed: int = 0) -> None:
-    """A smooth colour gradient with a bright disc (deterministic), saved as PNG."""
+def test_image(path: Path, width: int = 160, height: int = 96, seed: int = 0, alpha: bool = False) -> None:
+    """A smooth colour gradient with a bright disc (deterministic), saved as PNG; with `alpha` an RGBA PNG whose
+    disc is the only opaque part (an SV3D object on a transparent background)."""
     from PIL import Image
 
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -25,6 +26,8 @@ def test_image(path: Path, width: int = 160, height: int = 96, seed: int = 0) ->
     rgb = np.stack([r, g, 0.3 + 0.7 * b], axis=-1)
     rng = np.random.default_rng(seed)
     rgb = np.clip(rgb + rng.normal(0, 0.02, rgb.shape), 0, 1)
+    if alpha:
+        rgb = np.concatenate([rgb, b[..., None]], axis=-1)  # opaque disc, transparent elsewhere
     Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
 
 

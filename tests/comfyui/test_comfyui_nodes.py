@@ -20,6 +20,7 @@ NODE_IDS = {
     "SVDSuite_LinearGuidance": "svd/guidance",
     "SVDSuite_TriangleGuidance": "svd/guidance",
     "SVDSuite_TrapezoidGuidance": "svd/guidance",
+    "SVDSuite_RampHoldGuidance": "svd/guidance",
     "SVDSuite_VanillaGuidance": "svd/guidance",
     "SVDSuite_Sampler": "svd/sampling",
     "SVDSuite_Decode": "svd/latent",
@@ -123,7 +124,7 @@ def test_invalid_width_fails_validation_naming_node_and_input(comfy):
 
 
 def test_out_of_range_and_unknown_values_fail_validation(comfy):
-    body = _errors(comfy.post_prompt(img2vid(steps=0)))
+    body = _errors(comfy.post_prompt(img2vid(steps=-1)))  # 0 is valid: the loaded variant's steps
     assert body["node_errors"]["5"]["class_type"] == "SVDSuite_Sampler"
     assert "steps" in json.dumps(body["node_errors"]["5"]["errors"])
     prompt = img2vid()
@@ -204,6 +205,20 @@ def test_video_to_video_encode_then_partial_denoise(comfy):
     assert media_info(saved(comfy, entry, node="13")) == (4, 64, 64)
 
 
+def test_sampler_steps_zero_follow_the_loaded_variant_and_encode_samples_the_posterior(comfy):
+    """Reference simple_video_sample.py: num_steps per version when none is given (steps 0 = the loaded model's;
+    the tiny model's 4); the reference first stage encodes by sampling the posterior (Encode sample_posterior)."""
+    prompt = img2vid(steps=0, prefix="svd_suite/steps0")
+    prompt["5"]["inputs"]["noise_device"] = "device"
+    prompt["10"] = {"class_type": "SVDSuite_Encode", "inputs": {"svd_model": ["1", 0], "frames": ["6", 0],
+                                                                 "num_frames": 0, "sample_posterior": True, "seed": 3}}
+    prompt["11"] = {"class_type": "PreviewAny", "inputs": {"source": ["10", 0]}}
+    entry, messages = run_ok(comfy, prompt)
+    maxima = {m["data"]["max"] for m in messages if m["type"] == "progress" and m["data"].get("node") == "5"}
+    assert maxima == {4}, maxima
+    assert media_info(saved(comfy, entry)) == (4, 64, 64)
+
+
 def test_diffusers_folder_loader(comfy, object_info):
     folders = object_info["SVDSuite_DiffusersLoader"]["input"]["required"]["folder"][1]["options"]
     assert folders == ["tiny_svd_diffusers"]  # conftest.BASE_MODELS: models/diffusers/tiny_svd_diffusers
@@ -232,7 +247,7 @@ def test_sv3d_keyframed_orbit(comfy, sv3d_ckpt):
         "4": {"class_type": "SVDSuite_OrbitConditioning", "inputs": {
             "svd_model": ["1", 0], "image": ["2", 0], "width": 64, "height": 64, "num_frames": 5, "elevations": "10",
             "azimuths": "", "cond_aug": 1e-5, "resize_mode": "pad", "seed": 0, "orbit": ["3", 0]}},
-        "5": {"class_type": "SVDSuite_TrapezoidGuidance", "inputs": {"min_scale": 1.0, "max_scale": 2.0, "ramp": 0.25}},
+        "5": {"class_type": "SVDSuite_RampHoldGuidance", "inputs": {"min_scale": 1.0, "max_scale": 2.0, "ramp": 0.25}},
         "6": {"class_type": "SVDSuite_Sampler", "inputs": {
             "svd_model": ["1", 0], "conditioning": ["4", 0], "guidance": ["5", 0], "sampler": "heun",
             "schedule": "karras", "steps": 2, "seed": 3, "denoise": 1.0}},
@@ -245,6 +260,41 @@ def test_sv3d_keyframed_orbit(comfy, sv3d_ckpt):
     }
     entry, _ = run_ok(comfy, prompt)
     assert media_info(saved(comfy, entry, node="8")) == (5, 64, 64)
+
+
+def test_sv3d_multiview_prepares_an_rgba_object_and_replaces_the_last_view(comfy, sv3d_ckpt):
+    """Reference scripts/sampling/simple_video_sample.py (sv3d): the RGBA object is cut to its bounding box, centred on
+    a square canvas of the input's height (image_frame_ratio None), resized to the output and put on white; the last
+    view is replaced by that input (samples_x[-1:] = cond_frames_without_noise). Load Image's MASK is 1 - alpha."""
+    import numpy as np
+    import torch
+    from factories import test_image
+    from PIL import Image
+
+    from svd_core.object_image import object_input
+
+    name = "svd_suite_rgba_object.png"
+    test_image(comfy.input_dir / name, width=160, height=96, alpha=True)
+    prompt = {
+        "1": {"class_type": "SVDSuite_CheckpointLoader", "inputs": {"ckpt_name": sv3d_ckpt, "dtype": "float32"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "3": {"class_type": "SVDSuite_MultiViewSampler", "inputs": {
+            "svd_model": ["1", 0], "image": ["2", 0], "mask": ["2", 1], "width": 64, "height": 64, "cond_aug": 1e-5,
+            "resize_mode": "crop", "sampler": "euler", "schedule": "karras", "steps": 1, "seed": 23, "decode_t": 5}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "svd_suite/sv3d_rgba"}},
+    }
+    entry, _ = run_ok(comfy, prompt)
+    items = entry["outputs"]["4"]["images"]
+    assert len(items) == 5
+    last = np.asarray(Image.open(comfy.output_file(items[-1])).convert("RGB"), dtype=np.float32) / 255.0
+    with Image.open(comfy.input_dir / name) as im:
+        rgba = torch.from_numpy(np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    expected = object_input(rgba, width=64, height=64)[0].permute(1, 2, 0).numpy()  # h w 3 in [0, 1]
+    assert np.abs(last - expected).max() <= 1.5 / 255  # the input view itself, 8-bit rounding only
+    assert np.all(last[:4, :4] == 1.0) and np.all(last[-4:, -4:] == 1.0)  # white background at the corners
+    assert last[32, 32, 2] > 0.8 and last[32, 32, 1] < 0.75  # the bright-blue disc, centred
+    first = np.asarray(Image.open(comfy.output_file(items[0])).convert("RGB"), dtype=np.float32) / 255.0
+    assert np.abs(first - expected).max() > 0.05  # the other views are generated
 
 
 # ----------------------------------------------------------------------------------------------- interrupt

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from comfy_harness import WORKFLOWS
+from comfy_harness import api_path
 
 # (merged node id, input) of every path-taking input in the graph below
 PATH_INPUTS = [
@@ -28,7 +28,7 @@ def _merged(value: str) -> dict:
     prompt = {}
     for prefix, name in (("c", "curation_filter"), ("e", "eval_compare"), ("l", "train_camera_lora"),
                          ("f", "train_full_finetune"), ("r", "svd_lora")):
-        api = json.loads((WORKFLOWS / f"{name}.api.json").read_text())
+        api = json.loads(api_path(name).read_text())
         for node_id, node in api.items():
             if prefix == "f" and int(node_id) > 6:
                 continue  # its loss curve and samples would be a valid output (ComfyUI runs the valid part)
