@@ -308,7 +308,9 @@ def test_bad_arguments_give_clear_errors(temporal_pair, image_pair):
     # a temporal decoder asked to decode per frame runs its spatial layers only, each frame on its own
     per_frame = decode_video(ours, z, 6, image_decoder=True, clamp=False)
     alone = torch.cat([ours.decode(z[i:i + 1] / 0.18215, 1, skip_video=True) for i in range(6)])
-    assert _maxdiff(per_frame, alone) < 1e-5
+    # the same maths; batch-6 and batch-1 convs take different oneDNN kernels (fp32 summation order: up to 1.2e-5
+    # seen on this CPU), while a temporal mix-up moves values by > 1e-3
+    assert _maxdiff(per_frame, alone) < 5e-5
     assert _maxdiff(per_frame, decode_video(ours, z, 6, clamp=False)) > 1e-3
     with pytest.raises(ValueError, match=r"decode_video expects latents \(N, C, h, w\)"):
         decode_video(ours, z[None], 6)
