@@ -1,0 +1,257 @@
+"""Hardened checkpoint loader (issue 12): safetensors headers validated as the `safetensors` library does, spec
+metadata type- and range-checked and sized against the file before anything is built; one CheckpointError naming
+the file, fast, never another exception."""
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import svd_core
+from svd_core.__main__ import main
+from svd_core.loading import (MAX_HEADER_BYTES, SPEC_METADATA_KEY, CheckpointError, SafetensorsFile, json_depth,
+                              min_tensors, optional_keys)
+from svd_core.variants import SPEC_LIMITS, TINY, VARIANTS, CLIPSpec, ModelSpec, UNetSpec, VAESpec
+
+# the project's shared/reference beside the checkout (tests/../../shared), or beside a worktree's parent
+REFERENCE = next((p / "shared" / "reference" for p in Path(__file__).resolve().parents[2:4]
+                  if (p / "shared" / "reference").is_dir()), None)
+
+# The smallest spec with every structural feature: one UNet level, one res block, one ViT layer (builds in ~0.1 s).
+MICRO = replace(TINY, name="micro", unet=replace(TINY.unet, channel_mult=(1,), num_res_blocks=1,
+                                                 attention_resolutions=(1,)),
+                vae=replace(TINY.vae, ch_mult=(1,), num_res_blocks=1), clip=replace(TINY.clip, layers=1))
+
+
+def write_raw(path: Path, header: "dict | bytes", data: bytes = b"", length: int | None = None) -> Path:
+    """A safetensors file from a header (dict or raw bytes) and a byte buffer, header length as given or true."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+    return path
+
+
+def split(path: Path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """Three tensors of three dtypes, written by the safetensors library."""
+    path = tmp_path_factory.mktemp("st") / "small.safetensors"
+    save_file({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.arange(4, dtype=torch.int64),
+               "c": torch.ones(5, dtype=torch.bfloat16)}, str(path), metadata={"k": "v"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def micro_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("micro") / "micro.safetensors"
+    model = svd_core.build(MICRO)
+    svd_core.save(model, path)
+    return path
+
+
+def refused(path: Path, match: str) -> str:
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=match) as info:
+        svd_core.load(path, device="meta")
+    assert time.perf_counter() - started < 1.0
+    assert str(path.name) in str(info.value)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- header defects
+
+
+def test_valid_file_reads_like_the_safetensors_library(small):
+    from safetensors import safe_open
+
+    reader = SafetensorsFile(small)
+    with safe_open(str(small), "pt") as f:
+        assert reader.metadata == f.metadata() == {"k": "v"}
+        for key in f.keys():
+            assert torch.equal(reader.tensor(key), f.get_tensor(key))
+
+
+def test_overlapping_offsets_refused(tmp_path, small):
+    header, data = split(small)
+    begin = header["b"]["data_offsets"][0]  # 'a' (24 bytes) moved into the middle of 'b' (32 bytes)
+    header["a"]["data_offsets"] = [begin + 8, begin + 32]
+    msg = refused(write_raw(tmp_path / "overlap.safetensors", header, data), "overlaps tensor")
+    assert "share storage" in msg
+
+
+def test_duplicate_offsets_refused(tmp_path):
+    # two tensors on the same bytes: each looks consistent, together they would alias one storage
+    header = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+              "y": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    refused(write_raw(tmp_path / "dup.safetensors", header, bytes(8)), r"'y' at bytes \[0, 8\) overlaps tensor 'x'")
+
+
+def test_negative_offsets_refused(tmp_path):
+    # a negative begin would read the weights from the header itself
+    header = {"x": {"dtype": "U8", "shape": [16], "data_offsets": [-16, 0]}}
+    refused(write_raw(tmp_path / "neg.safetensors", header, bytes(0)), r"data_offsets \[-16, 0\], expected")
+
+
+def test_gap_and_trailing_bytes_refused(tmp_path):
+    header = {"x": {"dtype": "U8", "shape": [4], "data_offsets": [4, 8]}}
+    refused(write_raw(tmp_path / "gap.safetensors", header, bytes(8)), "starts at byte 4 but the previous tensor "
+                                                                       "ends at 0")
+    header = {"x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}
+    refused(write_raw(tmp_path / "tail.safetensors", header, bytes(8)), "4 bytes after the last tensor")
+
+
+def test_duplicate_keys_refused(tmp_path):
+    raw = (b'{"x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}, '
+           b'"x": {"dtype": "U8", "shape": [4], "data_offsets": [4, 8]}}')
+    refused(write_raw(tmp_path / "dupkey.safetensors", raw, bytes(8)), "key 'x' appears twice")
+
+
+@pytest.mark.parametrize("header,match", [
+    ([1, 2, 3], "does not start with"),
+    ({"x": [1, 2]}, "tensor 'x' is a list, expected an object"),
+    ({"x": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, r"dtype \['F32'\], expected one of"),
+    ({"x": {"dtype": "F32", "data_offsets": [0, 4]}}, "tensor 'x' has no shape"),
+    ({"x": {"dtype": "F32", "shape": [1.0], "data_offsets": [0, 4]}}, r"shape \[1.0\], expected a list"),
+    ({"x": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, r"shape \[True\], expected a list"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}}, r"data_offsets \[0, 4, 8\]"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, "needs 8 bytes but its data_offsets"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, "needs 4 bytes but its data_offsets"),
+    ({"x": {"dtype": "F32", "shape": [2 ** 40, 2 ** 40], "data_offsets": [0, 4]}}, "too many elements"),
+    ({"__metadata__": {"k": 1}, "x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}, "__metadata__ must"),
+    ({"__metadata__": [], "x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}, "__metadata__ must"),
+    ({"x": {"dtype": "U16", "shape": [2], "data_offsets": [0, 4]}}, "unsupported dtype 'U16'"),
+])
+def test_malformed_headers_give_one_clean_error(tmp_path, header, match):
+    refused(write_raw(tmp_path / "bad.safetensors", json.dumps(header).encode(), bytes(4)), match)
+
+
+def test_deep_nesting_refused_without_recursion(tmp_path):
+    for depth in (9, 100_000):
+        raw = b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
+        msg = refused(write_raw(tmp_path / f"deep{depth}.safetensors", raw), f"nested {depth + 1} levels deep")
+        assert "RecursionError" not in msg
+    # brackets inside strings do not count; closing brackets between siblings do
+    assert json_depth(b'{"a": "[[[[[[[[[[", "b": [[1], [2], [[3]]]}') == 4
+
+
+def test_header_length_capped_before_reading(tmp_path):
+    big = tmp_path / "huge_header.safetensors"
+    with open(big, "wb") as f:  # a sparse file bigger than the cap: nothing of the header may be read
+        f.write(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{")
+        f.truncate(MAX_HEADER_BYTES + 100)
+    refused(big, f"exceeds the {MAX_HEADER_BYTES} byte limit")
+    refused(write_raw(tmp_path / "long.safetensors", b"{}", length=1000), "does not fit a file of")
+    refused(write_raw(tmp_path / "not_utf8.safetensors", b'{"\xff": 1}'), "not UTF-8")
+
+
+def test_truncated_file_still_names_the_last_tensor(tmp_path, small):
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(small.read_bytes()[:-3])
+    refused(cut, r"truncated: tensor 'c' ends at byte \d+ but the file has \d+ bytes")
+
+
+# ---------------------------------------------------------------------------------------------- spec metadata
+
+
+def with_spec(src: Path, dst: Path, spec_text: str) -> Path:
+    header, data = split(src)
+    header["__metadata__"][SPEC_METADATA_KEY] = spec_text
+    return write_raw(dst, header, data)
+
+
+def spec_dict(spec: ModelSpec = MICRO) -> dict:
+    return json.loads(spec.to_json())
+
+
+def test_absurd_clip_layers_refused_fast(tmp_path, micro_ckpt):
+    d = spec_dict()
+    d["clip"]["layers"] = 10 ** 7
+    msg = refused(with_spec(micro_ckpt, tmp_path / "layers.safetensors", json.dumps(d)),
+                  r"clip.layers=10000000: expected an integer in \[1, 128\]")
+    assert SPEC_METADATA_KEY in msg
+
+
+def test_spec_bigger_than_the_file_refused_before_building(tmp_path, micro_ckpt):
+    d = spec_dict()
+    d["clip"]["layers"] = 128  # in range, but the file holds one layer's tensors
+    d["unet"]["num_res_blocks"] = 8
+    msg = refused(with_spec(micro_ckpt, tmp_path / "big.safetensors", json.dumps(d)), "needs at least")
+    assert "clip.layers=128" in msg and "unet.num_res_blocks=8" in msg
+
+
+@pytest.mark.parametrize("path,value,match", [
+    (("unet", "channel_mult"), "1244", r"unet.channel_mult='1244': expected a list of 1-8 integers"),
+    (("vae", "first_stage_quant"), "no", "vae.first_stage_quant='no': expected true or false"),
+    (("guider",), "cosine", "guider='cosine': expected one of linear"),
+    (("vector_inputs",), [["fps_id", -1]], "vector_inputs=.*expected a list of 1-16"),
+    (("clip", "mlp_ratio"), 1e9, r"clip.mlp_ratio=1000000000.0: expected a number in \[0.1, 16\]"),
+    (("clip",), [1], "clip must be a JSON object, not list"),
+])
+def test_spec_field_types_and_ranges(tmp_path, micro_ckpt, path, value, match):
+    d = spec_dict()
+    target = d
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    refused(with_spec(micro_ckpt, tmp_path / "field.safetensors", json.dumps(d)), match)
+
+
+def test_unknown_spec_field_named_with_suggestion(tmp_path, micro_ckpt):
+    d = spec_dict()
+    d["clip"]["layres"] = 2
+    refused(with_spec(micro_ckpt, tmp_path / "typo.safetensors", json.dumps(d)),
+            r"unknown field clip.layres .*did you mean 'layers'")
+
+
+def test_spec_that_cannot_be_built_is_a_checkpoint_error(tmp_path, micro_ckpt):
+    d = spec_dict()
+    d["unet"]["num_head_channels"] = 7  # 32 channels do not split into heads of 7
+    refused(with_spec(micro_ckpt, tmp_path / "heads.safetensors", json.dumps(d)), "cannot be built: channels 32")
+    for text in ("[1, 2]", "not json", '{"name": NaN}', "[" * 50 + "]" * 50):
+        refused(with_spec(micro_ckpt, tmp_path / "text.safetensors", text), "unreadable model spec")
+
+
+def test_every_spec_field_has_limits_and_every_variant_passes_them():
+    paths = {f.name for f in fields(ModelSpec) if f.name not in ("unet", "vae", "clip")}
+    paths |= {f"{p}.{f.name}" for p, cls in (("unet", UNetSpec), ("vae", VAESpec), ("clip", CLIPSpec))
+              for f in fields(cls)}
+    assert paths == set(SPEC_LIMITS)
+    for spec in VARIANTS.values():
+        assert ModelSpec.from_json(spec.to_json()) == spec
+
+
+def test_min_tensors_is_a_lower_bound_of_the_released_layouts():
+    """The closed-form bound never refuses a real file: checked against the released key lists (no build)."""
+    if REFERENCE is None:
+        pytest.skip("shared/reference (released key layouts) is not beside this checkout")
+    files = {"svd_xt": "svd_xt", "svd_image_decoder": "svd_image_decoder", "sv3d_u": "sv3d_u", "sv3d_p": "sv3d_p"}
+    for name, layout in files.items():
+        keys = json.loads((REFERENCE / f"{layout}.keys.json").read_text())["keys"]
+        spec = VARIANTS[name]
+        required = [k for k in keys if not k.startswith(optional_keys(spec))]
+        assert min_tensors(spec) <= len(required) < 2 * min_tensors(spec), name
+
+
+def test_micro_round_trip_and_cli_info(micro_ckpt, tmp_path, capsys):
+    model = svd_core.load(micro_ckpt, device="meta")
+    assert model.spec == MICRO
+    d = spec_dict()
+    d["clip"]["layers"] = 10 ** 7
+    bad = with_spec(micro_ckpt, tmp_path / "cli.safetensors", json.dumps(d))
+    with pytest.raises(SystemExit) as info:
+        main(["info", str(bad)])
+    message = str(info.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "clip.layers=10000000" in message
+    with pytest.raises(SystemExit) as info:
+        main(["info", str(write_raw(tmp_path / "list.safetensors", b"[1]", bytes(4)))])
+    assert "\n" not in str(info.value.code) and "does not start with '{'" in str(info.value.code)
