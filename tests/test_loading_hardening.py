@@ -255,3 +255,164 @@ def test_micro_round_trip_and_cli_info(micro_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["info", str(write_raw(tmp_path / "list.safetensors", b"[1]", bytes(4)))])
     assert "\n" not in str(info.value.code) and "does not start with '{'" in str(info.value.code)
+
+
+# ---------------------------------------------------------------------------------------------- property suites
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JUNK = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=6),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                max_size=2), max_leaves=5)
+DTYPES = st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL", "U16", "F8_E4M3",
+                          "F17", "f32", ""])
+NAMES = st.sampled_from(["a", "b", "c", "d"])
+FIELDS = st.sampled_from(["dtype", "shape", "data_offsets"])
+SMALL = st.integers(-4, 80)
+MUTATION = st.one_of(
+    st.tuples(st.just("offsets"), NAMES, SMALL, SMALL),
+    st.tuples(st.just("copy_offsets"), NAMES, NAMES),
+    st.tuples(st.just("swap_offsets"), NAMES, NAMES),
+    st.tuples(st.just("dtype"), NAMES, DTYPES | JUNK),
+    st.tuples(st.just("shape"), NAMES, st.lists(st.integers(-2, 9), max_size=4) | JUNK),
+    st.tuples(st.just("drop"), NAMES, FIELDS),
+    st.tuples(st.just("nest"), NAMES, FIELDS, st.integers(1, 40)),
+    st.tuples(st.just("extra"), NAMES, JUNK),
+    st.tuples(st.just("metadata"), JUNK),
+    st.tuples(st.just("header"), JUNK),
+    st.tuples(st.just("length"), st.integers(-12, 12)),
+    st.tuples(st.just("truncate"), st.integers(1, 60)),
+    st.tuples(st.just("append"), st.integers(1, 16)),
+)
+HEADER_OUTCOMES: dict[str, int] = {}
+
+
+def _base_file() -> tuple[dict, bytes]:
+    """Four tensors (one empty), contiguous: a F32 [2, 3], b I64 [4], c BF16 [5], d U8 [0]."""
+    header = {"__metadata__": {"k": "v"}, "a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+              "b": {"dtype": "I64", "shape": [4], "data_offsets": [24, 56]},
+              "c": {"dtype": "BF16", "shape": [5], "data_offsets": [56, 66]},
+              "d": {"dtype": "U8", "shape": [0], "data_offsets": [66, 66]}}
+    return header, bytes(range(66))
+
+
+def _mutate(mutations) -> bytes:
+    header, data = _base_file()
+    length_delta, cut, extra = 0, 0, 0
+    for m in mutations:
+        kind, args = m[0], m[1:]
+        named = kind not in ("metadata", "header", "length", "truncate", "append") and isinstance(header, dict)
+        info = header.get(args[0]) if named and isinstance(header.get(args[0]), dict) else None
+        if kind == "offsets" and info is not None:
+            info["data_offsets"] = [args[1], args[2]]
+        elif kind in ("copy_offsets", "swap_offsets") and info is not None and isinstance(header.get(args[1]), dict):
+            other = header[args[1]]
+            if kind == "copy_offsets":
+                other["data_offsets"] = info.get("data_offsets")
+            else:
+                info["data_offsets"], other["data_offsets"] = other.get("data_offsets"), info.get("data_offsets")
+        elif kind in ("dtype", "shape") and info is not None:
+            info[kind] = args[1]
+        elif kind == "drop" and info is not None:
+            info.pop(args[1], None)
+        elif kind == "nest" and info is not None:
+            for _ in range(args[2]):
+                info[args[1]] = [info.get(args[1])]
+        elif kind == "extra" and info is not None:
+            info["extra"] = args[1]
+        elif kind == "metadata" and isinstance(header, dict):
+            header["__metadata__"] = args[0]
+        elif kind == "header":
+            header = args[0]
+        elif kind == "length":
+            length_delta = args[0]
+        elif kind == "truncate":
+            cut = args[0]
+        elif kind == "append":
+            extra = args[0]
+    raw = json.dumps(header).encode()
+    blob = struct.pack("<Q", max(len(raw) + length_delta, 0)) + raw + data + bytes(extra)
+    return blob[: len(blob) - cut] if cut else blob
+
+
+def _library_view(path: Path):
+    """What the safetensors library makes of the file: {name: bytes} or None when it refuses it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k).contiguous().view(-1).view(torch.uint8).clone() for k in f.keys()}
+    except Exception:  # noqa: BLE001 - any refusal of the library counts as "invalid"
+        return None
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(MUTATION, min_size=1, max_size=3))
+def test_header_fuzz_matches_the_safetensors_library(fuzz_dir, mutations):
+    """Structured mutations of a valid file (offsets, dtypes, shapes, nesting, fields, lengths, truncation): ours
+    is a CheckpointError naming the file, or the same tensors as the library; ours refuses a file the library
+    reads only for a dtype we cannot view or a duplicate key; each case well under a second."""
+    path = fuzz_dir / "fuzz.safetensors"
+    path.write_bytes(_mutate(mutations))
+    started = time.perf_counter()
+    try:
+        reader = SafetensorsFile(path)
+        ours = {k: reader.tensor(k).contiguous().view(-1).view(torch.uint8) for k in reader.entries}
+    except CheckpointError as exc:
+        assert str(path) in str(exc)
+        ours, reason = None, str(exc)
+    assert time.perf_counter() - started < 1.0
+    lib = _library_view(path)
+    if ours is not None:
+        outcome = "loaded (library agrees)"
+        assert lib is not None and ours.keys() == lib.keys()
+        assert all(torch.equal(ours[k], lib[k]) for k in ours)
+    elif lib is None:
+        outcome = "refused (library refuses too)"
+    else:
+        outcome = "refused (library reads it: dtype we cannot view / duplicate key)"
+        assert "unsupported dtype" in reason or "appears twice" in reason, reason
+    event(outcome)
+    HEADER_OUTCOMES[outcome] = HEADER_OUTCOMES.get(outcome, 0) + 1
+
+
+SPEC_VALUES = st.one_of(st.integers(-3, 40), st.sampled_from([0, 10 ** 7, 2 ** 63, -(2 ** 31)]), st.floats(),
+                        st.booleans(), st.none(), st.text(max_size=6), st.lists(st.integers(-1, 20), max_size=9),
+                        JUNK)
+SPEC_OUTCOMES: dict[str, int] = {}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(sorted(SPEC_LIMITS) + ["unet.layers", "clip.layres", "frames"]), value=SPEC_VALUES)
+def test_spec_metadata_fuzz(fuzz_dir, micro_ckpt, path, value):
+    """Any value in any spec field: a CheckpointError naming the file (in well under a second unless the spec
+    passes every check and is built on meta), or a model whose spec carries exactly that value."""
+    d = spec_dict()
+    target = d
+    parts = path.split(".")
+    for key in parts[:-1]:
+        target = target[key]
+    target[parts[-1]] = value
+    bad = with_spec(micro_ckpt, fuzz_dir / "spec.safetensors", json.dumps(d))
+    started = time.perf_counter()
+    try:
+        model = svd_core.load(bad, device="meta")
+    except CheckpointError as exc:
+        assert bad.name in str(exc)
+        outcome = "refused"
+        built = "cannot be built" in str(exc) or "the spec in metadata" not in str(exc)
+        assert time.perf_counter() - started < (5.0 if built else 1.0)
+    else:
+        outcome = "loaded"
+        got = model.spec
+        for key in parts:
+            got = getattr(got, key)
+        assert got == (tuple(value) if isinstance(value, list) else value)
+    event(outcome)
+    SPEC_OUTCOMES[outcome] = SPEC_OUTCOMES.get(outcome, 0) + 1
