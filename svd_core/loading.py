@@ -184,18 +184,22 @@ class SafetensorsFile:
 
     def __init__(self, path: Path):
         self.path = path
-        size = path.stat().st_size
-        if size < 8:
-            raise CheckpointError(f"{path}: {size} bytes is not a safetensors file (expected an 8-byte header length)")
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n < 2 or n > min(size - 8, MAX_HEADER_BYTES):
-                raise CheckpointError(f"{path}: not a safetensors file (header length {n} does not fit a file of "
-                                      f"{size} bytes, or exceeds the {MAX_HEADER_BYTES} byte limit); convert it or "
-                                      f"check that the download is complete")
-            raw = f.read(n)
-        self.metadata, self.entries = parse_header(raw, size, path)
-        self._file = open(path, "rb")
+        try:
+            size = path.stat().st_size
+            if size < 8:
+                raise CheckpointError(f"{path}: {size} bytes is not a safetensors file (expected an 8-byte header "
+                                      f"length)")
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if n < 2 or n > min(size - 8, MAX_HEADER_BYTES):
+                    raise CheckpointError(f"{path}: not a safetensors file (header length {n} does not fit a file "
+                                          f"of {size} bytes, or exceeds the {MAX_HEADER_BYTES} byte limit); convert "
+                                          f"it or check that the download is complete")
+                raw = f.read(n)
+            self.metadata, self.entries = parse_header(raw, size, path)
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
         self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:

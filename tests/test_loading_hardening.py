@@ -279,7 +279,7 @@ MUTATION = st.one_of(
     st.tuples(st.just("drop"), NAMES, FIELDS),
     st.tuples(st.just("nest"), NAMES, FIELDS, st.integers(1, 40)),
     st.tuples(st.just("extra"), NAMES, JUNK),
-    st.tuples(st.just("metadata"), JUNK),
+    st.tuples(st.just("metadata"), JUNK | st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3)),
     st.tuples(st.just("header"), JUNK),
     st.tuples(st.just("length"), st.integers(-12, 12)),
     st.tuples(st.just("truncate"), st.integers(1, 60)),

@@ -46,11 +46,12 @@ START_FRESH = ("start fresh with --no-resume (CLI), resume = false (run config) 
                "off, or move the file away")
 
 
-def read_state(path: Path, params: dict[str, tuple[int, ...]]) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_state(path: Path, params: dict[str, tuple[int, ...]],
+               cfg: TrainConfig) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read and check a saved state (`Trainer.save_state`) before anything is restored: a valid safetensors file
-    (`loading.SafetensorsFile`), our metadata (version, step, config, loss history), a tensor of the right shape for
-    every trained parameter and its EMA, optimizer slots of known parameters, and a CPU RNG state. Anything else is
-    one `ResumeError` naming the file and how to start fresh."""
+    (`loading.SafetensorsFile`), our metadata (version, step, config, loss history), the same mode / task / size as
+    `cfg`, a tensor of the right shape for every trained parameter and its EMA, optimizer slots of known parameters,
+    and a CPU RNG state. Anything else is one `ResumeError` naming the file and how to start fresh."""
     def bad(problem: str) -> ResumeError:
         return ResumeError(f"cannot resume from {path}: {problem}; {START_FRESH}")
 
@@ -74,6 +75,12 @@ def read_state(path: Path, params: dict[str, tuple[int, ...]]) -> tuple[dict, di
         raise bad(f"its metadata is incomplete or malformed ({type(exc).__name__}: {exc})") from None
     if meta["step"] < 0 or meta["ema_updates"] < 0 or not isinstance(meta["config"], dict):
         raise bad("its metadata is malformed (negative step or a config that is not an object)")
+    saved = {**TrainConfig().to_dict(), **meta["config"]}
+    for key in ("mode", "task", "lora_rank", "lora_ff", "num_frames", "height", "width"):
+        if saved[key] != getattr(cfg, key):
+            raise ResumeError(f"cannot resume from {path}: it was trained with {key}={saved[key]!r}, this run has "
+                              f"{key}={getattr(cfg, key)!r}; use another output folder, match the setting, or "
+                              f"{START_FRESH}")
     shapes = source.shapes()
     for prefix in ("param.", "ema."):
         missing = [n for n in params if prefix + n not in shapes]
@@ -301,13 +308,7 @@ class Trainer:
         path = Path(path or self.state_path)
         if not path.is_file():
             return False
-        meta, tensors = read_state(path, {n: tuple(p.shape) for n, p in self.params.items()})
-        saved = {**TrainConfig().to_dict(), **meta["config"]}
-        for key in ("mode", "task", "lora_rank", "lora_ff", "num_frames", "height", "width"):
-            if saved[key] != getattr(self.cfg, key):
-                raise ResumeError(f"cannot resume from {path}: it was trained with {key}={saved[key]!r}, "
-                                  f"this run has {key}={getattr(self.cfg, key)!r}; use another output folder, match "
-                                  f"the setting, or {START_FRESH}")
+        meta, tensors = read_state(path, {n: tuple(p.shape) for n, p in self.params.items()}, self.cfg)
         for n, p in self.params.items():
             _copy_into(p, tensors[f"param.{n}"])
         self.ema.load({n: tensors[f"ema.{n}"] for n in self.params}, meta["ema_updates"])
