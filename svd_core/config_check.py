@@ -19,12 +19,13 @@ from typing import Any, Iterable
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr() cut to `limit` characters (messages never carry a whole untrusted value)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     """How a JSON / TOML value reads to a user: 'a string', 'true/false', 'a list', ..."""
     if isinstance(value, bool):
         return "a boolean"
@@ -99,7 +100,7 @@ def check_types(dc_type: type, data: dict, where: str, error: type[Exception]) -
     check_keys(data, hints.keys() & {f.name for f in fields(dc_type)}, where, error)
     for key, value in data.items():
         if not matches(value, hints[key]):
-            raise error(f"{where}: {key} = {_short(value)} is {_kind(value)}, expected {describe(hints[key])}")
+            raise error(f"{where}: {key} = {short_repr(value)} is {kind_of(value)}, expected {describe(hints[key])}")
 
 
 def check_instance(obj: Any, where: str, error: type[Exception]) -> None:
@@ -109,7 +110,7 @@ def check_instance(obj: Any, where: str, error: type[Exception]) -> None:
 
 def need_range(where: str, key: str, value: Any, ok: bool, expected: str, error: type[Exception]) -> None:
     if not ok:
-        raise error(f"{where}: {key} = {_short(value)} is out of range, expected {expected}")
+        raise error(f"{where}: {key} = {short_repr(value)} is out of range, expected {expected}")
 
 
 def read_config(path: "str | os.PathLike", error: type[Exception], what: str = "config") -> dict:
@@ -141,5 +142,5 @@ def read_config(path: "str | os.PathLike", error: type[Exception], what: str = "
         kind = "TOML" if p.suffix.lower() == ".toml" else "JSON"
         raise error(f"{what} file {str(p)!r} is not valid {kind}: {exc}") from None
     if not isinstance(data, dict):
-        raise error(f"{what} file {str(p)!r} holds {_kind(data)}, expected a table/object of settings")
+        raise error(f"{what} file {str(p)!r} holds {kind_of(data)}, expected a table/object of settings")
     return data

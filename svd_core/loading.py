@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
+from .config_check import kind_of, short_repr
 from .model import LoadReport, SVDModel
 from .variants import VARIANTS, ModelSpec, get_variant, spec_from_dict
 
@@ -92,11 +93,6 @@ def _is_u64(value) -> bool:
     return type(value) is int and 0 <= value <= _MAX_U64
 
 
-def _kind(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
 def parse_header(raw: bytes, file_size: int, path: "str | os.PathLike") -> tuple[dict[str, str], dict[str, tuple]]:
     """Validate a safetensors header as `safetensors/src/tensor.rs` does (JSON object of objects, known dtypes,
     shape a list of non-negative ints, data_offsets [begin, end] spanning numel * itemsize bytes, tensors contiguous
@@ -114,63 +110,59 @@ def parse_header(raw: bytes, file_size: int, path: "str | os.PathLike") -> tuple
     except ValueError as exc:
         raise bad(f"header {exc}") from None
     if not isinstance(header, dict):
-        raise bad(f"the header is {_kind(header)}, expected an object of tensors")
+        raise bad(f"the header is {kind_of(header)}, expected an object of tensors")
     metadata = header.pop("__metadata__", None)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise bad("__metadata__ must be an object of string values")
     entries, spans = {}, []
     for key, info in header.items():
+        t = f"tensor {short_repr(key)}"
         if not isinstance(info, dict):
-            raise bad(f"tensor {key!r} is {_kind(info)}, expected an object with dtype, shape and data_offsets")
+            raise bad(f"{t} is {kind_of(info)}, expected an object with dtype, shape and data_offsets")
         missing = [f for f in ("dtype", "shape", "data_offsets") if f not in info]
         if missing:
-            raise bad(f"tensor {key!r} has no {', '.join(missing)}")
+            raise bad(f"{t} has no {', '.join(missing)}")
         name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(name, str) or name not in _ST_KNOWN:
-            raise bad(f"tensor {key!r} has dtype {name!r}, expected one of {', '.join(_ST_KNOWN)}")
+            raise bad(f"{t} has dtype {short_repr(name)}, expected one of {', '.join(_ST_KNOWN)}")
         if name not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {name!r} (supported: "
+            raise CheckpointError(f"{path}: {t} has unsupported dtype {name!r} (supported: "
                                   f"{', '.join(_ST_DTYPES)}); convert the file")
         if not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(_is_u64(d) for d in shape):
-            raise bad(f"tensor {key!r} has shape {_short(shape)}, expected a list of at most {_MAX_RANK} "
+            raise bad(f"{t} has shape {short_repr(shape)}, expected a list of at most {_MAX_RANK} "
                       f"non-negative integers")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_u64(o) for o in offsets):
-            raise bad(f"tensor {key!r} has data_offsets {_short(offsets)}, expected [begin, end] (non-negative "
-                      f"integers)")
+            raise bad(f"{t} has data_offsets {short_repr(offsets)}, expected [begin, end] (non-negative integers)")
         begin, end = offsets
         dtype = _ST_DTYPES[name]
         numel = 1
         for d in shape:
             numel *= d
             if numel > _MAX_U64:
-                raise bad(f"tensor {key!r} has shape {_short(shape)}, too many elements")
+                raise bad(f"{t} has shape {short_repr(shape)}, too many elements")
         nbytes = numel * dtype.itemsize
         if end < begin or end - begin != nbytes:
-            raise bad(f"tensor {key!r} ({name}, shape {list(shape)}) needs {nbytes} bytes but its data_offsets "
+            raise bad(f"{t} ({name}, shape {list(shape)}) needs {nbytes} bytes but its data_offsets "
                       f"[{begin}, {end}] span {end - begin}")
         entries[key] = (dtype, tuple(shape), base + begin, nbytes)
         spans.append((begin, end, key))
     spans.sort()
     pos, prev = 0, None
     for begin, end, key in spans:
+        t = f"tensor {short_repr(key)}"
         if begin < pos:
-            raise bad(f"tensor {key!r} at bytes [{begin}, {end}) overlaps tensor {prev!r} (ends at {pos}): two "
-                      f"tensors would share storage")
+            raise bad(f"{t} at bytes [{begin}, {end}) overlaps tensor {short_repr(prev)} (ends at {pos}): "
+                      f"two tensors would share storage")
         if begin > pos:
-            raise bad(f"tensor {key!r} starts at byte {begin} but the previous tensor ends at {pos} (a gap)")
+            raise bad(f"{t} starts at byte {begin} but the previous tensor ends at {pos} (a gap)")
         pos, prev = end, key
     if pos > available:
-        raise CheckpointError(f"{path}: file is truncated: tensor {prev!r} ends at byte {base + pos} but the file "
-                              f"has {file_size} bytes; re-download or re-save it")
+        raise CheckpointError(f"{path}: file is truncated: tensor {short_repr(prev)} ends at byte {base + pos} but "
+                              f"the file has {file_size} bytes; re-download or re-save it")
     if pos < available:
         raise bad(f"{available - pos} bytes after the last tensor are not described by the header")
     return metadata, entries
-
-
-def _short(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ---------------------------------------------------------------------------------------------- tensor sources

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from .config_check import short_repr
+
 # Per-frame vector conditioning: (input name, sinusoidal embedding width). The UNet's adm width is the sum.
 SVD_VECTOR = (("fps_id", 256), ("motion_bucket_id", 256), ("cond_aug", 256))
 SV3D_U_VECTOR = (("cond_aug", 256),)
@@ -156,7 +158,7 @@ def _is_int(v) -> bool:
 def _check_field(path: str, value: Any) -> Any:
     """One spec field from JSON, type- and range-checked (lists become tuples); ValueError names field and range."""
     kind, *args = SPEC_LIMITS[path]
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "..."
+    shown = short_repr(value)
 
     def fail(expected: str):
         raise ValueError(f"model spec field {path}={shown}: expected {expected}")

@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from svd_core.__main__ import main
@@ -128,13 +128,16 @@ JSON_VALUES = st.recursive(
     | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6)
+# plausible values too, so that loads are checked as well as refusals
+CONFIG_VALUES = st.one_of(st.booleans(), st.integers(0, 300), st.floats(0, 1), st.lists(st.text(max_size=4), max_size=2),
+                          st.sampled_from(["lora", "full", "fp32", "content", "greedy", "local", "lvd-f", "x"]),
+                          JSON_VALUES)
 CURATION_KEYS = [f.name for f in fields(CurationConfig)] + ["cascade_", "motoin"]
 TRAIN_KEYS = [f.name for f in fields(TrainConfig)] + ["stpes"]
-OUTCOMES: dict[str, int] = {}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(key=st.sampled_from(CURATION_KEYS), value=JSON_VALUES)
+@given(key=st.sampled_from(CURATION_KEYS), value=CONFIG_VALUES)
 def test_fuzz_curation_config_values(key, value):
     """Any value for any key: a loaded config whose field is that value (paths made absolute), or one
     CurationError naming the file; never another exception."""
@@ -145,15 +148,15 @@ def test_fuzz_curation_config_values(key, value):
             cfg = load_config(path)
         except CurationError as exc:
             assert str(path) in str(exc)
-            OUTCOMES["curation refused"] = OUTCOMES.get("curation refused", 0) + 1
+            event("refused")
             return
-        OUTCOMES["curation loaded"] = OUTCOMES.get("curation loaded", 0) + 1
+        event("loaded")
         got = getattr(cfg, key)
         assert type(got) is type(value) or (isinstance(value, int) and isinstance(got, (int, float)))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(key=st.sampled_from(TRAIN_KEYS), value=JSON_VALUES)
+@given(key=st.sampled_from(TRAIN_KEYS), value=CONFIG_VALUES)
 def test_fuzz_training_config_values(key, value):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fuzz.json"
@@ -162,9 +165,9 @@ def test_fuzz_training_config_values(key, value):
             cfg = RunConfig.load(path)
         except ConfigError as exc:
             assert str(path) in str(exc)
-            OUTCOMES["training refused"] = OUTCOMES.get("training refused", 0) + 1
+            event("refused")
             return
-        OUTCOMES["training loaded"] = OUTCOMES.get("training loaded", 0) + 1
+        event("loaded")
         got = getattr(cfg.train, key)
         assert got == (tuple(value) if isinstance(value, list) else value)
 
