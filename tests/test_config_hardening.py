@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -129,7 +130,8 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6)
 # plausible values too, so that loads are checked as well as refusals
-CONFIG_VALUES = st.one_of(st.booleans(), st.integers(0, 300), st.floats(0, 1), st.lists(st.text(max_size=4), max_size=2),
+CONFIG_VALUES = st.one_of(st.booleans(), st.integers(0, 300), st.floats(0, 1),
+                          st.lists(st.text(max_size=4), max_size=2),
                           st.sampled_from(["lora", "full", "fp32", "content", "greedy", "local", "lvd-f", "x"]),
                           JSON_VALUES)
 CURATION_KEYS = [f.name for f in fields(CurationConfig)] + ["cascade_", "motoin"]
@@ -253,3 +255,23 @@ def test_state_for_another_model_is_refused(saved):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(ResumeError, match=rf"it lacks {key}"):
         again().resume()
+
+
+def test_damaged_latent_cache_file_is_one_clear_error(micro_data, tmp_path):
+    from svd_core.training.data import CachedDataset, DataError
+
+    _, data = micro_data
+    good = Path(data.dataset.paths[0]).read_bytes()
+    bad = tmp_path / "window.safetensors"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=rf"latent cache file {bad} is damaged or foreign .*delete it"):
+        CachedDataset([bad])
+    import svd_core
+    from svd_core.testing import tiny_model
+    from tests.test_training_support import micro_spec
+
+    svd_core.save(tiny_model(micro_spec()), bad)  # a foreign file: no window metadata
+    with pytest.raises(DataError, match="KeyError: 'window'"):
+        CachedDataset([bad])
+    bad.write_bytes(good)
+    assert torch.equal(CachedDataset([bad])[0]["latents"], data.dataset[0]["latents"])

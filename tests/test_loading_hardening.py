@@ -226,7 +226,10 @@ def test_every_spec_field_has_limits_and_every_variant_passes_them():
     paths |= {f"{p}.{f.name}" for p, cls in (("unet", UNetSpec), ("vae", VAESpec), ("clip", CLIPSpec))
               for f in fields(cls)}
     assert paths == set(SPEC_LIMITS)
-    for spec in VARIANTS.values():
+    from svd_core.testing import TINY_VARIANTS
+    from tests.test_training_support import micro_spec
+
+    for spec in [*VARIANTS.values(), *TINY_VARIANTS.values(), micro_spec(), MICRO]:
         assert ModelSpec.from_json(spec.to_json()) == spec
 
 
