@@ -150,10 +150,12 @@ SPEC_LIMITS: dict[str, tuple] = {
     "name": ("name",), "vector_inputs": ("vector",), "cond_encoder_index": ("int", -1, 16),
     "scale_factor": ("float", 1e-6, 100.0), "num_frames": ("int", 1, 1024), "height": ("int", 8, 16384),
     "width": ("int", 8, 16384), "steps": ("int", 1, 1000), "sigma_min": ("float", 1e-9, 1e4),
-    "sigma_max": ("float", 1e-9, 1e6), "guider": ("choice", ("linear", "triangle", "vanilla", "trapezoid")),
+    "sigma_max": ("float", 1e-9, 1e6),
+    "guider": ("choice", ("linear", "triangle", "vanilla", "trapezoid", "ramp_hold")),
     "min_cfg": ("float", 0.0, 100.0), "max_cfg": ("float", 0.0, 100.0), "fps": ("int", 1, 1000),
     "motion_bucket_id": ("int", 0, 1023), "cond_aug": ("float", 0.0, 100.0), "decode_t": ("int", 1, 1024),
     "custom": ("bool",), "cond_mode": ("choice", ("image", "interpolation", "text")),
+    "seed": ("int", 0, 2 ** 64 - 1), "source_prediction": ("choice", ("", "eps", "v")),
 }
 _SUBSPECS = {"unet": UNetSpec, "vae": VAESpec, "clip": CLIPSpec}
 
