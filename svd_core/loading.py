@@ -3,68 +3,195 @@ diffusers folders, and our own files whose spec travels in the safetensors metad
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
+import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
 import torch
 
+from .config_check import kind_of, short_repr
 from .model import LoadReport, SVDModel
-from .variants import VARIANTS, ModelSpec, get_variant
+from .variants import VARIANTS, ModelSpec, get_variant, spec_from_dict
 
 SPEC_METADATA_KEY = "svd_suite.spec"
+SPEC_FROM_METADATA = "spec in the file's metadata"
+MAX_PARAMETERS = 20_000_000_000  # 10x SVD-XT's ~2.3 B: a spec describing more is refused before anything is built
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
               "BOOL": torch.bool}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-_MAX_HEADER = 200 * 1024 * 1024
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's MAX_HEADER_SIZE
+MAX_JSON_DEPTH = 8  # a valid header nests 3 deep ({name: {shape: [..]}}); a spec in the metadata 4
+_MAX_RANK = 64
+_MAX_U64 = 2 ** 64 - 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: the message names the file, the key and what was expected."""
 
 
+# ---------------------------------------------------------------------------------------------- header validation
+
+# every dtype the safetensors format defines; the ones torch cannot view here are refused by name
+_ST_KNOWN = ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64",
+             "U64")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest nesting of `[`/`{` outside JSON strings, found without recursion (chunked running sum)."""
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET), dtype=np.uint8)
+    depth = peak = 0
+    for i in range(0, len(brackets), 1 << 20):
+        chunk = brackets[i:i + (1 << 20)]
+        level = np.cumsum(np.where((chunk == ord("[")) | (chunk == ord("{")), 1, -1), dtype=np.int64) + depth
+        peak, depth = max(peak, int(level.max())), int(level[-1])
+    return peak
+
+
+def _unique_keys(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not standard JSON")
+
+
+def bounded_json(raw: "bytes | str", max_depth: int = MAX_JSON_DEPTH):
+    """Strict JSON of untrusted bytes: UTF-8, nesting at most `max_depth`, no duplicate keys, no NaN/Infinity.
+    Raises ValueError with the problem (the caller names the file)."""
+    raw = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    depth = json_depth(raw)
+    if depth > max_depth:
+        raise ValueError(f"JSON nested {depth} levels deep (at most {max_depth} allowed)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except RecursionError:  # unreachable after the depth check; kept so no input can surface one
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+
+
+def _is_u64(value) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_U64
+
+
+def parse_header(raw: bytes, file_size: int, path: "str | os.PathLike") -> tuple[dict[str, str], dict[str, tuple]]:
+    """Validate a safetensors header as `safetensors/src/tensor.rs` does (JSON object of objects, known dtypes,
+    shape a list of non-negative ints, data_offsets [begin, end] spanning numel * itemsize bytes, tensors contiguous
+    and non-overlapping and covering the byte buffer exactly, `__metadata__` a str -> str map), plus duplicate
+    keys and nesting depth. Returns (metadata, {name: (dtype, shape, file offset, nbytes)})."""
+    base, available = 8 + len(raw), file_size - 8 - len(raw)
+
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a valid safetensors file: {problem}; re-download or re-save it")
+
+    if not raw.startswith(b"{"):
+        raise bad("the header does not start with '{'")
+    try:
+        header = bounded_json(raw)
+    except ValueError as exc:
+        raise bad(f"header {exc}") from None
+    if not isinstance(header, dict):
+        raise bad(f"the header is {kind_of(header)}, expected an object of tensors")
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise bad("__metadata__ must be an object of string values")
+    entries, spans = {}, []
+    for key, info in header.items():
+        t = f"tensor {short_repr(key)}"
+        if not isinstance(info, dict):
+            raise bad(f"{t} is {kind_of(info)}, expected an object with dtype, shape and data_offsets")
+        missing = [f for f in ("dtype", "shape", "data_offsets") if f not in info]
+        if missing:
+            raise bad(f"{t} has no {', '.join(missing)}")
+        name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(name, str) or name not in _ST_KNOWN:
+            raise bad(f"{t} has dtype {short_repr(name)}, expected one of {', '.join(_ST_KNOWN)}")
+        if name not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: {t} has unsupported dtype {name!r} (supported: "
+                                  f"{', '.join(_ST_DTYPES)}); convert the file")
+        if not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(_is_u64(d) for d in shape):
+            raise bad(f"{t} has shape {short_repr(shape)}, expected a list of at most {_MAX_RANK} "
+                      f"non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_u64(o) for o in offsets):
+            raise bad(f"{t} has data_offsets {short_repr(offsets)}, expected [begin, end] (non-negative integers)")
+        begin, end = offsets
+        dtype = _ST_DTYPES[name]
+        numel = 1
+        for d in shape:
+            numel *= d
+            if numel > _MAX_U64:
+                raise bad(f"{t} has shape {short_repr(shape)}, too many elements")
+        nbytes = numel * dtype.itemsize
+        if end < begin or end - begin != nbytes:
+            raise bad(f"{t} ({name}, shape {list(shape)}) needs {nbytes} bytes but its data_offsets "
+                      f"[{begin}, {end}] span {end - begin}")
+        entries[key] = (dtype, tuple(shape), base + begin, nbytes)
+        spans.append((begin, end, key))
+    spans.sort()
+    pos, prev = 0, None
+    for begin, end, key in spans:
+        t = f"tensor {short_repr(key)}"
+        if begin < pos:
+            raise bad(f"{t} at bytes [{begin}, {end}) overlaps tensor {short_repr(prev)} (ends at {pos}): "
+                      f"two tensors would share storage")
+        if begin > pos:
+            raise bad(f"{t} starts at byte {begin} but the previous tensor ends at {pos} (a gap)")
+        pos, prev = end, key
+    if pos > available:
+        raise CheckpointError(f"{path}: file is truncated: tensor {short_repr(prev)} ends at byte {base + pos} but "
+                              f"the file has {file_size} bytes; re-download or re-save it")
+    if pos < available:
+        raise bad(f"{available - pos} bytes after the last tensor are not described by the header")
+    return metadata, entries
+
+
 # ---------------------------------------------------------------------------------------------- tensor sources
 
 
 class SafetensorsFile:
-    """Zero-copy reader: each tensor is a view of a private memory map of the file (no second copy in RAM)."""
+    """Zero-copy reader: each tensor is a view of a private memory map of the file (no second copy in RAM).
+
+    The header is validated as the `safetensors` library does (`safetensors/src/tensor.rs`, `Metadata::validate`)
+    before anything is mapped: see `parse_header`."""
 
     def __init__(self, path: Path):
         self.path = path
-        size = path.stat().st_size
-        if size < 8:
-            raise CheckpointError(f"{path}: {size} bytes is not a safetensors file (expected an 8-byte header length)")
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n <= 1 or n > min(size - 8, _MAX_HEADER):
-                raise CheckpointError(f"{path}: not a safetensors file (header length {n} does not fit a file of "
-                                      f"{size} bytes); convert it or check that the download is complete")
-            try:
-                header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {exc})") from None
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
-        base = 8 + n
-        for key, info in header.items():
-            dtype = _ST_DTYPES.get(info.get("dtype"))
-            if dtype is None:
-                raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
-            shape = tuple(info["shape"])
-            begin, end = info["data_offsets"]
-            nbytes = torch.Size(shape).numel() * dtype.itemsize
-            if end - begin != nbytes:
-                raise CheckpointError(f"{path}: tensor {key!r} of shape {list(shape)} needs {nbytes} bytes but its "
-                                      f"offsets span {end - begin}: the file is corrupt")
-            if base + end > size:
-                raise CheckpointError(f"{path}: file is truncated: tensor {key!r} ends at byte {base + end} but the "
-                                      f"file has {size} bytes; re-download or re-save it")
-            self.entries[key] = (dtype, shape, base + begin, nbytes)
-        self._file = open(path, "rb")
+        try:
+            size = path.stat().st_size
+            if size < 8:
+                raise CheckpointError(f"{path}: {size} bytes is not a safetensors file (expected an 8-byte header "
+                                      f"length)")
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if n < 2 or n > min(size - 8, MAX_HEADER_BYTES):
+                    raise CheckpointError(f"{path}: not a safetensors file (header length {n} does not fit a file "
+                                          f"of {size} bytes, or exceeds the {MAX_HEADER_BYTES} byte limit); convert "
+                                          f"it or check that the download is complete")
+                raw = f.read(n)
+            self.metadata, self.entries = parse_header(raw, size, path)
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
         self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -118,7 +245,7 @@ def detect_spec(shapes: Mapping[str, tuple], metadata: Mapping[str, str], filena
         return get_variant(variant), "given by the caller"
     if SPEC_METADATA_KEY in metadata:
         try:
-            return ModelSpec.from_json(metadata[SPEC_METADATA_KEY]), "spec in the file's metadata"
+            return spec_from_dict(bounded_json(metadata[SPEC_METADATA_KEY])), SPEC_FROM_METADATA
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{filename}: unreadable model spec in metadata {SPEC_METADATA_KEY!r}: {exc}") from None
     label = shapes.get("model.diffusion_model.label_emb.0.0.weight")
@@ -155,6 +282,57 @@ def detect_spec(shapes: Mapping[str, tuple], metadata: Mapping[str, str], filena
         return VARIANTS["sv3d_p"], "adm width 1280 (cond_aug, polar, azimuth)"
     raise CheckpointError(f"{filename}: UNet adm width {adm} matches no released variant (768 SVD / SVD-XT, 256 "
                           f"SV3D_u, 1280 SV3D_p) and the file has no {SPEC_METADATA_KEY!r} metadata")
+
+
+def min_tensors(spec: ModelSpec) -> int:
+    """A lower bound, in closed form, on the tensors a spec's model must load: its repeated blocks (UNet res and
+    attention blocks as in `unet.VideoUNet`, VAE res blocks, ViT layers) times the fewest tensors each kind holds.
+    Compared with the file before the meta build, so a spec describing far more than the file holds is refused at
+    once (a build of 10^7 CLIP layers never starts)."""
+    u, v = spec.unet, spec.vae
+    levels, per_level = len(u.channel_mult), u.num_res_blocks
+    attn_levels = sum(1 for level in range(levels) if 2 ** level in u.attention_resolutions)
+    unet_res = levels * per_level + 2 + levels * (per_level + 1)
+    unet_attn = attn_levels * per_level + 1 + attn_levels * (per_level + 1)
+    enc_res = len(v.ch_mult) * v.num_res_blocks + 2
+    dec_res = len(v.ch_mult) * (v.num_res_blocks + 1) + 2
+    vae_res = dec_res + (enc_res if v.first_stage_encoder else 0) + (enc_res if spec.cond_mode != "text" else 0)
+    towers = spec.clip.text_layers if spec.cond_mode == "text" else spec.clip.layers
+    # fewest tensors per block: UNet VideoResBlock 20, attention 30, VAE ResBlock 8, ViT layer 12
+    return 20 * unet_res + 30 * unet_attn + 8 * vae_res + 12 * towers
+
+
+def build_on_meta(spec: ModelSpec, source, filename: str, untrusted: bool = False) -> SVDModel:
+    """The model on the meta device (nothing allocated), checked against the file before any weight is read: its
+    parameter count is bounded (`MAX_PARAMETERS`) and the file must hold at least the required values. With
+    `untrusted` (a spec from the file's metadata), a spec that cannot be built is a CheckpointError too."""
+    if untrusted and min_tensors(spec) > len(source.shapes()):
+        u, v, c = spec.unet, spec.vae, spec.clip
+        raise CheckpointError(
+            f"{filename}: the model spec in metadata {SPEC_METADATA_KEY!r} needs at least {min_tensors(spec):,} "
+            f"tensors (unet.channel_mult={list(u.channel_mult)}, unet.num_res_blocks={u.num_res_blocks}, "
+            f"vae.ch_mult={list(v.ch_mult)}, vae.num_res_blocks={v.num_res_blocks}, clip.layers={c.layers}, "
+            f"clip.text_layers={c.text_layers}) but the file holds {len(source.shapes()):,}: the spec does not "
+            f"match the weights")
+    try:
+        with torch.device("meta"):
+            model = SVDModel(spec)
+    except Exception as exc:  # noqa: BLE001 - any failure to build a file's own spec is that file's error
+        if not untrusted:
+            raise
+        raise CheckpointError(f"{filename}: the model spec in metadata {SPEC_METADATA_KEY!r} cannot be built: "
+                              f"{exc}") from None
+    optional = optional_keys(spec)
+    total = sum(t.numel() for t in model.state_dict().values())
+    required = sum(t.numel() for k, t in model.state_dict().items() if not k.startswith(optional))
+    held = sum(math.prod(s) for s in source.shapes().values())
+    if total > MAX_PARAMETERS:
+        raise CheckpointError(f"{filename}: the model spec {spec.name!r} describes {total / 1e9:.1f} B parameters, "
+                              f"more than the {MAX_PARAMETERS / 1e9:.0f} B this loader accepts")
+    if required > held:
+        raise CheckpointError(f"{filename}: the model spec {spec.name!r} needs {required:,} weight values but the "
+                              f"file holds {held:,}: the file does not match the spec")
+    return model
 
 
 def optional_keys(spec: ModelSpec) -> tuple[str, ...]:
@@ -259,8 +437,7 @@ def load(path: "str | os.PathLike", *, device="cpu", dtype: torch.dtype | None =
         source = SafetensorsFile(path)
     spec, how = detect_spec(source.shapes(), source.metadata, path.name, variant)
     report = LoadReport(source=str(path), variant=spec.name, detected_from=how, file_dtypes=dict(source.dtypes()))
-    with torch.device("meta"):
-        model = SVDModel(spec)
+    model = build_on_meta(spec, source, path.name, untrusted=how == SPEC_FROM_METADATA)
     return assign_weights(model, source, report, device=device, dtype=dtype, strict=strict)
 
 

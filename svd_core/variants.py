@@ -1,9 +1,12 @@
 """Model variants as data: frozen specs derived from each other (paper Sec. 4, reference `configs/*.yaml`)."""
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from .config_check import short_repr
 
 # Per-frame vector conditioning: (input name, sinusoidal embedding width). The UNet's adm width is the sum.
 SVD_VECTOR = (("fps_id", 256), ("motion_bucket_id", 256), ("cond_aug", 256))
@@ -123,19 +126,98 @@ class ModelSpec:
         return spec_from_dict(json.loads(text))
 
 
-def _coerce(dc_type: type, data: dict[str, Any]):
-    """Build a (nested) frozen dataclass from JSON, turning lists back into tuples."""
+# Types and ranges of every spec field a file's metadata may carry (untrusted input): generous around the released
+# sizes (paper App. D.1, ViT-H-14), small enough that a meta-device build of the largest allowed spec stays under a
+# second. (kind, ...): ("int", lo, hi), ("float", lo, hi), ("ints", lo, hi, min_len, max_len), ("bool",),
+# ("choice", options), ("name",), ("vector",).
+_SIZE, _WIDTH = ("int", 1, 64), ("int", 1, 8192)
+_MULT, _KERNEL = ("ints", 1, 16, 1, 8), ("ints", 1, 15, 3, 3)
+SPEC_LIMITS: dict[str, tuple] = {
+    "unet.in_channels": _SIZE, "unet.out_channels": _SIZE, "unet.model_channels": ("int", 1, 4096),
+    "unet.channel_mult": _MULT, "unet.num_res_blocks": ("int", 1, 8),
+    "unet.attention_resolutions": ("ints", 1, 128, 0, 8), "unet.num_head_channels": ("int", 1, 1024),
+    "unet.transformer_depth": ("int", 1, 8), "unet.context_dim": _WIDTH, "unet.adm_in_channels": ("int", 1, 16384),
+    "unet.video_kernel_size": _KERNEL, "unet.norm_groups": ("int", 1, 256),
+    "vae.ch": ("int", 1, 1024), "vae.ch_mult": _MULT, "vae.num_res_blocks": ("int", 1, 8), "vae.z_channels": _SIZE,
+    "vae.in_channels": ("int", 1, 16), "vae.out_channels": ("int", 1, 16), "vae.norm_groups": ("int", 1, 256),
+    "vae.decoder": ("choice", ("temporal", "image")), "vae.first_stage_encoder": ("bool",),
+    "vae.first_stage_quant": ("bool",), "vae.video_kernel_size": _KERNEL,
+    "clip.embed_dim": _WIDTH, "clip.image_size": ("int", 1, 4096), "clip.patch_size": ("int", 1, 1024),
+    "clip.width": _WIDTH, "clip.layers": ("int", 1, 128), "clip.head_width": ("int", 1, 1024),
+    "clip.mlp_ratio": ("float", 0.1, 16.0), "clip.text_context_length": ("int", 1, 4096),
+    "clip.text_vocab_size": ("int", 1, 1_000_000), "clip.text_width": _WIDTH, "clip.text_layers": ("int", 1, 128),
+    "clip.text_heads": ("int", 1, 256),
+    "name": ("name",), "vector_inputs": ("vector",), "cond_encoder_index": ("int", -1, 16),
+    "scale_factor": ("float", 1e-6, 100.0), "num_frames": ("int", 1, 1024), "height": ("int", 8, 16384),
+    "width": ("int", 8, 16384), "steps": ("int", 1, 1000), "sigma_min": ("float", 1e-9, 1e4),
+    "sigma_max": ("float", 1e-9, 1e6),
+    "guider": ("choice", ("linear", "triangle", "vanilla", "trapezoid", "ramp_hold")),
+    "min_cfg": ("float", 0.0, 100.0), "max_cfg": ("float", 0.0, 100.0), "fps": ("int", 1, 1000),
+    "motion_bucket_id": ("int", 0, 1023), "cond_aug": ("float", 0.0, 100.0), "decode_t": ("int", 1, 1024),
+    "custom": ("bool",), "cond_mode": ("choice", ("image", "interpolation", "text")),
+    "seed": ("int", 0, 2 ** 64 - 1), "source_prediction": ("choice", ("", "eps", "v")),
+}
+_SUBSPECS = {"unet": UNetSpec, "vae": VAESpec, "clip": CLIPSpec}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_field(path: str, value: Any) -> Any:
+    """One spec field from JSON, type- and range-checked (lists become tuples); ValueError names field and range."""
+    kind, *args = SPEC_LIMITS[path]
+    shown = short_repr(value)
+
+    def fail(expected: str):
+        raise ValueError(f"model spec field {path}={shown}: expected {expected}")
+
+    if kind == "int":
+        if not (_is_int(value) and args[0] <= value <= args[1]):
+            fail(f"an integer in [{args[0]}, {args[1]}]")
+    elif kind == "float":
+        if not ((_is_int(value) or isinstance(value, float)) and args[0] <= value <= args[1]):
+            fail(f"a number in [{args[0]:g}, {args[1]:g}]")
+        value = float(value)
+    elif kind == "ints":
+        lo, hi, n_min, n_max = args
+        if not (isinstance(value, list) and n_min <= len(value) <= n_max
+                and all(_is_int(v) and lo <= v <= hi for v in value)):
+            fail(f"a list of {n_min}-{n_max} integers in [{lo}, {hi}]")
+        value = tuple(value)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            fail("true or false")
+    elif kind == "choice":
+        if value not in args[0]:
+            fail(f"one of {', '.join(args[0])}")
+    elif kind == "name":
+        if not (isinstance(value, str) and 1 <= len(value) <= 100 and value.isprintable()):
+            fail("a printable name of 1-100 characters")
+    elif kind == "vector":
+        if not (isinstance(value, list) and 1 <= len(value) <= 16 and all(
+                isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and 1 <= len(v[0]) <= 64
+                and _is_int(v[1]) and 1 <= v[1] <= 4096 for v in value)):
+            fail("a list of 1-16 [input name, embedding width in [1, 4096]] pairs")
+        value = tuple((name, dim) for name, dim in value)
+    return value
+
+
+def _coerce(dc_type: type, data: Any, prefix: str = ""):
+    """Build a (nested) frozen dataclass from JSON: every field type- and range-checked (`SPEC_LIMITS`), unknown
+    fields named with the closest known one."""
+    where = prefix.rstrip(".") or "the model spec"
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a JSON object, not {type(data).__name__}")
     kwargs = {}
-    known = {f.name: f for f in fields(dc_type)}
+    known = [f.name for f in fields(dc_type)]
     for key, value in data.items():
         if key not in known:
-            raise ValueError(f"unknown field {key!r} for {dc_type.__name__} in the model spec metadata")
-        sub = {"unet": UNetSpec, "vae": VAESpec, "clip": CLIPSpec}.get(key) if dc_type is ModelSpec else None
-        if sub is not None:
-            value = _coerce(sub, value)
-        elif isinstance(value, list):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        kwargs[key] = value
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known fields: {', '.join(known)}"
+            raise ValueError(f"unknown field {prefix}{key} in the model spec metadata{hint}")
+        sub = _SUBSPECS.get(key) if dc_type is ModelSpec else None
+        kwargs[key] = _coerce(sub, value, f"{key}.") if sub is not None else _check_field(prefix + key, value)
     return dc_type(**kwargs)
 
 

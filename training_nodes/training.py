@@ -323,7 +323,7 @@ class Train(io.ComfyNode):
         import torch
 
         from svd_core.training import api
-        from svd_core.training.trainer import Interrupted
+        from svd_core.training.trainer import Interrupted, ResumeError
 
         _comfy.plain_name(cls.ID, "run_name", run_name)
         cfg = dataclasses.replace(settings, checkpoint_every=checkpoint_every, validate_every=validate_every,
@@ -357,6 +357,8 @@ class Train(io.ComfyNode):
         except Interrupted:
             mm.throw_exception_if_processing_interrupted()
             raise
+        except ResumeError as exc:  # a damaged or foreign saved state: names the file and how to start fresh
+            raise _bad(cls.ID, "resume", str(exc)) from None
         result = out["result"]
         curve = trainer.write_loss_curve()
         image = torch.from_numpy(curve).float().div(255.0)[None]  # 1 h w 3

@@ -1,16 +1,20 @@
 """Curation pipeline configuration: one dataclass, loaded from TOML or JSON (`curate run CONFIG`)."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..config_check import check_instance, check_keys, need_range, read_config
 from .cuts import cascade_from_dicts
 from .filtering import filters_from_dicts
 from .video_io import CurationError, list_videos
 
 RUNNERS = ("local", "ray")
+CAPTION_METHODS = ("greedy", "top_k", "open_clip")
+# numeric settings: (key, lowest, highest) allowed
+_RANGES = (("analysis_width", 16, 8192), ("merge_window", 0.0, 3600.0), ("min_duration", 0.0, 86400.0),
+           ("craft_canvas", 64, 8192), ("caption_max_len", 1, 1024), ("ray_num_cpus", 1, 4096))
 
 
 @dataclass
@@ -48,6 +52,13 @@ class CurationConfig:
     ray_num_cpus: int = 2
 
     def __post_init__(self):
+        check_instance(self, "curation config", CurationError)  # bools are bools, lists lists, numbers finite
+        for key, lo, hi in _RANGES:
+            value = getattr(self, key)
+            need_range("curation config", key, value, lo <= value <= hi, f"{lo} <= {key} <= {hi}", CurationError)
+        if self.caption_method not in CAPTION_METHODS:
+            raise CurationError(f"curation config: caption_method = {self.caption_method!r} is unknown; expected "
+                                f"one of {CAPTION_METHODS}")
         if self.runner not in RUNNERS:
             raise CurationError(f"runner {self.runner!r} is unknown; expected one of {RUNNERS}")
         if bool(self.clip_model) != bool(self.clip_weights):
@@ -88,34 +99,31 @@ _PATH_KEYS = ("out_dir", "source_dir", "craft_weights", "clip_weights", "aesthet
 
 
 def load_config(path: str | os.PathLike) -> CurationConfig:
-    """Read a TOML or JSON config; relative paths are taken from the config file's folder."""
+    """Read a TOML or JSON config (optionally under a [curation] table); relative paths are taken from the config
+    file's folder. Every key is type-checked; errors name the file, the key, the value and the expected type."""
     p = Path(path)
-    if not p.is_file():
-        raise CurationError(f"config {str(p)!r} does not exist; pass a .toml or .json pipeline config")
-    if p.suffix == ".toml":
-        import tomllib
-
-        data = tomllib.loads(p.read_text())
-    elif p.suffix == ".json":
-        data = json.loads(p.read_text())
-    else:
-        raise CurationError(f"config {str(p)!r} must end in .toml or .json")
+    data = read_config(p, CurationError, "curation config")
     data = data.get("curation", data)
-    unknown = set(data) - set(CurationConfig.__dataclass_fields__)
-    if unknown:
-        raise CurationError(f"config {str(p)!r} has unknown keys {sorted(unknown)}")
+    where = f"curation config {str(p)!r}"
+    if not isinstance(data, dict):
+        raise CurationError(f"{where}: [curation] must be a table of settings, not {type(data).__name__}")
+    check_keys(data, CurationConfig.__dataclass_fields__, where, CurationError)
     if "out_dir" not in data:
-        raise CurationError(f"config {str(p)!r} needs `out_dir` (where clips and the manifest go)")
+        raise CurationError(f"{where} needs `out_dir` (where clips and the manifest go)")
     base = p.parent
 
-    def rel(v):
-        return v if v is None or Path(v).is_absolute() else str(base / v)
+    def rel(v):  # non-strings are left for the type check to name
+        return v if not isinstance(v, str) or Path(v).is_absolute() else str(base / v)
 
     for key in _PATH_KEYS:
         if key in data:
             data[key] = rel(data[key])
-    data["sources"] = [rel(s) for s in data.get("sources", [])]
+    if isinstance(data.get("sources"), list):
+        data["sources"] = [rel(s) for s in data["sources"]]
     for key in ("clip_model", "coca_model"):
-        if data.get(key, "") and str(data[key]).endswith(".json"):
+        if isinstance(data.get(key), str) and data[key].endswith(".json"):
             data[key] = rel(data[key])
-    return CurationConfig(**data)
+    try:
+        return CurationConfig(**data)
+    except CurationError as exc:
+        raise CurationError(f"{where}: {str(exc).removeprefix('curation config: ')}") from None

@@ -5,6 +5,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
+from ..config_check import check_instance, check_types
 from .video_io import CurationError, iter_frames, probe
 
 DETECTORS = ("content", "adaptive", "threshold", "histogram")
@@ -27,6 +28,7 @@ class CascadeLevel:
     min_content_val: float = 15.0  # adaptive only: absolute floor on the content score
 
     def __post_init__(self):
+        check_instance(self, "cascade level", CurationError)
         if self.detector not in DETECTORS:
             raise CurationError(f"cascade detector {self.detector!r} is unknown; expected one of {DETECTORS}")
         if self.fps is not None and self.fps <= 0:
@@ -65,10 +67,10 @@ def cascade_from_dicts(levels: Sequence[dict] | None) -> tuple[CascadeLevel, ...
         return DEFAULT_CASCADE
     out = []
     for i, level in enumerate(levels):
-        unknown = set(level) - set(CascadeLevel.__dataclass_fields__)
-        if unknown:
-            raise CurationError(f"cascade level {i} has unknown keys {sorted(unknown)}; "
-                                f"expected {sorted(CascadeLevel.__dataclass_fields__)}")
+        if not isinstance(level, dict):
+            raise CurationError(f"cascade level {i} is {type(level).__name__}, expected a table like "
+                                f"{{detector = 'content', fps = 8.0, threshold = 27.0}}")
+        check_types(CascadeLevel, level, f"cascade level {i}", CurationError)
         out.append(CascadeLevel(**level))
     if not out:
         raise CurationError("cascade is empty; give at least one level")

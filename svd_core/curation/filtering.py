@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config_check import check_instance, check_types
 from .video_io import CurationError
 
 PRESET_PERCENTS = (12.5, 25.0, 50.0)
@@ -26,6 +27,7 @@ class Filter:
     combine: str = "and"
 
     def __post_init__(self):
+        check_instance(self, "filter", CurationError)
         if self.keep not in ("high", "low"):
             raise CurationError(f"filter on {self.column!r}: keep={self.keep!r}; expected 'high' or 'low'")
         if self.percent is not None and not 0 <= self.percent <= 100:
@@ -102,10 +104,12 @@ def filters_from_dicts(items: Sequence[dict] | str | None) -> list[Filter]:
         raise CurationError(f"filter preset {items!r} is unknown; expected 'lvd-f' or a list of filters")
     out = []
     for i, d in enumerate(items):
-        unknown = set(d) - set(Filter.__dataclass_fields__)
-        if unknown:
-            raise CurationError(f"filter {i} has unknown keys {sorted(unknown)}; expected "
-                                f"{sorted(Filter.__dataclass_fields__)}")
+        if not isinstance(d, dict):
+            raise CurationError(f"filter {i} is {type(d).__name__}, expected a table like "
+                                f"{{column = 'motion', percent = 25.0}}")
+        check_types(Filter, d, f"filter {i}", CurationError)
+        if "column" not in d:
+            raise CurationError(f"filter {i} has no `column` (the manifest score it filters on)")
         out.append(Filter(**d))
     return out
 

@@ -48,6 +48,7 @@ def _load_model(spec: str, device):
 
 
 def run(args) -> int:
+    from ..loading import CheckpointError
     from . import api
     from .config import PRESETS, ConfigError, RunConfig
     from .data import DataError
@@ -90,7 +91,7 @@ def run(args) -> int:
             log(f"{len(data.train_idx)} training / {len(data.val_idx)} validation windows")
         trainer, out = api.train(model, cfg, data, run_cfg.out_dir, resume=run_cfg.resume and not args.no_resume,
                                  device=device, info=info, lora_init=run_cfg.lora_init, log=log)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:  # ResumeError is a ConfigError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

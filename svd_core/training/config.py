@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..config_check import check_instance, check_types, read_config, suggest
+
 MODES = ("lora", "temporal", "full", "time_embed", "spatial")
 TASKS = ("img2vid", "interpolation", "text2video", "multiview")
 
@@ -128,8 +130,9 @@ class TrainConfig:
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> "TrainConfig":
         """The preset's values, then `overrides` (unknown keys are errors that name the key)."""
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            hint = suggest(preset, PRESETS) if isinstance(preset, str) else f"; expected one of {sorted(PRESETS)}"
+            raise ConfigError(f"unknown preset {preset!r}{hint}")
         p = PRESETS[preset]
         base = cls(preset=preset, mode=p.mode, task=p.task, p_mean=p.p_mean, p_std=p.p_std, lr=p.lr,
                    num_frames=p.num_frames, height=p.height, width=p.width, lora_rank=p.lora_rank, steps=p.steps,
@@ -137,10 +140,10 @@ class TrainConfig:
         return base.override(**overrides)
 
     def override(self, **overrides: Any) -> "TrainConfig":
-        known = {f.name: f for f in fields(self)}
+        known = [f.name for f in fields(self)]
         for key in overrides:
             if key not in known:
-                raise ConfigError(f"unknown training setting {key!r}; expected one of {sorted(known)}")
+                raise ConfigError(f"unknown training setting {key!r}{suggest(key, known)}")
         cfg = replace(self, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()})
         cfg.validate()
         return cfg
@@ -149,6 +152,7 @@ class TrainConfig:
         def need(ok: bool, key: str, expected: str) -> None:
             if not ok:
                 raise ConfigError(f"training setting {key}={getattr(self, key)!r} is invalid: expected {expected}")
+        check_instance(self, "training setting", ConfigError)  # types first: bools are bools, numbers finite
         need(self.mode in MODES, "mode", f"one of {MODES}")
         need(self.task in TASKS, "task", f"one of {TASKS}")
         need(self.p_std > 0, "p_std", "> 0")
@@ -171,6 +175,15 @@ class TrainConfig:
         need(self.checkpoint_every >= 1, "checkpoint_every", ">= 1")
         need(self.validate_every >= 0, "validate_every", ">= 0")
         need(0.0 <= self.val_fraction < 1.0, "val_fraction", "in [0, 1)")
+        for k in ("warmup_steps", "val_items", "sample_every", "sample_steps", "seed"):
+            need(getattr(self, k) >= 0, k, ">= 0")
+        for k in ("weight_decay", "lora_alpha", "cond_aug_std"):
+            need(getattr(self, k) >= 0, k, ">= 0")
+        need(self.max_grad_norm > 0, "max_grad_norm", "> 0")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1")
+        need(all(0.0 <= b < 1.0 for b in self.betas), "betas", "two numbers in [0, 1)")
+        need(bool(self.name) and not any(c in self.name for c in '/\\:') and self.name not in (".", ".."), "name",
+             "a plain file-name prefix (no folders)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,27 +213,21 @@ class RunConfig:
     def load(cls, path: str | os.PathLike, overrides: dict | None = None) -> "RunConfig":
         """Read a JSON or TOML file: top-level model/data/out_dir, and a [train] table (preset + overrides)."""
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        text = p.read_text()
-        if p.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{p}: not valid JSON ({exc}); write JSON or a .toml file") from None
-        train = dict(data.pop("train", {}))
+        data = read_config(p, ConfigError, "training config")
+        where = f"training config {str(p)!r}"
+        train = data.pop("train", {})
+        if not isinstance(train, dict):
+            raise ConfigError(f"{where}: train = {train!r} must be a table of training settings (preset, steps, ...)")
+        train = dict(train)
         for key, value in (overrides or {}).items():
             if key in ("model", "data", "out_dir", "resume", "lora_init"):
                 data[key] = value
             else:
                 train[key] = value
+        check_types(cls, data, where, ConfigError)  # unknown keys (with a suggestion) and types of the run keys
         missing = [k for k in ("model", "data", "out_dir") if k not in data]
         if missing:
-            raise ConfigError(f"{p}: missing {missing}; a run config needs model, data and out_dir")
+            raise ConfigError(f"{where}: missing {missing}; a run config needs model, data and out_dir")
         base = p.parent
         for key in ("data", "out_dir", "lora_init"):
             v = data.get(key)
@@ -229,8 +236,7 @@ class RunConfig:
         m = data["model"]
         if not m.startswith("tiny") and not os.path.isabs(m):
             data["model"] = str(base / m)
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"{p}: unknown keys {sorted(unknown)}; expected model, data, out_dir, resume, "
-                              f"lora_init and a train table")
-        return cls(train=TrainConfig.from_dict(train), **data)
+        try:
+            return cls(train=TrainConfig.from_dict(train), **data)
+        except ConfigError as exc:
+            raise ConfigError(f"{where} (or --set): {exc}") from None

@@ -285,15 +285,20 @@ class CachedDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def _load(self, i: int) -> dict:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(self.paths[i]), framework="pt") as f:
-            item = {k: f.get_tensor(k) for k in f.keys()}
-            info = json.loads(f.metadata()["window"])
-        rec = info["record"]
-        item["fps_id"] = torch.tensor(fps_id(rec["fps"] / info["stride"]))
-        item["motion_bucket_id"] = torch.tensor(motion_bucket(rec["motion"], self.motion_scale))
-        item["motion"] = torch.tensor(float(rec["motion"]))
+        try:
+            with safe_open(str(self.paths[i]), framework="pt") as f:
+                item = {k: f.get_tensor(k) for k in f.keys()}
+                info = json.loads((f.metadata() or {})["window"])
+            rec = info["record"]
+            fps, motion = rec["fps"] / info["stride"], float(rec["motion"])
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError, ZeroDivisionError) as exc:
+            raise DataError(f"latent cache file {self.paths[i]} is damaged or foreign ({type(exc).__name__}: {exc}); "
+                            f"delete it (or its cache folder) and run again: it is rebuilt") from None
+        item["fps_id"] = torch.tensor(fps_id(fps))
+        item["motion_bucket_id"] = torch.tensor(motion_bucket(motion, self.motion_scale))
+        item["motion"] = torch.tensor(motion)
         live = asdict(self.records[i]) if self.records is not None else rec
         item["caption"] = live.get("caption", "")
         item["captions"] = {str(c): str(t) for c, t in live.get("captions", ())}  # column -> text (sample_caption)

@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..loading import save_tensors
+from ..loading import CheckpointError, SafetensorsFile, save_tensors
 from . import modes
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import CachedDataset, collate, global_batches
 from .distributed import DistInfo, all_mean, barrier, wrap
 from .ema import EMA, _full
@@ -35,6 +35,69 @@ class Interrupted(RuntimeError):
     def __init__(self, message: str, state_path: str):
         super().__init__(message)
         self.state_path = state_path
+
+
+class ResumeError(ConfigError):
+    """A saved training state that cannot be resumed (corrupt, truncated, foreign or from another setup): the message
+    names the file, the problem and how to start fresh."""
+
+
+START_FRESH = ("start fresh with --no-resume (CLI), resume = false (run config) or the Train node's resume input "
+               "off, or move the file away")
+
+
+def read_state(path: Path, params: dict[str, tuple[int, ...]],
+               cfg: TrainConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read and check a saved state (`Trainer.save_state`) before anything is restored: a valid safetensors file
+    (`loading.SafetensorsFile`), our metadata (version, step, config, loss history), the same mode / task / size as
+    `cfg`, a tensor of the right shape for every trained parameter and its EMA, optimizer slots of known parameters,
+    and a CPU RNG state. Anything else is one `ResumeError` naming the file and how to start fresh."""
+    def bad(problem: str) -> ResumeError:
+        return ResumeError(f"cannot resume from {path}: {problem}; {START_FRESH}")
+
+    try:
+        source = SafetensorsFile(path)
+    except CheckpointError as exc:
+        raise bad(f"the state file is damaged ({str(exc).removeprefix(f'{path}: ')})") from None
+    except OSError as exc:
+        raise bad(f"the state file cannot be read ({exc.strerror or exc})") from None
+    raw = source.metadata
+    if raw.get("state_version") != str(STATE_VERSION):
+        raise bad(f"not a training state of this suite (state_version {raw.get('state_version')!r}, expected "
+                  f"{STATE_VERSION!r})")
+    meta = {}
+    try:
+        meta["step"], meta["ema_updates"] = int(raw["step"]), int(raw["ema_updates"])
+        meta["config"] = json.loads(raw["config"])
+        meta["losses"] = [tuple(float(v) for v in x) for x in json.loads(raw["losses"])]
+        meta["val"] = [tuple(float(v) for v in x) for x in json.loads(raw["val"])]
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        raise bad(f"its metadata is incomplete or malformed ({type(exc).__name__}: {exc})") from None
+    if meta["step"] < 0 or meta["ema_updates"] < 0 or not isinstance(meta["config"], dict):
+        raise bad("its metadata is malformed (negative step or a config that is not an object)")
+    saved = {**TrainConfig().to_dict(), **meta["config"]}
+    for key in ("mode", "task", "lora_rank", "lora_ff", "num_frames", "height", "width"):
+        if saved[key] != getattr(cfg, key):
+            raise ResumeError(f"cannot resume from {path}: it was trained with {key}={saved[key]!r}, this run has "
+                              f"{key}={getattr(cfg, key)!r}; use another output folder, match the setting, or "
+                              f"{START_FRESH}")
+    shapes = source.shapes()
+    for prefix in ("param.", "ema."):
+        missing = [n for n in params if prefix + n not in shapes]
+        if missing:
+            raise bad(f"it lacks {prefix}{missing[0]} (and {len(missing) - 1} more): saved for another model or mode")
+        wrong = [n for n in params if shapes[prefix + n] != params[n]]
+        if wrong:
+            raise bad(f"{prefix}{wrong[0]} has shape {list(shapes[prefix + wrong[0]])}, this run's parameter "
+                      f"{list(params[wrong[0]])}: saved for another model")
+    for key, shape in shapes.items():
+        name, _, slot = key[4:].rpartition(".")
+        if key.startswith("opt.") and (name not in params or shape != (params[name] if slot != "step" else shape)):
+            raise bad(f"optimizer slot {key!r} does not belong to this run's parameters")
+    rng = torch.get_rng_state()
+    if shapes.get("rng.torch") != tuple(rng.shape) or source.entries["rng.torch"][0] != rng.dtype:
+        raise bad("it has no valid CPU random-number state (rng.torch)")
+    return meta, {k: source.tensor(k) for k in shapes}
 
 
 @dataclass
@@ -242,25 +305,13 @@ class Trainer:
     @torch.no_grad()
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Continue from the saved state (same mode, task and LoRA rank); False when there is none."""
-        from safetensors import safe_open
-
         path = Path(path or self.state_path)
         if not path.is_file():
             return False
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        saved = {**TrainConfig().to_dict(), **json.loads(meta["config"])}
-        for key in ("mode", "task", "lora_rank", "lora_ff", "num_frames", "height", "width"):
-            if saved[key] != getattr(self.cfg, key):
-                raise ValueError(f"cannot resume from {path}: it was trained with {key}={saved[key]!r}, this run has "
-                                 f"{key}={getattr(self.cfg, key)!r} (use another output folder or match the setting)")
-        missing = [n for n in self.params if f"param.{n}" not in tensors]
-        if missing:
-            raise ValueError(f"cannot resume from {path}: it lacks {missing[:5]}")
+        meta, tensors = read_state(path, {n: tuple(p.shape) for n, p in self.params.items()}, self.cfg)
         for n, p in self.params.items():
             _copy_into(p, tensors[f"param.{n}"])
-        self.ema.load({n: tensors[f"ema.{n}"] for n in self.params}, int(meta["ema_updates"]))
+        self.ema.load({n: tensors[f"ema.{n}"] for n in self.params}, meta["ema_updates"])
         names = {n: p for n, p in self.params.items()}
         self.optimizer.state.clear()
         for key, v in tensors.items():
@@ -277,9 +328,8 @@ class Trainer:
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.step = int(meta["step"])
-        self.losses = [tuple(x) for x in json.loads(meta["losses"])]
-        self.val = [tuple(x) for x in json.loads(meta["val"])]
+        self.step = meta["step"]
+        self.losses, self.val = meta["losses"], meta["val"]
         return True
 
     # ------------------------------------------------------------------------------------------------ outputs
