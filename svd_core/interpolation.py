@@ -44,7 +44,7 @@ from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .memory import ff_chunk_of
 from .pipeline import Cancelled, Conditioning, _module_device, _per_frame, check_run, decode, prepare_image, sample
-from .validation import MAX_SEED, check
+from .validation import MAX_SEED, check, check_request
 from .variants import SVD_INTERP, SVD_VECTOR, ModelSpec, get_variant
 
 SPEC = SVD_INTERP
@@ -233,13 +233,10 @@ def interpolation_conditioning(model, first: torch.Tensor, last: torch.Tensor, *
     if first.shape != last.shape:
         raise ValueError(f"first {tuple(first.shape)} and last {tuple(last.shape)} frames must have the same shape")
     width, height = width or spec.width, height or spec.height
+    check_request(dict(fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug))  # fps: of the 5 frames
     fps = spec.fps if fps is None else fps
-    if fps < 1:
-        raise ValueError(f"fps={fps} must be >= 1 (frames per second of the interpolated video)")
     motion = spec.motion_bucket_id if motion_bucket_id is None else motion_bucket_id
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
-    if cond_aug < 0:
-        raise ValueError(f"cond_aug={cond_aug} must be >= 0")
     a = prepare_image(first, width, height, resize_mode)
     z = prepare_image(last, width, height, resize_mode)
     b, t = a.shape[0], spec.num_frames

@@ -149,14 +149,11 @@ def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = N
     if "fps_id" not in dict(spec.vector_inputs):
         raise ValueError(f"image_conditioning needs an SVD/SVD-XT model; {spec.name} takes {spec.vector_inputs} "
                          f"(use orbit_conditioning for SV3D)")
+    check_request(dict(fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, seed=seed))  # nodes call this
     num_frames = _check_frames(spec.num_frames if num_frames is None else num_frames)
     fps = spec.fps if fps is None else fps
-    if fps < 1:
-        raise ValueError(f"fps={fps} must be >= 1 (frames per second)")
     motion = spec.motion_bucket_id if motion_bucket_id is None else motion_bucket_id
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
-    if cond_aug < 0:
-        raise ValueError(f"cond_aug={cond_aug} must be >= 0")
     img = prepare_image(image, spec.width if width is None else width, spec.height if height is None else height,
                         resize_mode, (spec.height, spec.width))
     generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
@@ -197,6 +194,7 @@ def orbit_conditioning(model, image: torch.Tensor, *, elevations: float | Sequen
     keys = dict(spec.vector_inputs)
     if "fps_id" in keys:
         raise ValueError(f"orbit_conditioning needs an SV3D model; {spec.name} is an image-to-video model")
+    check_request(dict(cond_aug=cond_aug, seed=seed))  # the nodes call this stage directly
     num_frames = _check_frames(spec.num_frames if num_frames is None else num_frames)
     elev, azim = orbit_angles(num_frames, elevations, azimuths)
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug

@@ -38,6 +38,7 @@ from .denoiser import VideoCond
 from .guidance import Guidance
 from .attention import DEFAULT_FF_CHUNK
 from .pipeline import Conditioning, _module_device, _per_frame, _run, check_run
+from .validation import check_request
 from .variants import TEXT2VIDEO, ModelSpec, get_variant
 
 SPEC = TEXT2VIDEO
@@ -102,9 +103,8 @@ def text_conditioning(model, prompt: "str | Sequence[str]", *, temporal_prompt: 
         if v < 64 or v % 64:
             raise ValueError(f"{name}={v} is impossible: it must be a multiple of 64 and at least 64 (the VAE "
                              f"downsamples 8x and the UNet 8x more); set the {name} input accordingly")
+    check_request(dict(fps=fps, motion_score=motion_score))  # the conditioning node calls this stage directly
     fps = spec.fps if fps is None else fps
-    if fps < 1:
-        raise ValueError(f"fps={fps} must be >= 1 (frames per second)")
     motion = spec.motion_bucket_id if motion_score is None else motion_score
     prompts = _prompts(prompt, batch)
     b = len(prompts)
