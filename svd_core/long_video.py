@@ -160,13 +160,13 @@ def _check_windows(model, cond: Conditioning, guidance: Guidance | None, *, wind
 
 def _windows_plan(cond: Conditioning, window: int, overlap: int | None, schedule: str):
     """Memory sizing of a sliding-window run of n frames at width w (memory.check_request_fits' `plan`)."""
-    overlap = window // 2 if overlap is None else overlap
     b, c, lh = cond.batch, cond.latent_channels, cond.height // 8
 
-    def plan(n: int, w: int) -> dict:
-        per_window = 2 * b * min(window, n) * (c * lh * (w // 8) + cond.cond.crossattn[0].numel()) * 4
-        kept = window_count(n, window, overlap, schedule) * per_window + b * n * 4 * lh * (w // 8) * 4  # + blend sum
-        return dict(frames=b * n, unet_frames=b * min(window, n), decode=False, kept_bytes=kept)
+    def plan(n: int, w: int) -> dict:  # called once window and overlap passed their checks
+        per_window = 2 * b * min(window, n) * (c * lh * (w // 8) + cond.cond.crossattn[0].numel()) * 4  # both branches
+        windows = window_count(n, window, window // 2 if overlap is None else overlap, schedule)
+        blend = b * n * 4 * lh * (w // 8) * 4  # the float32 accumulator of the blended estimate
+        return dict(frames=b * n, unet_frames=b * min(window, n), decode=False, kept_bytes=windows * per_window + blend)
     return plan
 
 

@@ -177,7 +177,7 @@ def _weights_to_place(model, device, dtype) -> dict[str, int]:
 
 def ff_chunk_of(model) -> int | None:
     """The feed-forward chunk size the model's UNet runs with now (`unet.set_ff_chunk_size`), for runs that keep
-    the model's setting (the long-video, interpolation and text-to-video entry points)."""
+    the model's setting (the long-video and interpolation entry points)."""
     return next((m.ff_chunk_size for m in model.unet.modules() if hasattr(m, "ff_chunk_size")), None)
 
 
