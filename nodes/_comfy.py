@@ -7,6 +7,7 @@ button), progress from `comfy.utils.ProgressBar`, interrupts from
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -68,6 +69,8 @@ def check_inputs(cls, **values: Any) -> bool | str:
             return f"{cls.ID}: input '{name}' = {value!r} is not one of {shown}"
         low, high = getattr(spec, "min", None), getattr(spec, "max", None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
+                return f"{cls.ID}: input '{name}' = {value} is not a finite number"
             if low is not None and value < low:
                 return f"{cls.ID}: input '{name}' = {value} is below the minimum {low}"
             if high is not None and value > high:

@@ -5,6 +5,7 @@ import numpy as np
 from comfy_api.latest import io
 
 from svd_core.pipeline import RESIZE_MODES
+from svd_core.validation import check
 
 from ._comfy import PREFIX, SEED_MAX, SVDConditioning, SVDModel, SVDOrbit, bad_input, check_inputs, engine, image_to_bchw
 
@@ -58,8 +59,9 @@ class ImageConditioning(io.ComfyNode):
                 *_size_inputs(1024, 576, 14),
                 io.Int.Input("fps", default=7, min=1, max=60,
                              tooltip="Frame rate the motion is conditioned on (reference 7; embedded as fps_id = fps - 1)."),
-                io.Int.Input("motion_bucket_id", default=127, min=0, max=1023,
-                             tooltip="Amount of motion (reference 127; higher = more motion)."),
+                io.Int.Input("motion_bucket_id", default=127, min=0, max=255,
+                             tooltip="Amount of motion, 0-255 as the released models were trained (reference 127; "
+                                     "higher = more motion)."),
                 *_common_inputs(0.02),
             ],
             outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP)],
@@ -81,7 +83,8 @@ class ImageConditioning(io.ComfyNode):
 
 
 def parse_angles(node_id: str, name: str, text: str, num_frames: int | None, default=None) -> list[float] | None:
-    """'10' (every frame), '0, 30, 60' (one per frame) or '' (the default) -> degrees per frame."""
+    """'10' (every frame), '0, 30, 60' (one per frame) or '' (the default) -> degrees per frame; `name` is the
+    validation rule too ("elevations", "azimuths")."""
     parts = [p.strip() for p in str(text).replace(";", ",").replace("\n", ",").split(",") if p.strip()]
     if not parts:
         return default
@@ -89,6 +92,11 @@ def parse_angles(node_id: str, name: str, text: str, num_frames: int | None, def
         values = [float(p) for p in parts]
     except ValueError:
         raise bad_input(node_id, name, f"expected numbers in degrees separated by commas, got {text!r}") from None
+    for i, value in enumerate(values):  # the engine's ranges (validation.RULES): finite, elevations in [-90, 90]
+        try:
+            check(name, value, f"{name}[{i}]")
+        except ValueError as exc:
+            raise bad_input(node_id, name, str(exc)) from None
     if len(values) == 1 and num_frames is not None:
         return values * num_frames
     if num_frames is not None and len(values) != num_frames:
@@ -224,6 +232,11 @@ def parse_keyframes(node_id: str, text: str) -> list[tuple[int, float, float]]:
         except ValueError:
             raise bad_input(node_id, "keyframes",
                             f"line {line_no} {line!r} is not 'frame: elevation, azimuth' (e.g. '10: 20, 180')") from None
+        try:  # the engine's ranges (validation.RULES): finite degrees, elevations in [-90, 90]
+            check("elevations", elev, "elevation")
+            check("azimuths", azim, "azimuth")
+        except ValueError as exc:
+            raise bad_input(node_id, "keyframes", f"line {line_no}: {exc}") from None
     if not keys:
         raise bad_input(node_id, "keyframes", "no keyframes given")
     return keys

@@ -45,8 +45,8 @@ class FrameInterpolation(io.ComfyNode):
                 io.Int.Input("fps", default=28, min=1, max=240,
                              tooltip="Frame rate the model is conditioned on: the interpolated video's, 4x the "
                                      "input's (28 for a 7 fps video; the training preset samples 28 fps windows)."),
-                io.Int.Input("motion_bucket_id", default=127, min=0, max=1023,
-                             tooltip="Motion micro-conditioning (as SVD; 127 = reference)."),
+                io.Int.Input("motion_bucket_id", default=127, min=0, max=255,
+                             tooltip="Motion micro-conditioning, 0-255 as SVD (127 = reference)."),
                 io.Float.Input("cond_aug", default=0.02, min=0.0, max=10.0, step=0.001,
                                tooltip="Noise added to the two given frames before encoding (reference 0.02)."),
                 io.Combo.Input("sampler", options=list(SAMPLERS), default="euler", tooltip="Sampling method."),

@@ -118,8 +118,9 @@ class ChainedVideo(io.ComfyNode):
                 io.Int.Input("clip_frames", default=0, min=0, max=256,
                              tooltip="Frames per clip; 0 = the model's trained count (SVD 14, SVD-XT 25)."),
                 io.Int.Input("fps", default=7, min=1, max=60, tooltip="Frame rate the motion is conditioned on (reference 7)."),
-                io.Int.Input("motion_bucket_id", default=127, min=0, max=1023,
-                             tooltip="Amount of motion (reference 127; higher = more motion)."),
+                io.Int.Input("motion_bucket_id", default=127, min=0, max=255,
+                             tooltip="Amount of motion, 0-255 as the released models were trained (reference 127; "
+                                     "higher = more motion)."),
                 io.Float.Input("cond_aug", default=0.02, min=0.0, max=10.0, step=0.001,
                                tooltip="Noise added to each clip's conditioning frame (reference 0.02)."),
                 io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="crop",

@@ -101,7 +101,9 @@ class OrbitBuilder(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter,
                         jitter_seed, elevations, azimuths, radius) -> bool | str:
-        ok = check_inputs(cls, preset=preset, num_views=num_views)
+        ok = check_inputs(cls, preset=preset, num_views=num_views, elevation=elevation, amplitude=amplitude,
+                          periods=periods, end_elevation=end_elevation, azimuth_jitter=azimuth_jitter,
+                          jitter_seed=jitter_seed, radius=radius)
         if ok is not True:
             return ok
         if None in (preset, num_views, elevation, amplitude, periods, end_elevation, elevations, azimuths, radius):

@@ -42,7 +42,7 @@ class TextConditioning(io.ComfyNode):
                 io.Int.Input("num_frames", default=14, min=1, max=256, tooltip="Frames to generate (trained: 14)."),
                 io.Int.Input("fps", default=7, min=1, max=60,
                              tooltip="Frame rate the motion is conditioned on (embedded as fps - 1)."),
-                io.Float.Input("motion_score", default=127.0, min=0.0, max=1023.0, step=1.0,
+                io.Float.Input("motion_score", default=127.0, min=0.0, max=255.0, step=1.0,
                                tooltip="Motion micro-conditioning as a motion bucket, 0-255 like SVD's "
                                        "motion_bucket_id (127 = middle; more = more motion); training maps each "
                                        "clip's motion score to the same buckets."),

@@ -42,7 +42,9 @@ from einops import rearrange, repeat
 from . import model as _model
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
-from .pipeline import Cancelled, Conditioning, _module_device, _per_frame, decode, prepare_image, sample
+from .memory import ff_chunk_of
+from .pipeline import Cancelled, Conditioning, _module_device, _per_frame, check_run, decode, prepare_image, sample
+from .validation import MAX_SEED, check, check_request
 from .variants import SVD_INTERP, SVD_VECTOR, ModelSpec, get_variant
 
 SPEC = SVD_INTERP
@@ -231,13 +233,10 @@ def interpolation_conditioning(model, first: torch.Tensor, last: torch.Tensor, *
     if first.shape != last.shape:
         raise ValueError(f"first {tuple(first.shape)} and last {tuple(last.shape)} frames must have the same shape")
     width, height = width or spec.width, height or spec.height
+    check_request(dict(fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug))  # fps: of the 5 frames
     fps = spec.fps if fps is None else fps
-    if fps < 1:
-        raise ValueError(f"fps={fps} must be >= 1 (frames per second of the interpolated video)")
     motion = spec.motion_bucket_id if motion_bucket_id is None else motion_bucket_id
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
-    if cond_aug < 0:
-        raise ValueError(f"cond_aug={cond_aug} must be >= 0")
     a = prepare_image(first, width, height, resize_mode)
     z = prepare_image(last, width, height, resize_mode)
     b, t = a.shape[0], spec.num_frames
@@ -284,6 +283,18 @@ def _auto_size(v: int) -> int:
     return max(64, int(round(v / 64.0)) * 64)
 
 
+def _interpolation_plan(n: int, H: int, W: int, t: int):
+    """Memory sizing of interpolating an n-frame H x W video, k pairs per batch at width w: one batch of k t-frame
+    windows sampled and decoded at a time; the generated frames, their concatenation and the output video
+    ((n-1)(t-1)+1 frames, float32 at H x W) held at the end (memory.check_request_fits' `plan`)."""
+    pairs = n - 1
+    kept = (2 * pairs * (t - 2) + 2 * (pairs * (t - 1) + 1)) * 3 * H * W * 4
+
+    def plan(k: int, w: int) -> dict:
+        return dict(frames=min(k, pairs) * t, kept_bytes=kept)
+    return plan
+
+
 def interpolate_video(model, frames: torch.Tensor, *, batch_size: int = 4, width: int | None = None,
                       height: int | None = None, fps: float | None = None, motion_bucket_id: float | None = None,
                       cond_aug: float | None = None, guidance: Guidance | None = None, sampler: str = "euler",
@@ -300,12 +311,23 @@ def interpolate_video(model, frames: torch.Tensor, *, batch_size: int = 4, width
     n, _, H, W = frames.shape
     if n < 2:
         raise ValueError(f"a video of {n} frame(s) has no pair to interpolate; give at least 2 frames")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    width, height = width or _auto_size(W), height or _auto_size(H)
+    width = _auto_size(W) if width is None else width
+    height = _auto_size(H) if height is None else height
+    t, batch_size = spec.num_frames, check("batch_size", batch_size)
+    checked = check_run(model, None, dict(batch_size=batch_size, width=width, height=height, fps=fps,
+                                          motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, steps=steps,
+                                          seed=seed, decode_t=t if decode_t is None else decode_t),
+                        guidance=guidance, sampler=sampler, schedule=schedule, resize_mode="stretch", device=None,
+                        offload=False, autocast_dtype=None, ff_chunk_size=ff_chunk_of(model),
+                        batch=1, count=min(batch_size, n - 1), plan=_interpolation_plan(n, H, W, t),
+                        unit=("pair per batch", "pairs per batch"), labels={"frames": "batch_size"})
+    seed = 0 if seed is None else checked["seed"]
+    if seed + n - 2 > MAX_SEED:
+        raise ValueError(f"seed={seed} is impossible: pair j is sampled with seed + j, so for {n - 1} pairs the seed "
+                         f"must be at most {MAX_SEED - n + 2}")
+    steps = spec.steps if steps is None else checked["steps"]
     guidance = guidance or defaults_for(spec)
-    steps = steps or spec.steps
-    t, pairs = spec.num_frames, n - 1
+    pairs = n - 1
     chunks = math.ceil(pairs / batch_size)
     total, done = chunks * (steps + 1), 0
     middles = []

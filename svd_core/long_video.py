@@ -21,9 +21,11 @@ from einops import rearrange
 
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
-from .pipeline import Cancelled, Conditioning, GuidedDenoiser, decode, image_conditioning
+from .memory import ff_chunk_of
+from .pipeline import Cancelled, Conditioning, GuidedDenoiser, check_run, decode, image_conditioning
 from .samplers import SAMPLERS
 from .schedules import get_sigmas
+from .validation import MAX_SEED, check, check_choice
 
 __all__ = ["WINDOW_SCHEDULES", "BLENDS", "COLOR_MATCH", "window_schedule", "window_weights", "slice_conditioning",
            "WindowedDenoiser", "sample_windows", "match_color", "chain"]
@@ -56,6 +58,14 @@ def window_schedule(num_frames: int, window: int, overlap: int, schedule: str = 
         return [list(range(s, s + window)) for s in starts]
     # looped: windows start every `stride` frames and wrap past the end back to frame 0
     return [[(s + j) % num_frames for j in range(window)] for s in range(0, num_frames, stride)]
+
+
+def window_count(num_frames: int, window: int, overlap: int, schedule: str = "uniform") -> int:
+    """len(window_schedule(...)) in closed form (the memory check sizes requests of up to a million frames)."""
+    if num_frames <= window:
+        return 1
+    stride = window - overlap
+    return math.ceil((num_frames - window) / stride) + 1 if schedule == "uniform" else math.ceil(num_frames / stride)
 
 
 def window_weights(window: int, blend: str = "pyramid") -> torch.Tensor:
@@ -129,6 +139,37 @@ class WindowedDenoiser:
         return rearrange(out, "b t ... -> (b t) ...").to(x.dtype)  # b t c h w -> (b t) c h w
 
 
+def _check_windows(model, cond: Conditioning, guidance: Guidance | None, *, window, overlap, schedule, blend,
+                   sampler, sigma_schedule, steps, seed, autocast_dtype) -> tuple[int, int]:
+    """`sample_windows`' arguments in range and its memory within the device's, before any model work (issue 12):
+    the latents of all N frames stay alive, the UNet sees one window at a time, every window keeps its slice of
+    the conditioning, nothing is decoded. Returns (window, overlap) with their defaults filled in."""
+    check_choice("schedule", schedule, WINDOW_SCHEDULES)
+    check_choice("blend", blend, BLENDS)
+    window = model.spec.num_frames if window is None else window
+    checked = check_run(model, None, dict(window=window, overlap=overlap, steps=steps, seed=seed,
+                                          width=cond.width, height=cond.height),
+                        guidance=guidance, sampler=sampler, schedule=sigma_schedule, resize_mode="crop", device=None,
+                        offload=False, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_of(model),
+                        batch=cond.batch, count=cond.num_frames, plan=_windows_plan(cond, window, overlap, schedule),
+                        labels={"schedule": "sigma_schedule", "frames": "the conditioning's num_frames",
+                                "width": "the conditioning's width"})
+    window = checked["window"]
+    return window, window // 2 if overlap is None else checked["overlap"]
+
+
+def _windows_plan(cond: Conditioning, window: int, overlap: int | None, schedule: str):
+    """Memory sizing of a sliding-window run of n frames at width w (memory.check_request_fits' `plan`)."""
+    b, c, lh = cond.batch, cond.latent_channels, cond.height // 8
+
+    def plan(n: int, w: int) -> dict:  # called once window and overlap passed their checks
+        per_window = 2 * b * min(window, n) * (c * lh * (w // 8) + cond.cond.crossattn[0].numel()) * 4  # both branches
+        windows = window_count(n, window, window // 2 if overlap is None else overlap, schedule)
+        blend = b * n * 4 * lh * (w // 8) * 4  # the float32 accumulator of the blended estimate
+        return dict(frames=b * n, unet_frames=b * min(window, n), decode=False, kept_bytes=windows * per_window + blend)
+    return plan
+
+
 @torch.inference_mode()
 def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, *, window: int | None = None,
                    overlap: int | None = None, schedule: str = "uniform", blend: str = "pyramid",
@@ -141,12 +182,11 @@ def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, 
     window defaults to the model's trained frame count, overlap to half of it; with N <= window this is exactly
     `pipeline.sample` (one window covering the video). steps / seed None: the variant's (reference script)."""
     spec = model.spec
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
-    window = window or spec.num_frames
-    overlap = window // 2 if overlap is None else overlap
+    window, overlap = _check_windows(model, cond, guidance, window=window, overlap=overlap, schedule=schedule,
+                                     blend=blend, sampler=sampler, sigma_schedule=sigma_schedule, steps=steps,
+                                     seed=seed, autocast_dtype=autocast_dtype)
     guidance = guidance or defaults_for(spec)
-    steps = steps or spec.steps
+    steps = spec.steps if steps is None else steps
     sigmas = get_sigmas(sigma_schedule, steps, spec.sigma_min, spec.sigma_max)
     generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
     shape = cond.latent_shape
@@ -182,6 +222,17 @@ def match_color(x: torch.Tensor, ref_mean: torch.Tensor, ref_std: torch.Tensor, 
     return ((x.float() - mean) / (std + eps) * ref_std + ref_mean).to(x.dtype)
 
 
+def _chain_plan(model, image: torch.Tensor, clip_frames: int, height: int | None):
+    """Memory sizing of a chained video of n frames at width w: one clip of `clip_frames` sampled and decoded at a
+    time, the whole n-frame video (float32, b n 3 H W) filled through the run (memory.check_request_fits' `plan`)."""
+    b = image.shape[0] if image.ndim == 4 else 1
+    h = model.spec.height if height is None else height
+
+    def plan(n: int, w: int) -> dict:
+        return dict(frames=b * clip_frames, kept_bytes=b * n * 3 * h * w * 4)
+    return plan
+
+
 @torch.inference_mode()
 def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | None = None,
           guidance: Guidance | None = None, color_match: str = "latent", width: int | None = None,
@@ -199,15 +250,22 @@ def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | Non
     from .pipeline import sample
 
     spec = model.spec
-    seed = spec.seed if seed is None else seed  # the variant's (reference script: 23)
-    if color_match not in COLOR_MATCH:
-        raise ValueError(f"color_match={color_match!r}; expected one of {list(COLOR_MATCH)}")
-    clip_frames = clip_frames or spec.num_frames
-    if clip_frames < 2:
-        raise ValueError(f"clip_frames={clip_frames} must be >= 2 (a clip adds clip_frames - 1 new frames)")
-    if num_frames < 1:
-        raise ValueError(f"num_frames={num_frames} must be >= 1")
+    check_choice("color_match", color_match, COLOR_MATCH)
+    num_frames = check("num_frames", num_frames)
+    clip_frames = spec.num_frames if clip_frames is None else clip_frames
+    checked = check_run(model, image, dict(num_frames=num_frames, clip_frames=clip_frames, width=width, height=height,
+                                           fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, steps=steps,
+                                           seed=seed, decode_t=decode_t),
+                        guidance=guidance, sampler=sampler, schedule=sigma_schedule, resize_mode=resize_mode,
+                        device=None, offload=False, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_of(model),
+                        count=num_frames, plan=_chain_plan(model, image, clip_frames, height),
+                        labels={"schedule": "sigma_schedule"})
+    clip_frames = checked["clip_frames"]
+    seed = spec.seed if seed is None else checked["seed"]  # the variant's (reference script: 23)
     clips = 1 + max(0, math.ceil((num_frames - clip_frames) / (clip_frames - 1)))
+    if seed + clips - 1 > MAX_SEED:
+        raise ValueError(f"seed={seed} is impossible: clip k is sampled with seed + k, so for {clips} clips the seed "
+                         f"must be at most {MAX_SEED - clips + 1}")
     out: torch.Tensor | None = None  # b N 3 H W, filled clip by clip (no list + concatenation copy)
     filled = 0
     ref_latent = ref_pixel = None

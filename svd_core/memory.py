@@ -175,20 +175,34 @@ def _weights_to_place(model, device, dtype) -> dict[str, int]:
     return out
 
 
+def ff_chunk_of(model) -> int | None:
+    """The feed-forward chunk size the model's UNet runs with now (`unet.set_ff_chunk_size`), for runs that keep
+    the model's setting (the long-video and interpolation entry points)."""
+    return next((m.ff_chunk_size for m in model.unet.modules() if hasattr(m, "ff_chunk_size")), None)
+
+
 def estimate_request(model, *, frames: int, height: int, width: int, decode_t: int, device="cpu",
                      dtype: torch.dtype | None = None, ff_chunk: int | None = 8192, offload: bool = False,
-                     cfg: bool = True) -> RequestEstimate:
+                     cfg: bool = True, unet_frames: int | None = None, decode: bool = True,
+                     kept_bytes: int = 0) -> RequestEstimate:
     """Upper bound of the memory one img2vid / orbit run needs on `device` (closed form, no allocation).
 
     `model` may live on the meta device (the CLI checks before loading) or be loaded (the API checks before
-    sampling; weights already on the device count 0). `dtype` is the compute dtype (default: the weights')."""
+    sampling; weights already on the device count 0). `dtype` is the compute dtype (default: the weights').
+    Other whole runs size themselves with: `unet_frames`, the frames of one guided UNet forward when fewer than
+    the `frames` whose latents are alive (a sliding window over a long video); `decode=False` for a run that ends
+    with the latent (the sliding-window sampler); `kept_bytes`, results held through the whole run (a long video
+    filled clip by clip, the interpolated video), counted in both phases."""
     dtype = dtype or next(model.model.parameters()).dtype
     elem = torch.tensor([], dtype=dtype).element_size()
     spec = model.spec
+    unet_frames = frames if unet_frames is None else min(unet_frames, frames)
     latents = LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
-    sampling = _unet_peak(spec, frames, height, width, elem, ff_chunk, cfg) + latents
-    video = frames * 3 * height * width * (2 * elem + 4 * VIDEO_COPIES_F32)
-    decoding = _decode_peak(spec, frames, height, width, elem, decode_t) + video + latents
+    sampling = _unet_peak(spec, unet_frames, height, width, elem, ff_chunk, cfg) + latents + kept_bytes
+    decoding = 0
+    if decode:
+        video = frames * 3 * height * width * (2 * elem + 4 * VIDEO_COPIES_F32)
+        decoding = _decode_peak(spec, frames, height, width, elem, decode_t) + video + latents + kept_bytes
     return RequestEstimate(str(device), frames, height, width, _weights_to_place(model, device, dtype), sampling,
                            decoding, offload)
 
@@ -241,34 +255,41 @@ def largest_that_fits(estimate_for: Callable[[int], RequestEstimate], available:
 
 def check_request_fits(model, *, frames: int, height: int, width: int, decode_t: int, device="cpu",
                        dtype: torch.dtype | None = None, ff_chunk: int | None = 8192, offload: bool = False,
-                       cfg: bool = True, labels: dict[str, str] | None = None,
-                       available: int | None = None) -> RequestEstimate:
+                       cfg: bool = True, labels: dict[str, str] | None = None, available: int | None = None,
+                       plan: Callable[[int, int], dict] | None = None,
+                       unit: tuple[str, str] = ("frame", "frames")) -> RequestEstimate:
     """Refuse (MemoryBudgetError) a request whose `estimate_request` exceeds the memory available on `device`,
-    naming the estimate, the free memory and the most frames that would fit at that size."""
+    naming the estimate, the free memory and the most frames that would fit at that size.
+
+    `frames` is the request's count (`unit`: singular, plural), the knob the advice names (`labels["frames"]`);
+    `plan(count, width)`, when given, turns a count and a width into `estimate_request`'s sizing (frames,
+    unet_frames, decode, kept_bytes) for runs that are not one img2vid pass: a long video's total frames vs. its
+    window or clip, interpolation's pairs per batch of 5-frame windows."""
     labels = {"frames": "num_frames", "width": "width", **(labels or {})}
 
-    def estimate_for(t: int) -> RequestEstimate:
-        return estimate_request(model, frames=t, height=height, width=width, decode_t=decode_t, device=device,
-                                dtype=dtype, ff_chunk=ff_chunk, offload=offload, cfg=cfg)
+    def sizing(count: int, w: int) -> RequestEstimate:
+        kw = {"frames": count, "width": w, **(plan(count, w) if plan else {})}
+        return estimate_request(model, height=height, decode_t=decode_t, device=device, dtype=dtype,
+                                ff_chunk=ff_chunk, offload=offload, cfg=cfg, **kw)
 
-    est = estimate_for(frames)
+    est = sizing(frames, width)
     available = available_bytes(device) if available is None else available
     if available is None or est.total <= available:
         return est
-    fit = largest_that_fits(estimate_for, available, frames)
-    wide = 64 * largest_that_fits(lambda n: estimate_request(
-        model, frames=frames, height=height, width=64 * n, decode_t=decode_t, device=device, dtype=dtype,
-        ff_chunk=ff_chunk, offload=offload, cfg=cfg), available, width // 64)
-    advice = [f"at {width}x{height} at most {fit} frames fit (set {labels['frames']})" if fit else
-              f"not even one frame fits at {width}x{height}"]
+    fit = largest_that_fits(lambda n: sizing(n, width), available, frames)
+    wide = 64 * largest_that_fits(lambda n: sizing(frames, 64 * n), available, width // 64)
+    one, many = unit
+    advice = [f"at {width}x{height} at most {fit} {one if fit == 1 else many} fit (set {labels['frames']})" if fit
+              else f"not even one {one} fits at {width}x{height}"]
     if wide:
-        advice.append(f"{frames} frames fit up to {wide}x{height} (set {labels['width']})")
+        advice.append(f"{frames} {one if frames == 1 else many} fit up to {wide}x{height} (set {labels['width']})")
     weights = sum(est.weights.values())
     raise MemoryBudgetError(
-        f"{frames} frames at {width}x{height} need about {est.total / GiB:.1f} GiB on {device} (weights "
-        f"{weights / GiB:.1f} GiB, sampling {est.sampling / GiB:.1f} GiB, decoding {est.decoding / GiB:.1f} GiB) but "
-        f"only {available / GiB:.1f} GiB is available; {'; '.join(advice)}; or use a smaller dtype / offloading")
+        f"{frames} {one if frames == 1 else many} at {width}x{height} need about {est.total / GiB:.1f} GiB on "
+        f"{device} (weights {weights / GiB:.1f} GiB, sampling {est.sampling / GiB:.1f} GiB, decoding "
+        f"{est.decoding / GiB:.1f} GiB) but only {available / GiB:.1f} GiB is available; {'; '.join(advice)}; or use "
+        f"a smaller dtype / offloading")
 
 
 __all__ = ["LiveBytes", "activation_peak", "MemoryPlan", "full_size_plan", "RequestEstimate", "estimate_request",
-           "available_bytes", "MemoryBudgetError", "check_request_fits", "largest_that_fits"]
+           "available_bytes", "MemoryBudgetError", "check_request_fits", "largest_that_fits", "ff_chunk_of"]

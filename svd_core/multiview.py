@@ -31,8 +31,10 @@ from . import model as _model
 from .denoiser import VideoCond
 from .guidance import Guidance
 from .object_image import object_input, replace_last_view
-from .pipeline import (Conditioning, _frame_conditioning, _per_frame, _run, orbit_angles, orbit_conditioning,
-                       prepare_image)
+from .attention import DEFAULT_FF_CHUNK
+from .pipeline import (NOISE_DEVICES, Conditioning, _frame_conditioning, _per_frame, _run, check_run, orbit_angles,
+                       orbit_conditioning, prepare_image)
+from .validation import check_choice
 from .variants import SVD_MV, ModelSpec, get_variant
 
 SPEC = SVD_MV
@@ -253,6 +255,13 @@ def multiview(model, image: torch.Tensor, orbit: Orbit | None = None, *, width: 
     spec = model.spec
     orbit = orbit or static_orbit(spec.num_frames)
     check_orbit(spec, orbit)
+    check_choice("noise_device", noise_device, NOISE_DEVICES)
+    check_run(model, image, dict(num_frames=orbit.num_views, width=width, height=height, cond_aug=cond_aug,
+                                 steps=steps, seed=seed, decode_t=decode_t, elevations=orbit.elevations,
+                                 azimuths=orbit.azimuths),
+              guidance=guidance, sampler=sampler, schedule=schedule, resize_mode=resize_mode, device=device,
+              offload=offload, autocast_dtype=None, ff_chunk_size=DEFAULT_FF_CHUNK,
+              labels={"frames": "the orbit's number of views"})
     w, h = width or spec.width, height or spec.height
     ready = object_input(image, mask, width=w, height=h, recenter=recenter, image_frame_ratio=image_frame_ratio)
     ready = (prepare_image(ready, w, h, resize_mode) + 1.0) / 2.0  # b 3 H W in [0, 1]; the size warning comes later

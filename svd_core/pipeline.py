@@ -149,14 +149,11 @@ def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = N
     if "fps_id" not in dict(spec.vector_inputs):
         raise ValueError(f"image_conditioning needs an SVD/SVD-XT model; {spec.name} takes {spec.vector_inputs} "
                          f"(use orbit_conditioning for SV3D)")
+    check_request(dict(fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, seed=seed))  # nodes call this
     num_frames = _check_frames(spec.num_frames if num_frames is None else num_frames)
     fps = spec.fps if fps is None else fps
-    if fps < 1:
-        raise ValueError(f"fps={fps} must be >= 1 (frames per second)")
     motion = spec.motion_bucket_id if motion_bucket_id is None else motion_bucket_id
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
-    if cond_aug < 0:
-        raise ValueError(f"cond_aug={cond_aug} must be >= 0")
     img = prepare_image(image, spec.width if width is None else width, spec.height if height is None else height,
                         resize_mode, (spec.height, spec.width))
     generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
@@ -197,6 +194,7 @@ def orbit_conditioning(model, image: torch.Tensor, *, elevations: float | Sequen
     keys = dict(spec.vector_inputs)
     if "fps_id" in keys:
         raise ValueError(f"orbit_conditioning needs an SV3D model; {spec.name} is an image-to-video model")
+    check_request(dict(cond_aug=cond_aug, seed=seed))  # the nodes call this stage directly
     num_frames = _check_frames(spec.num_frames if num_frames is None else num_frames)
     elev, azim = orbit_angles(num_frames, elevations, azimuths)
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
@@ -384,30 +382,41 @@ def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t
                       callback=(lambda i, n: callback("decoding", i, n)) if callback else None)
 
 
-def check_run(model, image: torch.Tensor, values: dict, *, guidance: Guidance | None, sampler: str, schedule: str,
-              resize_mode: str, device, offload: bool, autocast_dtype: torch.dtype | None,
-              ff_chunk_size: int | None) -> None:
+def check_run(model, image: torch.Tensor | None, values: dict, *, guidance: Guidance | None, sampler: str,
+              schedule: str, resize_mode: str, device, offload: bool, autocast_dtype: torch.dtype | None,
+              ff_chunk_size: int | None, batch: int | None = None, count: int | None = None,
+              plan: Callable[[int, int], dict] | None = None, unit: tuple[str, str] = ("frame", "frames"),
+              labels: dict[str, str] | None = None) -> dict:
     """Every argument of a whole run in range, and its memory within the device's, before any heavy work
-    (issue 12): ValueError naming the argument (validation.RULES), MemoryBudgetError with what would fit."""
+    (issue 12): ValueError naming the argument (validation.RULES), MemoryBudgetError with what would fit.
+
+    `image` None: `batch` videos without an input image (text-to-video). The memory check is one img2vid run
+    of batch x num_frames frames unless `count` / `plan` / `unit` say otherwise (`memory.check_request_fits`:
+    long videos, interpolation). `labels` name the arguments in messages. Returns the checked values."""
     from .memory import check_request_fits
 
     spec = model.spec
-    checked = check_request(values)
-    check_choice("sampler", sampler, sorted(SAMPLERS))
-    check_choice("schedule", schedule, ("karras", "exponential"))
-    check_choice("resize_mode", resize_mode, RESIZE_MODES)
+    labels = labels or {}
+    checked = check_request(values, labels)
+    check_choice(labels.get("sampler", "sampler"), sampler, sorted(SAMPLERS))
+    check_choice(labels.get("schedule", "schedule"), schedule, ("karras", "exponential"))
+    check_choice(labels.get("resize_mode", "resize_mode"), resize_mode, RESIZE_MODES)
     if guidance is not None:
         check_request({"min_scale": guidance.min_scale, "max_scale": guidance.max_scale},
                       {"min_scale": "guidance.min_scale", "max_scale": "guidance.max_scale"})
-    if image.ndim not in (3, 4):
+    if image is not None and image.ndim not in (3, 4):
         raise ValueError(f"image must be (batch, 3, H, W) or (3, H, W) RGB in [0, 1]; got shape {tuple(image.shape)}")
-    batch = image.shape[0] if image.ndim == 4 else 1
+    if image is not None:
+        batch = image.shape[0] if image.ndim == 4 else 1
     frames = spec.num_frames if checked.get("num_frames") is None else checked["num_frames"]
     decode_t = spec.decode_t if checked.get("decode_t") is None else checked["decode_t"]
-    check_request_fits(model, frames=batch * frames, height=spec.height if checked.get("height") is None else
-                       checked["height"], width=spec.width if checked.get("width") is None else checked["width"],
+    check_request_fits(model, frames=batch * frames if count is None else count,
+                       height=spec.height if checked.get("height") is None else checked["height"],
+                       width=spec.width if checked.get("width") is None else checked["width"],
                        decode_t=decode_t, device=device if device is not None else _module_device(model.unet),
-                       dtype=autocast_dtype, ff_chunk=ff_chunk_size, offload=offload)
+                       dtype=autocast_dtype, ff_chunk=ff_chunk_size, offload=offload, plan=plan, unit=unit,
+                       labels={k: labels[k] for k in ("frames", "width") if k in labels})
+    return checked
 
 
 def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width: int | None = None,

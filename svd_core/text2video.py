@@ -36,7 +36,9 @@ from einops import repeat
 from . import model as _model
 from .denoiser import VideoCond
 from .guidance import Guidance
-from .pipeline import Conditioning, _module_device, _per_frame, _run
+from .attention import DEFAULT_FF_CHUNK
+from .pipeline import Conditioning, _module_device, _per_frame, _run, check_run
+from .validation import check_request
 from .variants import TEXT2VIDEO, ModelSpec, get_variant
 
 SPEC = TEXT2VIDEO
@@ -101,9 +103,8 @@ def text_conditioning(model, prompt: "str | Sequence[str]", *, temporal_prompt: 
         if v < 64 or v % 64:
             raise ValueError(f"{name}={v} is impossible: it must be a multiple of 64 and at least 64 (the VAE "
                              f"downsamples 8x and the UNet 8x more); set the {name} input accordingly")
+    check_request(dict(fps=fps, motion_score=motion_score))  # the conditioning node calls this stage directly
     fps = spec.fps if fps is None else fps
-    if fps < 1:
-        raise ValueError(f"fps={fps} must be >= 1 (frames per second)")
     motion = spec.motion_bucket_id if motion_score is None else motion_score
     prompts = _prompts(prompt, batch)
     b = len(prompts)
@@ -159,6 +160,12 @@ def text2vid(model, prompt: "str | Sequence[str]", *, temporal_prompt: "str | Se
              callback: Callable[[str, int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
              device=None, offload: bool = False) -> torch.Tensor:
     """Prompt -> video frames b t 3 H W in [0, 1] (vanilla CFG from the spec by default)."""
+    _check_model(model)
+    check_run(model, None, dict(num_frames=num_frames, width=width, height=height, fps=fps, motion_score=motion_score,
+                                steps=steps, seed=seed, decode_t=decode_t),
+              guidance=guidance, sampler=sampler, schedule=schedule, resize_mode="crop", device=device,
+              offload=offload, autocast_dtype=None, ff_chunk_size=DEFAULT_FF_CHUNK, batch=len(_prompts(prompt)))
+
     def make_cond(_gen):
         return text_conditioning(model, prompt, temporal_prompt=temporal_prompt, negative_prompt=negative_prompt,
                                  num_frames=num_frames, width=width, height=height, fps=fps,

@@ -79,11 +79,16 @@ RULES: dict[str, Rule] = {
     "seed": Rule(int, 0, MAX_SEED),
     "decode_t": Rule(int, 1, None, None, "frames decoded at a time"),
     "overlap": Rule(int, 0),
+    "window": Rule(int, 1, MAX_FRAMES, None, "frames per sliding window"),
+    "clip_frames": Rule(int, 2, MAX_FRAMES, None, "each chained clip adds clip_frames - 1 new frames"),
+    "batch_size": Rule(int, 1, MAX_FRAMES, None, "frame pairs sampled together"),
     "ff_chunk_size": Rule(int, 0, None, None, "0 runs feed-forwards whole"),
     "cond_aug": Rule(float, 0.0, 10.0, None, "std of the noise on the conditioning frame; reference 0.02"),
     "fps": Rule(float, 1.0, 1000.0, None, "frames per second the model is conditioned on; reference 7"),
     "motion_bucket_id": Rule(float, 0.0, 255.0, None, "the motion buckets the released models were trained on; "
                                                       "reference 127"),
+    "motion_score": Rule(float, 0.0, 255.0, None, "a motion bucket as SVD's motion_bucket_id (text-to-video); "
+                                                  "middle 127"),
     "min_scale": Rule(float, 0.0, 100.0, None, "classifier-free guidance scale"),
     "max_scale": Rule(float, 0.0, 100.0, None, "classifier-free guidance scale"),
     "elevations": Rule(float, -90.0, 90.0, None, "degrees"),
@@ -106,7 +111,7 @@ def check_request(values: Mapping[str, Any], labels: Mapping[str, str] | None = 
     """Check every argument of a generation request that is not None (None: the variant's default).
 
     Per-frame lists (motion_bucket_id, cond_aug, elevations, azimuths) are checked element by element; `overlap`
-    must be below `decode_t` (windows would never advance). Returns the checked values (ints as ints)."""
+    must be below `decode_t` and `window` (windows would never advance). Returns the checked values (ints as ints)."""
     labels = labels or {}
     out = {}
     for name, value in values.items():
@@ -123,10 +128,12 @@ def check_request(values: Mapping[str, Any], labels: Mapping[str, str] | None = 
             out[name] = value
         else:
             out[name] = check(name, value, label)
-    decode_t, overlap = out.get("decode_t"), out.get("overlap")
-    if decode_t is not None and overlap and overlap >= decode_t:
-        raise ValueError(f"{labels.get('overlap', 'overlap')}={overlap} is impossible: it must be smaller than "
-                         f"{labels.get('decode_t', 'decode_t')}={decode_t} (the frames decoded at a time)")
+    overlap = out.get("overlap")
+    for name, what in (("decode_t", "the frames decoded at a time"), ("window", "the frames of a sliding window")):
+        limit = out.get(name)
+        if limit is not None and overlap and overlap >= limit:
+            raise ValueError(f"{labels.get('overlap', 'overlap')}={overlap} is impossible: it must be smaller than "
+                             f"{labels.get(name, name)}={limit} ({what})")
     return out
 
 

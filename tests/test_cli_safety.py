@@ -2,6 +2,7 @@
 option and API argument is checked before the model loads (one-line errors, exit status 2, no traceback)."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -206,6 +207,35 @@ def test_routed_writers_make_normal_files(tmp_path):
     finally:
         os.umask(old)
     assert p.stat().st_mode & 0o777 == 0o644 and _listing(tmp_path) == ["t.safetensors"]
+
+
+def test_eval_writers_are_atomic_with_normal_permissions(tmp_path):
+    """The votes table, the study manifest and the UCF-101 manifest go through svd_core.atomic: 0644 under umask
+    022 (mkstemp made them 0600), and a write failing half-way keeps the old file and leaves no temp file."""
+    from svd_core.eval.elo import Vote, read_votes_csv, write_votes_csv
+    from svd_core.eval.study import Study, StudyItem, save_study
+    from svd_core.eval.ucf101 import _write_json
+
+    votes = [Vote("m,1", "m2", "a"), Vote("m2", 'm"3', "tie", "motion")]  # names that need CSV quoting
+    study = Study("s", [StudyItem("i1", "a cat", None, {"m1": str(tmp_path / "m1" / "i1.mp4")})])
+    writers = [("votes.csv", lambda p: write_votes_csv(votes, p), lambda p: write_votes_csv(votes + [object()], p)),
+               ("study.json", lambda p: save_study(study, p),
+                lambda p: save_study(Study("s", [StudyItem("i1"), object()]), p)),
+               ("manifest.json", lambda p: _write_json(p, {"a": 1}), lambda p: _write_json(p, {"a": 1, "b": object()}))]
+    old = os.umask(0o022)
+    try:
+        for name, write, failing in writers:
+            path = tmp_path / name
+            write(str(path))
+            first = path.read_bytes()
+            with pytest.raises((AttributeError, TypeError)):
+                failing(str(path))
+            assert path.read_bytes() == first and path.stat().st_mode & 0o777 == 0o644, name
+    finally:
+        os.umask(old)
+    assert _listing(tmp_path) == ["manifest.json", "study.json", "votes.csv"]  # no temp file left
+    assert read_votes_csv(str(tmp_path / "votes.csv")) == votes
+    assert json.loads((tmp_path / "study.json").read_text())["items"][0]["videos"] == {"m1": "m1/i1.mp4"}
 
 
 # --------------------------------------------------------------------------------------------- (b) resource bounds

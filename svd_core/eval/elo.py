@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 K_FACTOR = 1.0
 INITIAL_RATING = 1000.0
 NUM_ORDERINGS = 1000
@@ -72,16 +74,13 @@ def read_votes_csv(path_or_text: str) -> list[Vote]:
 
 
 def write_votes_csv(votes: list[Vote], path: str) -> None:
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+    """The votes table (quoted CSV), written atomically by `svd_core.atomic`: normal permissions, nothing left
+    behind on error."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["model_a", "model_b", "winner", "axis"])
         for v in votes:
             w.writerow([v.model_a, v.model_b, v.winner, v.axis])
-    os.replace(tmp, path)
 
 
 def expected_score(r1, r2):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .video_io import IMAGE_EXTS, VIDEO_EXTS, read_video, write_video
 
 MAX_MANIFEST_BYTES = 4 << 20
@@ -265,13 +266,10 @@ def check_media(path: str, roots, kind: str, what: str) -> str:
 
 
 def save_study(study: Study, path: str) -> None:
-    import tempfile
-
+    """The study manifest, written atomically by `svd_core.atomic` (normal permissions, nothing left on error)."""
     root = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=root, suffix=".json.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(study.to_json(root), f, indent=2)
-    os.replace(tmp, path)
 
 
 def _prompt_for(stem: str, folder: str, prompts: dict[str, str]) -> str:

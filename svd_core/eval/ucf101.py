@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .features import FeatureExtractor
 from .fvd import files_stats, fvd_from_stats
 from .protocols import UCF101, UCF101_CLASSES, action_to_prompt
@@ -203,16 +203,9 @@ def make_plan(counts: dict[str, int] | None, num_samples: int | None = DEFAULT_N
 
 
 def _write_json(path: str, data: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Written atomically by `svd_core.atomic` (normal permissions, nothing left on error)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
 
 
 def _open_manifest(out_dir: str, settings: UCF101Settings, plan: list[Sample]) -> dict:

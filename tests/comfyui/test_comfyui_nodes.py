@@ -155,6 +155,65 @@ def test_bad_guidance_and_keyframe_text_fail_validation(comfy):
     assert "line 2" in json.dumps(body["node_errors"]["1"]["errors"])
 
 
+# generation inputs whose range svd_core.validation.RULES owns (the CLI's and the Python API's), by input name
+RULED_INPUTS = {"motion_bucket_id": "motion_bucket_id", "motion_score": "motion_score", "fps": "fps",
+                "cond_aug": "cond_aug", "width": "width", "height": "height", "num_frames": "num_frames",
+                "num_views": "num_frames", "decode_t": "decode_t", "overlap": "overlap", "steps": "steps",
+                "seed": "seed", "jitter_seed": "seed", "min_scale": "min_scale", "max_scale": "max_scale",
+                "elevation": "elevations", "end_elevation": "elevations", "window": "window",
+                "clip_frames": "clip_frames"}
+GENERATION = ("svd/conditioning", "svd/guidance", "svd/sampling", "svd/latent", "svd/long_video", "svd/video",
+              "svd/multiview")
+
+
+def test_generation_node_ranges_stay_within_the_engine_rules(object_info):
+    """A value the CLI / API refuses is refused by the node's schema too (issue 12): every ruled INT / FLOAT input
+    of a generation node has its min / max inside the rule's range; 0 below the rule only as a documented
+    'use the default' (steps, window, clip_frames, interpolation's auto size, Encode's one video)."""
+    from svd_core.validation import RULES
+
+    checked = []
+    for node_id, info in object_info.items():
+        if not node_id.startswith("SVDSuite_") or info["category"] not in GENERATION:
+            continue
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                if name not in RULED_INPUTS or spec[0] not in ("INT", "FLOAT"):
+                    continue
+                rule, opts, where = RULES[RULED_INPUTS[name]], spec[1], f"{node_id}.{name}"
+                if opts["min"] == 0 and rule.minimum and "0 =" in opts["tooltip"]:
+                    pass  # 0 is the node's "default" switch, never passed on to the engine
+                else:
+                    assert opts["min"] >= rule.minimum, f"{where}: min {opts['min']} < {rule.expected()}"
+                if rule.maximum is not None:
+                    assert opts["max"] <= rule.maximum, f"{where}: max {opts['max']} > {rule.expected()}"
+                checked.append(where)
+    assert len(checked) >= 40 and "SVDSuite_ImageConditioning.motion_bucket_id" in checked, checked
+
+
+def test_values_the_cli_refuses_fail_validation(comfy):
+    """--motion-bucket 300 and a NaN / infinite angle are refused by the CLI: the nodes refuse them at /prompt."""
+    prompt = img2vid()
+    prompt["3"]["inputs"]["motion_bucket_id"] = 300
+    body = _errors(comfy.post_prompt(prompt))
+    text = json.dumps(body["node_errors"]["3"]["errors"])
+    assert body["node_errors"]["3"]["class_type"] == "SVDSuite_ImageConditioning"
+    assert "motion_bucket_id" in text and "255" in text and "300" in text
+    orbit = {
+        "1": {"class_type": "SVDSuite_OrbitKeyframes", "inputs": {"keyframes": "0: 10, 0\n4: 10, inf",
+                                                                   "num_frames": 5}},
+        "2": {"class_type": "SVDSuite_OrbitBuilder", "inputs": {
+            "preset": "custom", "num_views": 3, "elevation": 10.0, "amplitude": 10.0, "periods": 1.0,
+            "end_elevation": 30.0, "azimuth_jitter": 0.0, "jitter_seed": 0, "elevations": "0, nan, 5",
+            "azimuths": "", "radius": 2.0}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+    }
+    body = _errors(comfy.post_prompt(orbit))
+    assert "line 2: azimuth=inf is impossible" in json.dumps(body["node_errors"]["1"]["errors"])
+    assert "elevations[1]=nan is impossible" in json.dumps(body["node_errors"]["2"]["errors"])
+
+
 def test_runtime_input_error_names_node(comfy):
     """denoise < 1 without a start latent passes schema validation but the node refuses it by name."""
     prompt = img2vid()
