@@ -78,9 +78,10 @@ def sweep_partials(path: "str | os.PathLike") -> list[Path]:
     return removed
 
 
-def _create(tmp: Path) -> int:
-    """Create `tmp` exclusively with the permissions a normal open() gives (0o666 & ~umask); returns them."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+def _create(tmp: Path, private: bool = False) -> int:
+    """Create `tmp` exclusively with the permissions a normal open() gives (0o666 & ~umask), or owner-only 0o600
+    for a file holding a secret; returns them."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
     try:
         return os.fstat(fd).st_mode & 0o7777
     finally:
@@ -88,14 +89,15 @@ def _create(tmp: Path) -> int:
 
 
 @contextmanager
-def atomic_path(path: "str | os.PathLike", keep_suffix: bool = False) -> Iterator[Path]:
+def atomic_path(path: "str | os.PathLike", keep_suffix: bool = False, private: bool = False) -> Iterator[Path]:
     """`with atomic_path(target) as tmp: write(tmp)`: the temp file becomes `target` (one rename) if the block
-    finishes, and is removed if it raises (KeyboardInterrupt included). Parent folders are created."""
+    finishes, and is removed if it raises (KeyboardInterrupt included). Parent folders are created. `private`:
+    readable by the owner only (a file holding a secret, e.g. a study's organiser token)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_partials(path)
     tmp = temp_path_for(path, keep_suffix)
-    mode = _create(tmp)
+    mode = _create(tmp, private)
     try:
         yield tmp
         if os.stat(tmp).st_mode & 0o7777 != mode:  # a writer that recreated the file privately (safetensors: 0600)

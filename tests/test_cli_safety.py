@@ -236,6 +236,15 @@ def test_eval_writers_are_atomic_with_normal_permissions(tmp_path):
     assert _listing(tmp_path) == ["manifest.json", "study.json", "votes.csv"]  # no temp file left
     assert read_votes_csv(str(tmp_path / "votes.csv")) == votes
     assert json.loads((tmp_path / "study.json").read_text())["items"][0]["videos"] == {"m1": "m1/i1.mp4"}
+    # a manifest that holds the organiser token (it unlocks the results) is readable by its owner only
+    study.organiser_token = "t" * 32
+    old = os.umask(0o022)
+    try:
+        save_study(study, str(tmp_path / "secret.json"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "secret.json").stat().st_mode & 0o777 == 0o600
+    assert json.loads((tmp_path / "secret.json").read_text())["organiser_token"] == "t" * 32
 
 
 # --------------------------------------------------------------------------------------------- (b) resource bounds

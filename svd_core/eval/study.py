@@ -266,9 +266,10 @@ def check_media(path: str, roots, kind: str, what: str) -> str:
 
 
 def save_study(study: Study, path: str) -> None:
-    """The study manifest, written atomically by `svd_core.atomic` (normal permissions, nothing left on error)."""
+    """The study manifest, written atomically by `svd_core.atomic` (nothing left on error); owner-only when it holds
+    the organiser token, which unlocks the results."""
     root = os.path.dirname(os.path.abspath(path))
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path, private=bool(study.organiser_token)) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(study.to_json(root), f, indent=2)
 
 
