@@ -542,11 +542,16 @@ class Stage1FromSD2(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, ckpt_name, filename):
+        return _comfy.name_error(cls.ID, "filename", filename, ".safetensors") or _comfy.path_error(
+            cls.ID, "ckpt_name", ckpt_name, "checkpoints", links_out=True) or True
+
+    @classmethod
     def execute(cls, ckpt_name, prediction="auto", filename="svd_stage1_t2v.safetensors", overwrite=False):
         from svd_core import stage1
 
-        name = _filename(cls.ID, filename)
-        src = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        name = _comfy.plain_name(cls.ID, "filename", filename, ".safetensors")
+        src = _comfy.node_path(cls.ID, "ckpt_name", ckpt_name, "checkpoints", kind="file", links_out=True)
         out = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], name)
         if os.path.realpath(out) == os.path.realpath(src):
             raise _bad(cls.ID, "filename", f"{name!r} is the SD checkpoint itself; choose another name")

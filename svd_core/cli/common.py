@@ -120,9 +120,10 @@ def _device_and_dtype(args):
     return device, dtype
 
 
-def plan_model(args, frames_for=None):
-    """The checkpoint's model on the meta device (no weights read) and a memory check of the request on the
-    target device, before loading: CLIError with the estimate and the most frames that fit."""
+def plan_model(args, require=None):
+    """The checkpoint's model on the meta device (no weights read), `require(spec)` (the command's check that the
+    variant fits it: a CLIError naming the right command), then a memory check of the request on the target device,
+    before loading: CLIError with the estimate and the most frames that fit."""
     import svd_core
 
     from ..memory import MemoryBudgetError, check_request_fits
@@ -133,6 +134,8 @@ def plan_model(args, frames_for=None):
     except (ValueError, OSError) as exc:  # CheckpointError: unsupported or broken file
         raise CLIError(f"--checkpoint: {exc}") from None
     spec = model.spec
+    if require is not None:
+        require(spec)
     frames = args.frames or spec.num_frames
     try:
         check_request_fits(model, frames=frames, height=args.height or spec.height, width=args.width or spec.width,

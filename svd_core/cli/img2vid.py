@@ -29,9 +29,11 @@ def run(args) -> int:
     started = time.perf_counter()
     check_options(args)  # everything that needs no model: nothing is loaded or written on a bad option
     image = read_image(args.image)
-    plan = plan_model(args)  # the checkpoint on the meta device: variant, memory of the request
-    if "fps_id" not in dict(plan.spec.vector_inputs):
-        raise CLIError(f"--checkpoint {args.checkpoint} is an {plan.spec.name} model; use `python -m svd_core orbit`")
+    def image_to_video(spec) -> None:
+        if "fps_id" not in dict(spec.vector_inputs):
+            raise CLIError(f"--checkpoint {args.checkpoint} is an {spec.name} model; use `python -m svd_core orbit`")
+
+    plan_model(args, image_to_video)  # the checkpoint on the meta device: variant, then memory of the request
     model, device = load_model(args)
     base = defaults_for(model.spec)
     guidance = Guidance(args.guidance or base.kind, base.min_scale if args.min_cfg is None else args.min_cfg,

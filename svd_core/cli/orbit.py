@@ -65,15 +65,16 @@ def run(args) -> int:
     started = time.perf_counter()
     check_options(args)  # everything that needs no model: nothing is loaded or written on a bad option
     image = read_image(args.image, keep_alpha=True)  # RGBA objects are cropped and centred (reference sv3d branch)
-    plan = plan_model(args)  # the checkpoint on the meta device: variant, memory of the request
-    if "fps_id" in dict(plan.spec.vector_inputs):
-        raise CLIError(f"--checkpoint {args.checkpoint} is an {plan.spec.name} model; use `python -m svd_core "
-                       f"img2vid`")
-    frames = args.frames or plan.spec.num_frames
-    for option, values in (("--elevations", args.elevations), ("--azimuths", args.azimuths)):
-        if values is not None and len(values) != frames:
-            raise CLIError(f"{option} has {len(values)} values but the orbit has {frames} views (--frames); give one "
-                           f"per view")
+    def orbit_model(spec) -> None:
+        if "fps_id" in dict(spec.vector_inputs):
+            raise CLIError(f"--checkpoint {args.checkpoint} is an {spec.name} model; use `python -m svd_core img2vid`")
+        frames = args.frames or spec.num_frames
+        for option, values in (("--elevations", args.elevations), ("--azimuths", args.azimuths)):
+            if values is not None and len(values) != frames:
+                raise CLIError(f"{option} has {len(values)} values but the orbit has {frames} views (--frames); "
+                               f"give one per view")
+
+    plan_model(args, orbit_model)  # the checkpoint on the meta device: variant and views, then memory
     model, device = load_model(args)
     base = defaults_for(model.spec)
     guidance = Guidance(base.kind, base.min_scale if args.min_cfg is None else args.min_cfg,

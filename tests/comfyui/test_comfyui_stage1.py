@@ -57,9 +57,9 @@ def test_stage1_node_writes_the_video_model_and_refuses_to_overwrite(comfy, obje
     assert "overwrite" in errors[0]["exception_message"]
     assert out.read_bytes() == before
 
-    entry, messages = _run(comfy, _prompt(src.name, "../escape.safetensors", prediction="eps"))
-    errors = [m["data"] for m in messages if m["type"] == "execution_error"]
-    assert errors and "plain file name" in errors[0]["exception_message"]
+    refused = comfy.post_prompt(_prompt(src.name, "../escape.safetensors", prediction="eps"))
+    assert refused.status_code == 400  # refused by validate_inputs, before anything runs
+    assert f"{NODE}: input 'filename': '../escape.safetensors' must be a plain name" in refused.text
     assert not (ckpts.parent / "escape.safetensors").exists()
 
     entry, _ = _run(comfy, _prompt(src.name, out.name, prediction="eps", overwrite=True))

@@ -117,6 +117,7 @@ def test_twin_check_detects_changed_values_and_links(object_info):
     assert diff_prompts(wf.api, ui_to_api(ui, object_info)) == [
         "node 6 SVDSuite_Decode.latent: API ['5', 0] vs UI ['3', 0]"]
     ui = json.loads(json.dumps(wf.ui))
-    next(n for n in ui["nodes"] if n["type"] == "SVDSuite_Sampler")["widgets_values"].pop()
-    with pytest.raises(ValueError, match="widgets_values"):
+    node = next(n for n in ui["nodes"] if n["type"] == "SVDSuite_Sampler")
+    node["widgets_values"] = node["widgets_values"][:2]  # a required widget (steps) without a value
+    with pytest.raises(ValueError, match="widgets_values too short at 'steps'"):
         ui_to_api(ui, object_info)
