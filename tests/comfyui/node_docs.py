@@ -22,11 +22,15 @@ def _cell(text: object) -> str:
 def _range(opts: dict, typ: str, local: frozenset[str]) -> str:
     parts = []
     if typ == "COMBO" or "options" in opts:
-        # lists of the user's files depend on their folders: only the fixed choices are documented
-        options = [str(o) for o in opts.get("options", []) if not ("." in str(o) or "/" in str(o) or str(o) in local)]
-        if not options:
+        # lists of the user's files depend on their folders: only the fixed choices are documented. A list is the
+        # user's files when every option is a file name or a name in the server's folders; from a mixed list
+        # ("none" + files) only the file names (with '.' or '/') are left out.
+        options = [str(o) for o in opts.get("options", [])]
+        file_like = [("." in o or "/" in o) for o in options]
+        if all(f or o in local for f, o in zip(file_like, options)):  # also an empty list
             parts.append("a file from its ComfyUI folder")
         else:
+            options = [o for f, o in zip(file_like, options) if not f]
             parts.append(", ".join(f"`{o}`" for o in options[:8]) + (f", … ({len(options)})" if len(options) > 8 else ""))
     if "default" in opts:
         parts.append(f"default `{opts['default']}`")
