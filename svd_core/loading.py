@@ -7,7 +7,6 @@ import math
 import mmap
 import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping

@@ -53,16 +53,21 @@ def object_bbox(alpha: torch.Tensor) -> tuple[int, int, int, int]:
     return x, y, int(xs.max()) - x + 1, int(ys.max()) - y + 1
 
 
+def check_frame_ratio(image_frame_ratio: float) -> float:
+    """`image_frame_ratio` if it lies in (0, 1] (NaN does not), else a ValueError naming it."""
+    if not 0 < image_frame_ratio <= 1:
+        raise ValueError(f"image_frame_ratio={image_frame_ratio} must lie in (0, 1] (the object's share of the frame "
+                         f"side), or be None to keep the input's framing")
+    return image_frame_ratio
+
+
 def canvas_side(bbox: tuple[int, int, int, int], in_height: int, image_frame_ratio: float | None) -> int:
     """Square canvas side: `int(max(w, h) / image_frame_ratio)`, or the input's height for None (reference); never
     smaller than the object (the reference would fail there)."""
     size = max(bbox[2], bbox[3])
     if image_frame_ratio is None:
         return max(in_height, size)
-    if not 0 < image_frame_ratio <= 1:
-        raise ValueError(f"image_frame_ratio={image_frame_ratio} must lie in (0, 1] (the object's share of the frame "
-                         f"side), or be None to keep the input's framing")
-    return max(int(size / image_frame_ratio), size)
+    return max(int(size / check_frame_ratio(image_frame_ratio)), size)
 
 
 def prepare_object(image: torch.Tensor, alpha: torch.Tensor, width: int = 576, height: int = 576,

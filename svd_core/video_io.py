@@ -94,7 +94,7 @@ def load_image(path: "str | os.PathLike", max_pixels: int = MAX_IMAGE_PIXELS,
     """An image file -> 1 3 H W float in [0, 1] (RGB; alpha composited on white; 16-bit and float images scaled
     from their own range), or 1 4 H W RGBA when `keep_alpha` and the file has an alpha channel (SV3D inputs: the
     object is cropped by its alpha). Images over `max_pixels` are refused from the header, before decoding."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():

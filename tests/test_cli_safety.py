@@ -402,7 +402,7 @@ def test_orbit_options(tmp_path, ckpt, image, capsys, no_real_load, extra, needl
 ])
 def test_api_checks_name_the_argument(kwargs, needle):
     from svd_core.guidance import Guidance
-    from svd_core.pipeline import img2vid, orbit
+    from svd_core.pipeline import img2vid
 
     model = build(TINY, device="meta")  # checks come before any compute: a meta model suffices
     with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace("[", r"\[")):

@@ -29,14 +29,13 @@ def _floats(name: str, option: str):
 
 
 def _frame_ratio(text: str) -> float:
-    """--image-frame-ratio: a share of the frame side, in (0, 1]."""
+    """--image-frame-ratio: a share of the frame side, in (0, 1] (object_image.check_frame_ratio)."""
+    from ..object_image import check_frame_ratio
+
     try:
-        value = float(text)
+        return check_frame_ratio(float(text))
     except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is impossible: expected a share of the frame in (0, 1]")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r} is impossible: expected a share of the frame in (0, 1]") from None
 
 
 def add_arguments(parser) -> None:
