@@ -68,7 +68,11 @@ def test_voting_page_on_the_comfyui_server(server):
                 for axis in ("visual_quality", "prompt_following"):
                     page.click(f".axis[data-axis='{axis}'] button[data-choice='{choice}']")
                     clicks += 1
-            page.wait_for_selector("#pair[data-number='done']", state="attached", timeout=60000)
+            try:
+                page.wait_for_selector("#pair[data-number='done']", state="attached", timeout=60000)
+            except Exception:
+                raise AssertionError("page never finished: " + page.inner_text("#status") + " | number "
+                                     + str(page.get_attribute("#pair", "data-number")) + "\n" + server.log_tail(400))
             page.goto(base + f"leaderboard?token={token}")
             page.wait_for_selector("table.leaderboard")
             for axis in ("visual_quality", "prompt_following"):

@@ -10,7 +10,7 @@ from svd_core.eval.study import load_study, save_study, study_from_folders
 from svd_core.eval.standins import moving_square
 from svd_core.eval.video_io import write_video
 from svd_core.eval.voting_server import StandaloneServer, VotingApp
-from svd_core.eval.votes_db import CHECK_BAD, CHECK_GOOD
+from svd_core.eval.votes_db import CHECK_BAD, CHECK_GOOD, VoteStore
 
 MODELS = ("strong", "middle", "weak")  # the voters below always prefer the earlier one
 RANK = {m: i for i, m in enumerate(MODELS)}
@@ -122,6 +122,30 @@ def test_failed_attention_checks_drop_a_session(study_dirs, tmp_path):
     assert all(CHECK_GOOD not in (v.model_a, v.model_b) and CHECK_BAD not in (v.model_a, v.model_b)
                for v in app.store.votes(include_failed=True))
     app.close()
+
+
+@pytest.mark.parametrize("models", [MODELS[:2], MODELS])
+def test_every_block_has_one_check_and_no_block_is_opened_for_a_check_alone(study_dirs, tmp_path, models):
+    """4 items x 1 model pair = 4 pairs: one block of 5 (the check at any of its 5 positions), never a 6th pair
+    that would be a lone check in a new block. 12 pairs: 3 blocks of 4 pairs + 1 check, whatever the draws."""
+    study = study_from_folders("blocks", {m: str(study_dirs / m) for m in models}, num_checks=3,
+                               check_dir=str(tmp_path / "checks"))
+    pairs = len(study.items) * len(models) * (len(models) - 1) // 2
+    positions = set()
+    for seed in range(30):
+        store = VoteStore(str(tmp_path / f"v{len(models)}-{seed}.sqlite"), study, seed=seed)
+        code = store.issue_codes(1)[0]
+        shown = []
+        while not (p := store.next_pair(code))["done"]:
+            shown.append(store.pair(p["pair_id"])["is_check"])
+            for axis in study.axes:
+                store.cast(code, p["pair_id"], axis, "left")
+        store.close()
+        blocks = [shown[i:i + study.check_every] for i in range(0, len(shown), study.check_every)]
+        assert len(shown) - sum(shown) == pairs and all(sum(b) == 1 for b in blocks), (seed, shown)
+        assert len(blocks) == -(-pairs // (study.check_every - 1))
+        positions.add(blocks[0].index(1))
+    assert positions == set(range(study.check_every))  # the check really moves around the block
 
 
 def test_voting_in_headless_chromium(study_dirs, tmp_path):

@@ -127,9 +127,11 @@ class VoteStore:
         combos = [(it, a, b) for it in st.items for a, b in itertools.combinations(sorted(it.videos), 2)
                   if (it.id, a, b) not in seen]
         ce = st.check_every
+        same_block = next_check is not None and (next_check - 1) // ce == (number - 1) // ce
         check_due = bool(st.checks) and next_check is not None and (
-            number >= next_check  # the drawn position of this block
-            or (not combos and (number - 1) % ce and (next_check - 1) // ce == (number - 1) // ce))  # block's last
+            (combos and number >= next_check)  # the drawn position of this block
+            # no pairs left: a block already begun still gets its check, a block not begun is not opened for one
+            or (not combos and (number - 1) % ce != 0 and same_block))
         if not combos and not check_due:
             return {"done": True, "number": number - 1}
         if check_due:
