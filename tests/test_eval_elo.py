@@ -126,3 +126,19 @@ def test_aggregated_elo_pools_the_axes_votes_hand_computed():
         aggregate_elo(votes, axes=["motion"])
     with pytest.raises(ValueError, match="already use the axis name 'aggregated'"):
         elo_by_axis_and_aggregate([Vote("A", "B", "a", "aggregated")])
+
+
+def test_votes_csv_cells_cannot_run_as_spreadsheet_formulas_and_read_back_unchanged(tmp_path):
+    """OWASP "CSV injection": a cell starting with = + - @ tab or CR is a formula in Excel / LibreOffice. Model
+    names come from folder names, so the table guards them with a leading apostrophe and reads them back as
+    written; a name that merely starts with an apostrophe is left alone."""
+    from svd_core.eval.elo import Vote, read_votes_csv, write_votes_csv
+
+    votes = [Vote("=HYPERLINK(\"http://x\")", "-neg", "a", "visual_quality"), Vote("+plus", "@at", "tie"),
+             Vote("'quoted", "plain", "b", "=axis")]
+    path = tmp_path / "votes.csv"
+    write_votes_csv(votes, str(path))
+    cells = [c for line in path.read_text().splitlines()[1:] for c in line.replace('"', "").split(",")]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@"))], cells
+    assert "'=HYPERLINK(http://x)" in cells and "'quoted" in cells
+    assert read_votes_csv(str(path)) == votes

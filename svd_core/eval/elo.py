@@ -60,7 +60,7 @@ def read_votes_csv(path_or_text: str) -> list[Vote]:
                          f"model_a,model_b,winner,axis (got {', '.join(cols) or 'no header'})")
     votes = []
     for i, row in enumerate(reader, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+        row = {k.strip(): csv_value((v or "").strip()) for k, v in row.items() if k}
         a, b = row["model_a"], row["model_b"]
         if not a or not b:
             raise ValueError(f"{name} line {i}: empty model name")
@@ -73,14 +73,32 @@ def read_votes_csv(path_or_text: str) -> list[Vote]:
     return votes
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as a formula (OWASP "CSV injection")
+
+
+def csv_cell(value: str) -> str:
+    """A cell a spreadsheet shows as text: a leading formula character gets an apostrophe in front, which
+    `csv_value` takes off again when the table is read back."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def csv_value(cell: str) -> str:
+    """The value `csv_cell` wrote."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
+
+
+def votes_rows(votes: list[Vote]):
+    """The votes table, header first, every cell guarded by `csv_cell` (model names come from folder names)."""
+    yield ["model_a", "model_b", "winner", "axis"]
+    for v in votes:
+        yield [csv_cell(str(c)) for c in (v.model_a, v.model_b, v.winner, v.axis)]
+
+
 def write_votes_csv(votes: list[Vote], path: str) -> None:
     """The votes table (quoted CSV), written atomically by `svd_core.atomic`: normal permissions, nothing left
     behind on error."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["model_a", "model_b", "winner", "axis"])
-        for v in votes:
-            w.writerow([v.model_a, v.model_b, v.winner, v.axis])
+        csv.writer(f).writerows(votes_rows(votes))
 
 
 def expected_score(r1, r2):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from .elo import elo_by_axis
+from .elo import elo_by_axis, votes_rows
 from .study import Study, check_token, inside, media_type
 from .voting_page import leaderboard_page, voting_page
 from .votes_db import VoteConflict, VoteStore
@@ -178,9 +178,7 @@ class VotingApp:
     def votes_csv(self) -> str:
         """Counted votes as `model_a,model_b,winner,axis`, quoted by the csv module (names may hold commas)."""
         out = io.StringIO()
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(["model_a", "model_b", "winner", "axis"])
-        w.writerows([v.model_a, v.model_b, v.winner, v.axis] for v in self.store.votes())
+        csv.writer(out, lineterminator="\n").writerows(votes_rows(self.store.votes()))
         return out.getvalue()
 
     def _media(self, path: str) -> Response:
