@@ -132,7 +132,7 @@ def test_interpolate_video_4x_with_originals_unchanged(model):
     frames = torch.rand(3, 3, 60, 90, generator=torch.Generator().manual_seed(4))
     calls = []
     out = interp.interpolate_video(model, frames, batch_size=2, steps=1, seed=5,
-                                   callback=lambda i, n: calls.append((i, n)))
+                                   callback=lambda i, n, stage: calls.append((i, n, stage)))
     assert out.shape == (9, 3, 60, 90)  # (n - 1) * 4 + 1
     for j in range(3):
         assert torch.equal(out[4 * j], frames[j])  # originals pass through bit for bit

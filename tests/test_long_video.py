@@ -155,9 +155,9 @@ def test_sliding_windows_on_tiny_model(model, schedule):
     cond = image_conditioning(model, _image(), num_frames=6, seed=1)
     steps = []
     out = LV.sample_windows(model, cond, Guidance("linear", 1.0, 2.0), window=4, overlap=2, schedule=schedule,
-                            steps=1, seed=0, callback=lambda i, n: steps.append((i, n)))
+                            steps=1, seed=0, callback=lambda i, n, stage: steps.append((i, n, stage)))
     assert out.shape == (6, 4, 8, 8) and torch.isfinite(out).all()
-    assert steps == [(1, 1)]
+    assert steps == [(1, 1, "sampling")]
     with pytest.raises(LV.Cancelled):
         LV.sample_windows(model, cond, steps=2, window=4, cancel=lambda: True)
 
@@ -187,7 +187,7 @@ def test_chain(model, color_match, monkeypatch):
     frames = LV.chain(model, _image(), num_frames=7, clip_frames=4, steps=1, seed=0, color_match=color_match,
                       guidance=Guidance("linear", 1.0, 2.0), callback=lambda *a: events.append(a))
     assert frames.shape == (1, 7, 3, 64, 64) and frames.min() >= 0 and frames.max() <= 1
-    assert ("clips", 2, 2) in events and len(seen) == 2
+    assert (2, 2, "clips") in events and len(seen) == 2
     assert torch.equal(seen[1], frames[:, 3])  # clip 0 is the colour reference: its frames are not altered
     with pytest.raises(ValueError, match="color_match='lab'"):
         LV.chain(model, _image(), num_frames=7, clip_frames=4, color_match="lab")
