@@ -162,6 +162,25 @@ def test_sliding_windows_on_tiny_model(model, schedule):
         LV.sample_windows(model, cond, steps=2, window=4, cancel=lambda: True)
 
 
+def test_chain_stops_when_the_progress_callback_raises(model, monkeypatch):
+    """ComfyUI's Cancel raises from the progress callback: the chain stops in the first clip's sampling, before
+    any decoding or a second clip."""
+    decoded = []
+    monkeypatch.setattr(LV, "decode", lambda *a, **kw: decoded.append(1))
+    events = []
+
+    class Interrupted(Exception):  # as comfy.model_management.InterruptProcessingException
+        pass
+
+    def callback(done, total, stage=None):
+        events.append((done, total, stage))
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        LV.chain(model, _image(), num_frames=7, clip_frames=4, steps=3, seed=0, callback=callback)
+    assert events == [(1, 6, "sampling")] and decoded == []
+
+
 def test_match_color():
     gen = torch.Generator().manual_seed(0)
     ref = torch.randn(2, 5, 3, 4, 4, generator=gen) * 0.3 + 0.5
@@ -187,7 +206,9 @@ def test_chain(model, color_match, monkeypatch):
     frames = LV.chain(model, _image(), num_frames=7, clip_frames=4, steps=1, seed=0, color_match=color_match,
                       guidance=Guidance("linear", 1.0, 2.0), callback=lambda *a: events.append(a))
     assert frames.shape == (1, 7, 3, 64, 64) and frames.min() >= 0 and frames.max() <= 1
-    assert (2, 2, "clips") in events and len(seen) == 2
+    assert len(seen) == 2
+    # one progress signature: (done, total, stage); each stage counts up to its total (2 clips x 1 step)
+    assert events == [(1, 2, "sampling"), (1, 2, "clips"), (2, 2, "sampling"), (2, 2, "clips")]
     assert torch.equal(seen[1], frames[:, 3])  # clip 0 is the colour reference: its frames are not altered
     with pytest.raises(ValueError, match="color_match='lab'"):
         LV.chain(model, _image(), num_frames=7, clip_frames=4, color_match="lab")
