@@ -179,7 +179,7 @@ def sdpa_context(name: str):
 def run_ours(model, image, noise, cfg: dict, device, seed: int, run: Run) -> torch.Tensor:
     stamps = []
 
-    def progress(stage, i, n):
+    def progress(i, n, stage=None):
         if stage == "sampling":
             sync(device)
             stamps.append(time.perf_counter())

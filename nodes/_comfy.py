@@ -301,8 +301,9 @@ class Progress:
         self.done = 0
         mm.throw_exception_if_processing_interrupted()
 
-    def absolute(self, done: int, total: int | None = None) -> None:
-        """`done` of `total` units finished (the engine's callback); raises InterruptProcessingException on Cancel."""
+    def absolute(self, done: int, total: int | None = None, stage: str | None = None) -> None:
+        """`done` of `total` units finished (the engine's `svd_core.progress` callback, any stage); raises
+        InterruptProcessingException on Cancel."""
         self.done = int(done)
         self.bar.update_absolute(self.done, total if total is not None else self.total)
         mm.throw_exception_if_processing_interrupted()

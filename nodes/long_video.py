@@ -162,7 +162,7 @@ class ChainedVideo(io.ComfyNode):
         model = svd_model.acquire()
         progress = Progress(clips * steps)
 
-        def callback(stage, done, total):
+        def callback(done, total, stage=None):
             if stage == "sampling":
                 progress.absolute(done, total)
 

@@ -209,7 +209,7 @@ class MultiViewSampler(io.ComfyNode):
         model = svd_model.acquire()
         progress = Progress(steps + 1)
 
-        def callback(stage, i, n):
+        def callback(i, n, stage=None):
             progress.absolute(i if stage == "sampling" else steps + (i >= n), steps + 1)
 
         views, orb = mv.multiview(model, image_to_bchw(image), orb, width=width, height=height, cond_aug=cond_aug,

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ from . import model as _model
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .memory import ff_chunk_of
-from .pipeline import Cancelled, Conditioning, _module_device, _per_frame, check_run, decode, prepare_image, sample
+from .pipeline import Conditioning, _module_device, _per_frame, check_run, decode, prepare_image, sample
+from .progress import CancelFn, ProgressFn, report, shifted
 from .validation import MAX_SEED, check, check_request
 from .variants import SVD_INTERP, SVD_VECTOR, ModelSpec, get_variant
 
@@ -299,8 +300,8 @@ def interpolate_video(model, frames: torch.Tensor, *, batch_size: int = 4, width
                       height: int | None = None, fps: float | None = None, motion_bucket_id: float | None = None,
                       cond_aug: float | None = None, guidance: Guidance | None = None, sampler: str = "euler",
                       schedule: str = "karras", steps: int | None = None, seed: int = 0,
-                      decode_t: int | None = None, callback: Callable[[int, int], None] | None = None,
-                      cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+                      decode_t: int | None = None, callback: ProgressFn | None = None,
+                      cancel: CancelFn | None = None) -> torch.Tensor:
     """Video n 3 H W in [0, 1] -> 4x frame rate: (t-2) = 3 generated frames between every consecutive pair, the
     original frames passed through unchanged: output ((n-1)(t-1)+1) 3 H W. Pairs go through the model
     `batch_size` at a time at width x height (default: the input size rounded to multiples of 64), the generated
@@ -338,22 +339,15 @@ def interpolate_video(model, frames: torch.Tensor, *, batch_size: int = 4, width
                                           seeds=[(seed + j + _COND_SEED_OFFSET) % 2**63 for j in range(lo, hi)])
         noise = torch.cat([torch.randn((t,) + cond.latent_shape[1:], generator=torch.Generator().manual_seed(seed + j))
                            for j in range(lo, hi)])  # (b t) c h w, one generator per pair
-
-        def step(i, _n, base=done):
-            if callback:
-                callback(base + i, total)
         latent = sample(model, cond, guidance, sampler=sampler, schedule=schedule, steps=steps, noise=noise,
-                        callback=step, cancel=cancel)
+                        callback=shifted(callback, done, total, "interpolating"), cancel=cancel)
         video = decode(model, latent, t, decode_t=decode_t or t, cancel=cancel)  # b t 3 h w in [0, 1]
         mid = rearrange(video[:, 1:-1], "b m c h w -> (b m) c h w")
         if (mid.shape[-2], mid.shape[-1]) != (H, W):
             mid = F.interpolate(mid, size=(H, W), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         middles.append(rearrange(mid, "(b m) c h w -> b m c h w", m=t - 2))
         done += steps + 1
-        if cancel is not None and cancel():
-            raise Cancelled(f"interpolation cancelled after {hi}/{pairs} pairs")
-        if callback:
-            callback(done, total)
+        report(callback, cancel, done, total, "interpolating", f"interpolation cancelled after {hi}/{pairs} pairs")
     mids = torch.cat(middles).to(frames.dtype)  # pairs m 3 H W
     out = torch.cat([frames[:-1, None].cpu(), mids.cpu()], dim=1)  # pairs (1+m) 3 H W: original, then generated
     return torch.cat([rearrange(out, "p k c h w -> (p k) c h w"), frames[-1:].cpu()])

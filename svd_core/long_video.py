@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from einops import rearrange
@@ -22,9 +22,9 @@ from einops import rearrange
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .memory import ff_chunk_of
-from .pipeline import Cancelled, Conditioning, GuidedDenoiser, check_run, decode, image_conditioning
-from .samplers import SAMPLERS
-from .schedules import get_sigmas
+from .pipeline import Conditioning, GuidedDenoiser, check_run, decode, image_conditioning
+from .progress import CancelFn, Cancelled, ProgressFn, shifted
+from .sampling import drive
 from .validation import MAX_SEED, check, check_choice
 
 __all__ = ["WINDOW_SCHEDULES", "BLENDS", "COLOR_MATCH", "window_schedule", "window_weights", "slice_conditioning",
@@ -33,7 +33,6 @@ __all__ = ["WINDOW_SCHEDULES", "BLENDS", "COLOR_MATCH", "window_schedule", "wind
 WINDOW_SCHEDULES = ("uniform", "looped")
 BLENDS = ("pyramid", "flat")
 COLOR_MATCH = ("latent", "pixel", "none")
-ProgressFn = Callable[[int, int], None]
 
 
 # --------------------------------------------------------------------------------------------- windows
@@ -103,13 +102,14 @@ class WindowedDenoiser:
 
     def __init__(self, model, cond: Conditioning, guidance: Guidance, *, window: int, overlap: int,
                  schedule: str = "uniform", blend: str = "pyramid", autocast_dtype: torch.dtype | None = None,
-                 cancel: Callable[[], bool] | None = None):
+                 cancel: CancelFn | None = None):
         self.num_frames, self.batch = cond.num_frames, cond.batch
         self.windows = window_schedule(cond.num_frames, window, overlap, schedule)
         w = len(self.windows[0])
         self.weights = window_weights(w, blend)
         self.denoisers = [GuidedDenoiser(model, slice_conditioning(cond, idx), guidance, autocast_dtype)
                           for idx in self.windows]
+        self.unet_device = self.denoisers[0].unet_device
         self.index = [torch.as_tensor(idx, dtype=torch.long) for idx in self.windows]
         self.cancel = cancel
         self.calls = 0  # model evaluations of whole windows (for tests and progress)
@@ -175,7 +175,7 @@ def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, 
                    overlap: int | None = None, schedule: str = "uniform", blend: str = "pyramid",
                    sampler: str = "euler", sigma_schedule: str = "karras", steps: int | None = None,
                    seed: int | None = None, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                   callback: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
+                   callback: ProgressFn | None = None, cancel: CancelFn | None = None,
                    autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Guided EDM sampling of an N-frame conditioning with sliding windows -> latent (b N) 4 h w.
 
@@ -185,27 +185,11 @@ def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, 
     window, overlap = _check_windows(model, cond, guidance, window=window, overlap=overlap, schedule=schedule,
                                      blend=blend, sampler=sampler, sigma_schedule=sigma_schedule, steps=steps,
                                      seed=seed, autocast_dtype=autocast_dtype)
-    guidance = guidance or defaults_for(spec)
-    steps = spec.steps if steps is None else steps
-    sigmas = get_sigmas(sigma_schedule, steps, spec.sigma_min, spec.sigma_max)
-    generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
-    shape = cond.latent_shape
-    if noise is None:
-        noise = torch.randn(shape, generator=generator, device=generator.device)
-    if tuple(noise.shape) != shape:
-        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
-    denoiser = WindowedDenoiser(model, cond, guidance, window=window, overlap=overlap, schedule=schedule,
-                                blend=blend, autocast_dtype=autocast_dtype, cancel=cancel)
-    x = (noise.float() * torch.sqrt(1.0 + sigmas[0] ** 2)).to(denoiser.denoisers[0].unet_device)
-    total = len(sigmas) - 1
-
-    def on_step(info):
-        if cancel is not None and cancel():
-            raise Cancelled(f"sampling cancelled at step {info['i'] + 1}/{total}")
-        if callback is not None:
-            callback(info["i"] + 1, total)
-
-    return SAMPLERS[sampler](denoiser, x, sigmas, callback=on_step, disable=True, generator=generator)
+    denoiser = WindowedDenoiser(model, cond, guidance or defaults_for(spec), window=window, overlap=overlap,
+                                schedule=schedule, blend=blend, autocast_dtype=autocast_dtype, cancel=cancel)
+    return drive(denoiser, spec, cond.latent_shape, device=denoiser.unet_device, sampler=sampler,
+                 schedule=sigma_schedule, steps=steps, seed=seed, generator=generator, noise=noise, callback=callback,
+                 cancel=cancel)
 
 
 # --------------------------------------------------------------------------------------------- chaining
@@ -240,7 +224,7 @@ def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | Non
           cond_aug: float | None = None, resize_mode: str = "crop", sampler: str = "euler",
           sigma_schedule: str = "karras", steps: int | None = None, seed: int | None = None,
           decode_t: int | None = None,
-          callback: Callable[[str, int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+          callback: ProgressFn | None = None, cancel: CancelFn | None = None,
           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Chained image-to-video: each clip starts from the previous clip's last frame -> frames b N 3 H W in [0, 1].
 
@@ -266,6 +250,7 @@ def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | Non
     if seed + clips - 1 > MAX_SEED:
         raise ValueError(f"seed={seed} is impossible: clip k is sampled with seed + k, so for {clips} clips the seed "
                          f"must be at most {MAX_SEED - clips + 1}")
+    n_steps = spec.steps if steps is None else steps  # sampler steps per clip
     out: torch.Tensor | None = None  # b N 3 H W, filled clip by clip (no list + concatenation copy)
     filled = 0
     ref_latent = ref_pixel = None
@@ -277,13 +262,9 @@ def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | Non
         cond = image_conditioning(model, current, num_frames=clip_frames, width=width, height=height, fps=fps,
                                   motion_bucket_id=motion_bucket_id, cond_aug=cond_aug,
                                   resize_mode=resize_mode if k == 0 else "crop", generator=gen)  # k > 0: already at size
-
-        def step(i, n, k=k):
-            if callback:
-                callback("sampling", k * n + i, clips * n)
-
         latent = sample(model, cond, guidance, sampler=sampler, schedule=sigma_schedule, steps=steps, generator=gen,
-                        callback=step, cancel=cancel, autocast_dtype=autocast_dtype)
+                        callback=shifted(callback, k * n_steps, clips * n_steps, "sampling"),
+                        cancel=cancel, autocast_dtype=autocast_dtype)
         lv = rearrange(latent.float(), "(b t) c h w -> b t c h w", t=clip_frames)
         if color_match == "latent":
             if ref_latent is None:
@@ -305,6 +286,6 @@ def chain(model, image: torch.Tensor, *, num_frames: int, clip_frames: int | Non
         filled += take
         current = frames[:, -1].clone()  # b 3 H W: conditions the next clip
         if callback:
-            callback("clips", k + 1, clips)
+            callback(k + 1, clips, "clips")
         del latent, lv, frames, new
     return out

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from .object_image import object_input, replace_last_view
 from .attention import DEFAULT_FF_CHUNK
 from .pipeline import (NOISE_DEVICES, Conditioning, _frame_conditioning, _per_frame, _run, check_run, orbit_angles,
                        orbit_conditioning, prepare_image)
+from .progress import CancelFn, ProgressFn
 from .validation import check_choice
 from .variants import SVD_MV, ModelSpec, get_variant
 
@@ -244,7 +245,7 @@ def multiview(model, image: torch.Tensor, orbit: Orbit | None = None, *, width: 
               height: int | None = None, cond_aug: float | None = None, resize_mode: str = "crop",
               guidance: Guidance | None = None, sampler: str = "euler", schedule: str = "karras",
               steps: int | None = None, seed: int | None = None, decode_t: int | None = None,
-              callback: Callable[[str, int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+              callback: ProgressFn | None = None, cancel: CancelFn | None = None,
               device=None, offload: bool = False, mask: torch.Tensor | None = None, recenter: bool = True,
               image_frame_ratio: float | None = None, replace_last: bool = True,
               noise_device: str = "cpu") -> tuple[torch.Tensor, Orbit]:

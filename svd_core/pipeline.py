@@ -16,21 +16,13 @@ from .attention import DEFAULT_FF_CHUNK
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .object_image import object_input, replace_last_view
+from .progress import CancelFn, Cancelled, ProgressFn, report  # noqa: F401 (Cancelled: re-exported)
 from .samplers import SAMPLERS
-from .schedules import get_sigmas
+from .sampling import NOISE_DEVICES, drive  # noqa: F401 (NOISE_DEVICES: re-exported for the nodes and CLI)
 from .validation import check_choice, check_request
 from .vae_decode import decode_video, encode_video
 
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
 RESIZE_MODES = ("crop", "pad", "stretch")
-# where the initial noise is drawn: "cpu" (a seeded CPU generator: the same numbers on every machine, the default)
-# or "device" (a generator on the UNet's device, as the reference's torch.randn(shape, device="cuda"))
-NOISE_DEVICES = ("cpu", "device")
-
-
-class Cancelled(RuntimeError):
-    """Raised inside sampling or decoding when the cancel hook returns True (nothing is left half-done)."""
 
 
 @dataclass
@@ -256,46 +248,14 @@ def sample(model, cond: Conditioning, guidance: Guidance | None = None, *, sampl
     draws the initial noise on the UNet's device from a generator seeded with `seed` (reference
     `simple_video_sample.py`: `torch.manual_seed(seed)`, `torch.randn(shape, device=device)`); "cpu" (default) draws
     it from `generator` (reproducible across machines)."""
-    spec = model.spec
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
-    if noise_device not in NOISE_DEVICES:
-        raise ValueError(f"noise_device={noise_device!r}; expected one of {NOISE_DEVICES}")
-    guidance = guidance or defaults_for(spec)
-    steps = spec.steps if steps is None else steps
-    seed = spec.seed if seed is None else seed
-    sigmas = get_sigmas(schedule, steps, spec.sigma_min, spec.sigma_max, denoise=denoise)
-    generator = generator or torch.Generator().manual_seed(seed)
     shape = cond.latent_shape
-    if noise is None and noise_device == "device":
-        device = _module_device(model.unet)
-        noise = torch.randn(shape, generator=torch.Generator(device).manual_seed(seed), device=device)
-    elif noise is None:
-        noise = torch.randn(shape, generator=generator, device=generator.device)
-    if tuple(noise.shape) != shape:
-        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
-    if init_latent is not None:
-        if tuple(init_latent.shape) != shape:
-            raise ValueError(f"init_latent has shape {tuple(init_latent.shape)} but the conditioning asks for {shape} "
-                             f"({cond.batch} video(s) x {cond.num_frames} frames at {cond.width}x{cond.height})")
-        x = init_latent.float() + noise.float().to(init_latent.device) * sigmas[0]
-    elif denoise < 1.0:
-        raise ValueError(f"denoise={denoise} < 1 needs an init_latent (an encoded video) to start from")
-    else:
-        # the reference scales unit noise by sqrt(1 + sigma_max^2), not sigma_max (EulerEDMSampler, diffusers alike)
-        x = noise.float() * torch.sqrt(1.0 + sigmas[0] ** 2)
-    denoiser = GuidedDenoiser(model, cond, guidance, autocast_dtype)
-    x = x.to(denoiser.unet_device)  # the loop runs where the UNet is; noise was drawn on the generator's device
-    total = len(sigmas) - 1
-
-    def on_step(info):
-        if cancel is not None and cancel():
-            raise Cancelled(f"sampling cancelled at step {info['i'] + 1}/{total}")
-        if callback is not None:
-            callback(info["i"] + 1, total)
-
-    return SAMPLERS[sampler](denoiser, x, sigmas, callback=on_step, disable=True, generator=generator,
-                             **(sampler_options or {}))
+    if init_latent is not None and tuple(init_latent.shape) != shape:
+        raise ValueError(f"init_latent has shape {tuple(init_latent.shape)} but the conditioning asks for {shape} "
+                         f"({cond.batch} video(s) x {cond.num_frames} frames at {cond.width}x{cond.height})")
+    denoiser = GuidedDenoiser(model, cond, guidance or defaults_for(model.spec), autocast_dtype)
+    return drive(denoiser, model.spec, shape, device=denoiser.unet_device, sampler=sampler, schedule=schedule,
+                 steps=steps, seed=seed, generator=generator, noise=noise, init_latent=init_latent, denoise=denoise,
+                 noise_device=noise_device, callback=callback, cancel=cancel, sampler_options=sampler_options)
 
 
 # --------------------------------------------------------------------------------------------- decode / encode
@@ -311,10 +271,7 @@ def decode(model, latent: torch.Tensor, num_frames: int, *, decode_t: int | None
     decode_t = model.spec.decode_t if decode_t is None else decode_t
 
     def progress(done, total):
-        if cancel is not None and cancel():
-            raise Cancelled(f"decoding cancelled after {done}/{total} chunks")
-        if callback is not None:
-            callback(done, total)
+        report(callback, cancel, done, total, "decoding", f"decoding cancelled after {done}/{total} chunks")
 
     frames = decode_video(fs, latent.to(device, dtype), num_frames, decode_t=decode_t, overlap=overlap,
                           scale_factor=model.spec.scale_factor,
@@ -368,18 +325,13 @@ def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t
         cond = make_cond(generator)
     total = model.spec.steps if steps is None else steps
 
-    def step_progress(i, n):
-        if callback:
-            callback("sampling", i, n)
-
     with _placed(model.model, device, offload):
         latent = sample(model, cond, guidance, sampler=sampler, schedule=schedule, steps=total, generator=generator,
-                        seed=seed, noise=noise, callback=step_progress, cancel=cancel, autocast_dtype=autocast_dtype,
+                        seed=seed, noise=noise, callback=callback, cancel=cancel, autocast_dtype=autocast_dtype,
                         sampler_options=sampler_options, noise_device=noise_device)
     with _placed(model.first_stage_model, device, offload):
         return decode(model, latent, cond.num_frames, decode_t=decode_t, overlap=overlap,
-                      image_decoder=image_decoder, cancel=cancel,
-                      callback=(lambda i, n: callback("decoding", i, n)) if callback else None)
+                      image_decoder=image_decoder, cancel=cancel, callback=callback)
 
 
 def check_run(model, image: torch.Tensor | None, values: dict, *, guidance: Guidance | None, sampler: str,
@@ -424,7 +376,7 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
             cond_aug: float | None = None, resize_mode: str = "crop", guidance: Guidance | None = None,
             sampler: str = "euler", schedule: str = "karras", steps: int | None = None, seed: int | None = None,
             decode_t: int | None = None, overlap: int = 0, image_decoder: bool = False,
-            callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None,
+            callback: ProgressFn | None = None, cancel: CancelFn | None = None,
             device=None, offload: bool = False, autocast_dtype: torch.dtype | None = None,
             sampler_options: dict | None = None, noise: torch.Tensor | None = None,
             ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True,
@@ -452,7 +404,7 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
           height: int | None = None, cond_aug: float | None = None, resize_mode: str = "crop",
           guidance: Guidance | None = None, sampler: str = "euler", schedule: str = "karras",
           steps: int | None = None, seed: int | None = None, decode_t: int | None = None, overlap: int = 0,
-          callback: Callable[[str, int, int], None] | None = None, cancel: CancelFn | None = None, device=None,
+          callback: ProgressFn | None = None, cancel: CancelFn | None = None, device=None,
           offload: bool = False, autocast_dtype: torch.dtype | None = None,
           ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True, mask: torch.Tensor | None = None,
           recenter: bool = True, image_frame_ratio: float | None = None, replace_last: bool = True,

@@ -28,7 +28,7 @@ For the training issue: `training_conditioning(model, captions, ...)` (15% capti
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from einops import repeat
@@ -38,6 +38,7 @@ from .denoiser import VideoCond
 from .guidance import Guidance
 from .attention import DEFAULT_FF_CHUNK
 from .pipeline import Conditioning, _module_device, _per_frame, _run, check_run
+from .progress import CancelFn, ProgressFn
 from .validation import check_request
 from .variants import TEXT2VIDEO, ModelSpec, get_variant
 
@@ -157,7 +158,7 @@ def text2vid(model, prompt: "str | Sequence[str]", *, temporal_prompt: "str | Se
              height: int | None = None, fps: float | None = None, motion_score: float | None = None,
              guidance: Guidance | None = None, sampler: str = "euler", schedule: str = "karras",
              steps: int | None = None, seed: int = 0, decode_t: int | None = None,
-             callback: Callable[[str, int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+             callback: ProgressFn | None = None, cancel: CancelFn | None = None,
              device=None, offload: bool = False) -> torch.Tensor:
     """Prompt -> video frames b t 3 H W in [0, 1] (vanilla CFG from the spec by default)."""
     _check_model(model)

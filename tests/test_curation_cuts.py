@@ -70,6 +70,16 @@ def test_missing_video_error(tmp_path):
         probe(bad)
 
 
+def test_cancel_raises_the_engines_one_cancelled(bikes):
+    """Curation cancels with svd_core.progress.Cancelled, the class generation raises (one cancel protocol)."""
+    from svd_core import pipeline
+    from svd_core.progress import Cancelled
+
+    assert Cancelled is pipeline.Cancelled
+    with pytest.raises(Cancelled, match="cancelled at frame 0"):
+        detect_cuts(bikes, cancel=lambda: True)
+
+
 def test_cli_cuts_json(bikes):
     out = subprocess.run([sys.executable, "-m", "svd_core", "curate", "cuts", bikes, "--json"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)

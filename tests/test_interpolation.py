@@ -132,11 +132,11 @@ def test_interpolate_video_4x_with_originals_unchanged(model):
     frames = torch.rand(3, 3, 60, 90, generator=torch.Generator().manual_seed(4))
     calls = []
     out = interp.interpolate_video(model, frames, batch_size=2, steps=1, seed=5,
-                                   callback=lambda i, n: calls.append((i, n)))
+                                   callback=lambda i, n, stage: calls.append((i, n, stage)))
     assert out.shape == (9, 3, 60, 90)  # (n - 1) * 4 + 1
     for j in range(3):
         assert torch.equal(out[4 * j], frames[j])  # originals pass through bit for bit
-    assert calls[-1][0] == calls[-1][1]
+    assert calls == [(1, 2, "interpolating"), (2, 2, "interpolating")]  # 1 step + 1 decode per batch of pairs
     # pair j always uses seed + j: batching does not change the result
     one = interp.interpolate_video(model, frames, batch_size=1, steps=1, seed=5)
     torch.testing.assert_close(one, out, rtol=1e-4, atol=1e-4)

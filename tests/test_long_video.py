@@ -155,11 +155,30 @@ def test_sliding_windows_on_tiny_model(model, schedule):
     cond = image_conditioning(model, _image(), num_frames=6, seed=1)
     steps = []
     out = LV.sample_windows(model, cond, Guidance("linear", 1.0, 2.0), window=4, overlap=2, schedule=schedule,
-                            steps=1, seed=0, callback=lambda i, n: steps.append((i, n)))
+                            steps=1, seed=0, callback=lambda i, n, stage: steps.append((i, n, stage)))
     assert out.shape == (6, 4, 8, 8) and torch.isfinite(out).all()
-    assert steps == [(1, 1)]
+    assert steps == [(1, 1, "sampling")]
     with pytest.raises(LV.Cancelled):
         LV.sample_windows(model, cond, steps=2, window=4, cancel=lambda: True)
+
+
+def test_chain_stops_when_the_progress_callback_raises(model, monkeypatch):
+    """ComfyUI's Cancel raises from the progress callback: the chain stops in the first clip's sampling, before
+    any decoding or a second clip."""
+    decoded = []
+    monkeypatch.setattr(LV, "decode", lambda *a, **kw: decoded.append(1))
+    events = []
+
+    class Interrupted(Exception):  # as comfy.model_management.InterruptProcessingException
+        pass
+
+    def callback(done, total, stage=None):
+        events.append((done, total, stage))
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        LV.chain(model, _image(), num_frames=7, clip_frames=4, steps=3, seed=0, callback=callback)
+    assert events == [(1, 6, "sampling")] and decoded == []
 
 
 def test_match_color():
@@ -187,7 +206,9 @@ def test_chain(model, color_match, monkeypatch):
     frames = LV.chain(model, _image(), num_frames=7, clip_frames=4, steps=1, seed=0, color_match=color_match,
                       guidance=Guidance("linear", 1.0, 2.0), callback=lambda *a: events.append(a))
     assert frames.shape == (1, 7, 3, 64, 64) and frames.min() >= 0 and frames.max() <= 1
-    assert ("clips", 2, 2) in events and len(seen) == 2
+    assert len(seen) == 2
+    # one progress signature: (done, total, stage); each stage counts up to its total (2 clips x 1 step)
+    assert events == [(1, 2, "sampling"), (1, 2, "clips"), (2, 2, "sampling"), (2, 2, "clips")]
     assert torch.equal(seen[1], frames[:, 3])  # clip 0 is the colour reference: its frames are not altered
     with pytest.raises(ValueError, match="color_match='lab'"):
         LV.chain(model, _image(), num_frames=7, clip_frames=4, color_match="lab")

@@ -113,7 +113,7 @@ def test_sv3d_orbits_and_multiview_sampling():
     torch.testing.assert_close(cond.cond.vector[:, 768:], timestep_embedding(azim, 512))
     steps = []
     views, out_orbit = mv.multiview(p, image, orbit, width=64, height=64, steps=2,
-                                    callback=lambda s, i, n: steps.append(s))
+                                    callback=lambda i, n, s: steps.append(s))
     assert views.shape == (1, 5, 3, 64, 64) and out_orbit is orbit and "sampling" in steps
     u = testing.tiny_model("tiny_sv3d_u", seed=3)
     with pytest.raises(ValueError, match="SV3D_u takes no camera input"):

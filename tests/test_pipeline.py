@@ -115,7 +115,7 @@ def test_cancel_stops_sampling_within_one_step(model):
 
     with pytest.raises(P.Cancelled, match="cancelled at step 2/4"):
         P.img2vid(model, torch.rand(1, 3, 128, 128), steps=4, callback=lambda *a: calls.append(a), cancel=cancel)
-    assert calls == [("sampling", 1, 4)]
+    assert calls == [(1, 4, "sampling")]
 
 
 def test_video_to_video_from_an_encoded_video(model):
@@ -218,7 +218,7 @@ def test_default_seed_and_steps_come_from_the_variant(model):
     variant's 4 steps stand for 25 / 30 / 50)."""
     img = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
     seen = []
-    default = P.img2vid(model, img, callback=lambda stage, i, n: seen.append((stage, n)))
+    default = P.img2vid(model, img, callback=lambda i, n, stage: seen.append((stage, n)))
     assert ("sampling", model.spec.steps) in seen and model.spec.seed == 23
     assert torch.equal(default, P.img2vid(model, img, steps=model.spec.steps, seed=23))
     cond = P.image_conditioning(model, img)  # conditioning noise from seed 23 too

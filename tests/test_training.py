@@ -186,7 +186,9 @@ def test_resume_is_exact_after_a_crash_and_cancel_saves_state(micro_data, tmp_pa
     model, data = micro_data
     cfg = small_cfg(steps=4, checkpoint_every=2, mode="temporal", grad_accum=2)
     straight = Trainer(fresh(model), cfg, data.dataset, data.train_idx, data.val_idx, tmp_path / "a")
-    straight.run()
+    seen = []
+    straight.run(progress=lambda *a: seen.append(a))
+    assert seen == [(step, 4, "training") for step in (1, 2, 3, 4)]  # svd_core.progress: (done, total, stage)
     # a run cancelled after 2 steps saves its state and raises; a new process resumes from it
     first = Trainer(fresh(model), cfg, data.dataset, data.train_idx, data.val_idx, tmp_path / "b")
     with pytest.raises(Interrupted, match="step 2/4") as info:
@@ -195,7 +197,9 @@ def test_resume_is_exact_after_a_crash_and_cancel_saves_state(micro_data, tmp_pa
     torch.manual_seed(1234)  # the crash left the global RNG anywhere
     second = Trainer(fresh(model), cfg, data.dataset, data.train_idx, data.val_idx, tmp_path / "b")
     assert second.resume() and second.step == 2
-    second.run()
+    seen.clear()
+    second.run(progress=lambda *a: seen.append(a))
+    assert seen == [(3, 4, "training"), (4, 4, "training")]
     a, b = _params(straight), _params(second)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ea, eb = straight.ema.full_state(), second.ema.full_state()

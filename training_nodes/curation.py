@@ -36,13 +36,14 @@ CLIPS_TOOLTIP = "Clips of the dataset: their files, the folder they live in and 
 
 
 class _Progress:
-    """ComfyUI progress bar as a `progress(done, total)` callback, and the interrupt check as a `cancel()` hook."""
+    """ComfyUI progress bar as a `progress(done, total, stage=None)` callback (`svd_core.progress`), and the
+    interrupt check as a `cancel()` hook."""
 
     def __init__(self, total: int = 1):
         self.bar = comfy.utils.ProgressBar(max(int(total), 1))
         mm.throw_exception_if_processing_interrupted()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, stage: str | None = None) -> None:
         self.bar.update_absolute(int(done), max(int(total), 1))
 
     @staticmethod

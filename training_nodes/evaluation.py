@@ -72,7 +72,7 @@ def _model_lines(node: str, models: str) -> dict[str, str]:
 def _progress():
     bar = comfy.utils.ProgressBar(1)
 
-    def cb(done: int, total: int) -> None:
+    def cb(done: int, total: int, stage: str | None = None) -> None:
         mm.throw_exception_if_processing_interrupted()
         bar.update_absolute(done, total)
 

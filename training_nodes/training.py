@@ -52,7 +52,7 @@ class _Progress:
         self.bar = comfy.utils.ProgressBar(max(int(total), 1))
         mm.throw_exception_if_processing_interrupted()
 
-    def __call__(self, done: int, total: int, *_) -> None:
+    def __call__(self, done: int, total: int, stage: str | None = None) -> None:
         self.bar.update_absolute(int(done), max(int(total), 1))
 
     @staticmethod

@@ -164,7 +164,7 @@ def progress_printer():
 
     bars = {}
 
-    def callback(stage, done, total):
+    def callback(done, total, stage=None):
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc=stage, unit="step" if stage == "sampling" else "frame")

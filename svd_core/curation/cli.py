@@ -25,7 +25,7 @@ def _bar(desc: str):
 
     bar = tqdm(total=0, desc=desc, file=sys.stderr, leave=False)
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, stage: str | None = None) -> None:
         if bar.total != total:
             bar.reset(total=total)
         bar.n = done

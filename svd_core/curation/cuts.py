@@ -3,18 +3,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
+from ..progress import CancelFn, Cancelled, ProgressFn  # noqa: F401 (the engine's one protocol, re-exported)
 from ..config_check import check_instance, check_types
 from .video_io import CurationError, iter_frames, probe
 
 DETECTORS = ("content", "adaptive", "threshold", "histogram")
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
-
-
-class Cancelled(RuntimeError):
-    """Raised inside a stage when its `cancel()` hook returns True."""
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,7 @@ def run_ucf101(args) -> int:
     extractor = _extractor(ext_args)  # before generating: a missing I3D file fails fast
     model, device = load_model(args)
 
-    def progress(done, total):
+    def progress(done, total, stage=None):
         print(f"\rvideos {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
 
     res = evaluate_ucf101(model, args.real, args.out, extractor, settings=settings, num_samples=num,

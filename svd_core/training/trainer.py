@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..loading import CheckpointError, SafetensorsFile, save_tensors
+from ..progress import ProgressFn
 from . import modes
 from .config import ConfigError, TrainConfig
 from .data import CachedDataset, collate, global_batches
@@ -426,7 +427,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ the loop
 
-    def run(self, progress: Callable[[int, int, float], None] | None = None,
+    def run(self, progress: ProgressFn | None = None,
             cancel: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
         """Train until `cfg.steps`; validate, checkpoint and sample on schedule; on cancel save the state and raise
         `Interrupted`. Call `resume()` first to continue a crashed or interrupted run."""
@@ -457,7 +458,7 @@ class Trainer:
                 log(f"step {self.step}/{cfg.steps} loss {loss:.4f} lr {lr_at(cfg, self.step - 1):.2e} "
                     f"({time.time() - t0:.1f} s)")
             if progress is not None:
-                progress(self.step, cfg.steps, loss)
+                progress(self.step, cfg.steps, "training")  # the loss goes to `log` and `self.losses`
         return TrainResult(self.step, list(self.losses), list(self.val), dict(self.outputs), str(self.state_path),
                            time.time() - t0)
 
