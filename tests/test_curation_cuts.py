@@ -12,7 +12,8 @@ import pytest
 
 from svd_core.curation.clipping import clip_video, snap_shots
 from svd_core.curation.cuts import DEFAULT_CASCADE, SINGLE_CONTENT, CascadeLevel, cascade_from_dicts, detect_cuts
-from svd_core.curation.video_io import CurationError, keyframe_times, probe
+from svd_core.curation import CurationError
+from svd_core.video_io import MediaError, keyframe_times, probe
 from test_curation_support import BIKES_CUTS, bikes, bikes_frames, media, read_rgb, write_video  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +63,11 @@ def test_cascade_config_errors():
 
 
 def test_missing_video_error(tmp_path):
-    with pytest.raises(CurationError, match="does not exist"):
+    with pytest.raises(MediaError, match="does not exist"):
         detect_cuts(tmp_path / "nope.mp4")
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video")
-    with pytest.raises(CurationError, match="could not be opened"):
+    with pytest.raises(MediaError, match="could not be opened"):
         probe(bad)
 
 

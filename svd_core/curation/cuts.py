@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 from ..config_check import check_instance, check_types
-from .video_io import CurationError, iter_frames, probe
+from ..video_io import iter_frames, probe
+from . import CurationError
 
 DETECTORS = ("content", "adaptive", "threshold", "histogram")
 ProgressFn = Callable[[int, int], None]
