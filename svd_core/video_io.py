@@ -98,12 +98,12 @@ def _open_checked(path: Path, max_pixels: int):
         except Image.DecompressionBombError as exc:  # Pillow's own hard limit (~179 MP), hit inside open()
             found = re.search(r"\((\d+) pixels\)", str(exc))
             size = f"{int(found[1]) / 1e6:.0f} megapixels" if found else "more than Pillow's limit"
-            raise ValueError(f"{path}: the image has {size}, over the input limit of {max_pixels / 1e6:.0f} "
+            raise MediaError(f"{path}: the image has {size}, over the input limit of {max_pixels / 1e6:.0f} "
                              f"megapixels; downscale it first (the model works at about 1024x576)") from None
     w, h = im.size
     if w * h > max_pixels:
         im.close()
-        raise ValueError(f"{path}: the image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the input limit of "
+        raise MediaError(f"{path}: the image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the input limit of "
                          f"{max_pixels / 1e6:.0f} megapixels; downscale it first (the model works at about 1024x576)")
     return im
 
@@ -150,15 +150,15 @@ def _decode_image(path: "str | os.PathLike", max_pixels: int, keep_alpha: bool) 
     try:
         im = _open_checked(path, max_pixels)
     except UnidentifiedImageError:
-        raise ValueError(f"{path}: not a readable image (expected PNG, JPEG, WebP, ...)") from None
+        raise MediaError(f"{path}: not a readable image (expected PNG, JPEG, WebP, ...)") from None
     except OSError as exc:
-        raise ValueError(f"{path}: the image cannot be read ({exc})") from None
+        raise MediaError(f"{path}: the image cannot be read ({exc})") from None
     with im:
         try:
             im.load()
             arr = _to_rgb_array(im, keep_alpha)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated / corrupt data, unsupported modes
-            raise ValueError(f"{path}: the image cannot be decoded ({type(exc).__name__}: {exc}); re-save it as "
+            raise MediaError(f"{path}: the image cannot be decoded ({type(exc).__name__}: {exc}); re-save it as "
                              f"PNG or JPEG") from None
     return arr
 
@@ -322,6 +322,9 @@ def _write_container(pixels: np.ndarray, target: Path, fps: float, crf: int) -> 
     spec = CONTAINERS[target.suffix.lower()]
     if spec.pix_fmt == "yuv420p":  # 2x2 chroma blocks: even sizes only
         h, w = pixels.shape[1:3]
+        if h < 2 or w < 2:
+            raise ValueError(f"frames of {w}x{h} pixels cannot be written as {target.suffix}: {spec.codec} needs at "
+                             f"least 2x2; write .gif or PNG frames")
         pixels = np.ascontiguousarray(pixels[:, : h - h % 2, : w - w % 2])
     with atomic_path(target, keep_suffix=True) as tmp:  # the temp name keeps the extension: it picks the muxer
         rate = Fraction(fps).limit_denominator(1000)

@@ -55,6 +55,9 @@ def test_tensor_and_uint8_frames_write_the_same_video(tmp_path, clip):
     assert V.read_frames(V.write_video(clip[:, :31, :47], tmp_path / "odd.gif")).shape == (6, 31, 47, 3)
     with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
         V.write_video(clip[..., :2], tmp_path / "c.mp4")
+    with pytest.raises(ValueError, match="frames of 48x1 pixels cannot be written as .mkv: libx264 needs at least 2x2"):
+        V.write_video(clip[:, :1], tmp_path / "thin.mkv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4", "odd.gif", "odd.webm"]
 
 
 def test_one_extension_list_everywhere(tmp_path):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..loading import save_tensors
-from ..video_io import VIDEO_EXTENSIONS, list_videos, probe
+from ..video_io import VIDEO_EXTENSIONS, iter_frames, list_videos, probe
 
 CACHE_VERSION = 1
 
@@ -180,18 +180,15 @@ def _fit(frame: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def read_window(window: Window, height: int, width: int) -> torch.Tensor:
-    """The window's frames, t 3 height width in [0, 1] (PyAV decode, resized and centre-cropped)."""
-    import av
-
+    """The window's frames, t 3 height width in [0, 1] (decoded by `video_io`, resized and centre-cropped)."""
     wanted = {window.start + i * window.stride: i for i in range(window.num_frames)}
     frames: list[torch.Tensor | None] = [None] * window.num_frames
-    with av.open(window.record.path) as c:
-        for index, frame in enumerate(c.decode(video=0)):
-            if index in wanted:
-                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float() / 255.0  # h w c -> c h w
-                frames[wanted[index]] = _fit(rgb, height, width)
-            if index >= max(wanted):
-                break
+    for index, _, frame in iter_frames(window.record.path):
+        if index in wanted:
+            rgb = torch.from_numpy(frame).permute(2, 0, 1).float() / 255.0  # h w c -> c h w
+            frames[wanted[index]] = _fit(rgb, height, width)
+        if index >= max(wanted):
+            break
     if any(f is None for f in frames):
         raise DataError(f"{window.record.path}: could not decode frames {sorted(wanted)} (the clip is shorter)")
     return torch.stack(frames)
