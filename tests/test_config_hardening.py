@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from svd_core.__main__ import main
 from svd_core.curation.config import CurationConfig, load_config
-from svd_core.curation.video_io import CurationError
+from svd_core.curation import CurationError
 from svd_core.training.config import ConfigError, RunConfig, TrainConfig
 from svd_core.training.trainer import ResumeError, Trainer
 from tests.test_training import fresh, manifest, micro_data, small_cfg  # noqa: F401 - fixtures

@@ -12,7 +12,8 @@ import pytest
 
 from svd_core.curation.clipping import clip_video, snap_shots
 from svd_core.curation.cuts import DEFAULT_CASCADE, SINGLE_CONTENT, CascadeLevel, cascade_from_dicts, detect_cuts
-from svd_core.curation.video_io import CurationError, keyframe_times, probe
+from svd_core.curation import CurationError
+from svd_core.video_io import MediaError, keyframe_times, probe
 from test_curation_support import BIKES_CUTS, bikes, bikes_frames, media, read_rgb, write_video  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +63,11 @@ def test_cascade_config_errors():
 
 
 def test_missing_video_error(tmp_path):
-    with pytest.raises(CurationError, match="does not exist"):
+    with pytest.raises(MediaError, match="does not exist"):
         detect_cuts(tmp_path / "nope.mp4")
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video")
-    with pytest.raises(CurationError, match="could not be opened"):
+    with pytest.raises(MediaError, match="could not be opened"):
         probe(bad)
 
 
@@ -127,3 +128,30 @@ def test_clipping_snaps_to_keyframes_of_a_long_gop(bikes_frames, tmp_path):
     clip = read_rgb(specs[1].path)
     assert len(clip) == 40
     np.testing.assert_array_equal(clip[0], src_frames[60])
+
+
+def test_clips_of_webm_and_gif_sources_are_packet_copies(bikes_frames, tmp_path):
+    """The curation scans every container of the one list: our VP9 .webm is cut into .mp4 clips (MP4 holds VP9,
+    the reason .webm is written as VP9); a VP8 .webm and a .gif, which MP4 cannot hold, keep their container."""
+    import av
+
+    from svd_core.video_io import read_frames
+    from svd_core.video_io import write_video as write_media
+
+    frames = np.ascontiguousarray(np.stack(bikes_frames[:20])[:, ::4, ::4])  # t 68 160 3
+    vp8 = tmp_path / "src" / "vp8.webm"
+    vp8.parent.mkdir()
+    with av.open(str(vp8), "w") as out:  # a .webm from elsewhere: VP8
+        s = out.add_stream("libvpx", rate=25)
+        s.width, s.height, s.pix_fmt = 160, 68, "yuv420p"
+        for f in frames:
+            out.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(s.encode())
+    sources = {"vp9.webm": (write_media(frames, tmp_path / "src" / "vp9.webm", fps=25), ".mp4", "vp9"),
+               "vp8.webm": (vp8, ".webm", "vp8"),
+               "anim.gif": (write_media(frames, tmp_path / "src" / "anim.gif", fps=25), ".gif", "gif")}
+    for name, (src, suffix, codec) in sources.items():
+        specs = clip_video(str(src), [], 25.0, 20, tmp_path / "clips", min_duration=0.0)
+        assert len(specs) == 1 and Path(specs[0].path).suffix == suffix, name
+        assert probe(specs[0].path).codec == codec
+        np.testing.assert_array_equal(read_frames(specs[0].path), read_frames(src))

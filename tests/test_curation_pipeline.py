@@ -14,7 +14,7 @@ from svd_core.curation import pipeline as pipeline_mod
 from svd_core.curation.config import CurationConfig, load_config
 from svd_core.curation.manifest import read_manifest, table1_stats
 from svd_core.curation.stages import MotionStage
-from svd_core.curation.video_io import CurationError
+from svd_core.curation import CurationError
 from test_curation_support import bikes, bikes_frames, media, tiny_models  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from svd_core.curation.clip_models import (AestheticMLP, ClipEmbedder, aesthetic
 from svd_core.curation.filtering import Filter, apply_filters, bottom_percent, filters_from_dicts, lvd_f_preset
 from svd_core.curation.motion import COARSE, FINE, flow_magnitudes, motion_scores
 from svd_core.curation.text_area import CraftTextDetector, default_craft_weights
-from svd_core.curation.video_io import CurationError
+from svd_core.curation import CurationError
 from test_curation_support import (bikes, bikes_frames, media, tiny_models, write_video)  # noqa: F401
 
 

@@ -10,7 +10,7 @@ from svd_core.eval.features import ClipPreprocess, I3DTorchScript, get_extractor
 from svd_core.eval.fvd import compute_stats, folder_stats, fvd_folders, fvd_tensors, split_batch
 from svd_core.eval.protocols import UCF101, UCF101_CLASSES, action_to_prompt, get_protocol, ucf101_prompts
 from svd_core.eval.standins import moving_square, tiny_i3d, video_set
-from svd_core.eval.video_io import list_videos, read_video, write_video
+from svd_core.video_io import list_videos, read_frames, write_video
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +138,8 @@ def test_read_video_resamples_to_the_protocol_fps(tmp_path):
     frames = np.zeros((t, 16, 16, 3), np.uint8)
     for i in range(t):
         frames[i] = i * 12  # frame index encoded in brightness
-    write_video(str(tmp_path / "v50.mp4"), frames, fps=50)
-    got = read_video(str(tmp_path / "v50.mp4"), num_frames=8, fps=25)
+    write_video(frames, tmp_path / "v50.mp4", fps=50)
+    got = read_frames(str(tmp_path / "v50.mp4"), num_frames=8, fps=25)
     assert got.shape[0] == 8
     idx = np.round(got.reshape(8, -1).mean(1) / 12).astype(int)
     assert idx.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
@@ -148,5 +148,5 @@ def test_read_video_resamples_to_the_protocol_fps(tmp_path):
     from PIL import Image
     for i in range(3):
         Image.fromarray(frames[i]).save(tmp_path / "frames" / f"{i:03d}.png")
-    assert str(tmp_path / "frames") in list_videos(str(tmp_path))
-    assert read_video(str(tmp_path / "frames")).shape == (3, 16, 16, 3)
+    assert str(tmp_path / "frames") in list_videos(str(tmp_path), frame_folders=True)
+    assert read_frames(str(tmp_path / "frames")).shape == (3, 16, 16, 3)

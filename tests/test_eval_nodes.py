@@ -58,10 +58,10 @@ SCRIPT = textwrap.dedent(r'''
     # UCF-101 FVD node: a thin tiny t2v model behind the loader's handle interface (spec, name, acquire)
     from dataclasses import replace
     from svd_core import testing
-    from svd_core.eval.video_io import write_video
+    from svd_core.video_io import write_video
     for k, cls in enumerate(["Archery", "Archery", "YoYo"]):
-        write_video(os.path.join(inp, "ucf_real", cls, f"v_{cls}_g{k:02d}_c01.avi"),
-                    moving_square(num_frames=18, seed=k), fps=25)
+        write_video(moving_square(num_frames=18, seed=k),
+                    os.path.join(inp, "ucf_real", cls, f"v_{cls}_g{k:02d}_c01.avi"), fps=25)
     T = testing.TINY_T2V
     thin = replace(T, name="tiny_t2v_thin", unet=replace(T.unet, num_res_blocks=1),
                    vae=replace(T.vae, ch=16, norm_groups=16, num_res_blocks=1))

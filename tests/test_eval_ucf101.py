@@ -15,7 +15,7 @@ from svd_core.__main__ import main
 from svd_core.eval import ucf101
 from svd_core.eval.features import I3DTorchScript
 from svd_core.eval.standins import moving_square, tiny_i3d
-from svd_core.eval.video_io import read_video, write_video
+from svd_core.video_io import read_frames, write_video
 
 # the fake real set: UCF-101's layout (Class/v_Class_gNN_cNN.avi), 3 classes with 3 / 2 / 1 videos
 REAL = {"ApplyEyeMakeup": 3, "Archery": 2, "YoYo": 1}
@@ -31,8 +31,8 @@ def real_dir(tmp_path_factory):
     k = 0
     for cls, n in REAL.items():
         for i in range(n):
-            write_video(str(root / cls / f"v_{cls}_g{i + 1:02d}_c01.avi"),
-                        moving_square(num_frames=20, height=32, width=48, seed=k, noise=10.0), fps=25)
+            write_video(moving_square(num_frames=20, height=32, width=48, seed=k, noise=10.0),
+                        root / cls / f"v_{cls}_g{i + 1:02d}_c01.avi", fps=25)
             k += 1
     return str(root)
 
@@ -147,7 +147,7 @@ def test_resumable_run_gives_the_same_fvd_without_regenerating(model, real_dir, 
     assert {p.name: p.stat().st_mtime_ns for p in kept} == stamps
     assert sum(extracted) == 2  # generated clips only: the real set's statistics came from the cache
     for i, name in enumerate(sorted(os.listdir(out / "videos"))):  # same videos as the uninterrupted run
-        assert np.array_equal(read_video(str(out / "videos" / name)), read_video(str(tmp_path / "full/videos" / name)))
+        assert np.array_equal(read_frames(out / "videos" / name), read_frames(tmp_path / "full/videos" / name))
     man = json.loads((out / "manifest.json").read_text())
     assert man["done"] == [0, 1] and [p["seed"] for p in man["plan"]] == [0, 1]
     assert json.loads((out / "fvd.json").read_text())["fvd"] == res.fvd

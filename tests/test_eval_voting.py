@@ -8,7 +8,7 @@ import pytest
 
 from svd_core.eval.study import load_study, save_study, study_from_folders
 from svd_core.eval.standins import moving_square
-from svd_core.eval.video_io import write_video
+from svd_core.video_io import write_video
 from svd_core.eval.voting_server import StandaloneServer, VotingApp
 from svd_core.eval.votes_db import CHECK_BAD, CHECK_GOOD, VoteStore
 
@@ -21,7 +21,7 @@ def study_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     for m_i, m in enumerate(MODELS):
         for k in range(4):  # 4 items x 3 model pairs = 12 pairs per participant (+ one check per 5)
-            write_video(str(root / m / f"prompt{k}.webm"), moving_square(num_frames=6, seed=10 * k + m_i), fps=8)
+            write_video(moving_square(num_frames=6, seed=10 * k + m_i), root / m / f"prompt{k}.webm", fps=8)
     (root / "strong" / "prompt0.txt").write_text("a red square moving right")
     from PIL import Image
     (root / "images").mkdir()

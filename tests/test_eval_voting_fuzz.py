@@ -17,7 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from svd_core.eval.standins import moving_square  # noqa: E402
 from svd_core.eval.study import study_from_folders  # noqa: E402
-from svd_core.eval.video_io import write_video  # noqa: E402
+from svd_core.video_io import write_video  # noqa: E402
 from svd_core.eval.voting_server import StandaloneServer, VotingApp  # noqa: E402
 
 SECRET = b"TOP-SECRET-MARKER"
@@ -30,7 +30,7 @@ def srv(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     for m_i, m in enumerate(("a", "b")):
         for k in range(2):
-            write_video(str(root / "media" / m / f"p{k}.webm"), moving_square(num_frames=3, seed=k + m_i), fps=8)
+            write_video(moving_square(num_frames=3, seed=k + m_i), root / "media" / m / f"p{k}.webm", fps=8)
     (root / "secret.txt").write_bytes(SECRET + b"\n")
     study = study_from_folders("fuzz", {m: str(root / "media" / m) for m in "ab"}, num_checks=1,
                                check_dir=str(root / "media" / "checks"))
@@ -160,7 +160,7 @@ def manifest_dir(tmp_path_factory):
     (root / "secret.txt").write_bytes(SECRET)
     (root / "secret.webm").write_bytes(SECRET)
     for name in ("a", "b"):
-        write_video(str(root / "study" / "m" / f"{name}.webm"), moving_square(num_frames=2, seed=0), fps=8)
+        write_video(moving_square(num_frames=2, seed=0), root / "study" / "m" / f"{name}.webm", fps=8)
     return root
 
 

@@ -14,7 +14,7 @@ import pytest
 from svd_core.eval.elo import read_votes_csv
 from svd_core.eval.standins import moving_square
 from svd_core.eval.study import load_study, study_from_folders
-from svd_core.eval.video_io import write_video
+from svd_core.video_io import write_video
 from svd_core.eval.voting_server import MAX_BODY, StandaloneServer, VotingApp
 
 MODELS = ("good, v2", 'bad "x"')  # a comma and quotes: the CSV export must quote them
@@ -25,7 +25,7 @@ def media(tmp_path_factory):
     root = tmp_path_factory.mktemp("secure")
     for m_i, m in enumerate(("good", "bad")):
         for k in range(3):
-            write_video(str(root / "media" / m / f"p{k}.webm"), moving_square(num_frames=4, seed=k + 7 * m_i), fps=8)
+            write_video(moving_square(num_frames=4, seed=k + 7 * m_i), root / "media" / m / f"p{k}.webm", fps=8)
     (root / "secret.txt").write_text("TOP-SECRET-MARKER\n")
     return root
 

@@ -76,7 +76,7 @@ def test_validation_loss_drops_on_real_video(trained):
 def test_camera_lora_fits_panning_clips(trained, tmp_path):
     root, model, _, _ = trained
     right = pan_clips(tmp_path / "pan", count=6, direction="right")
-    from svd_core.curation.video_io import probe
+    from svd_core.video_io import probe
 
     recs = [ClipRecord(str(p), probe(p).fps, 3.0) for p in right]
     base = copy.deepcopy(model)
@@ -110,7 +110,7 @@ def test_camera_lora_turns_the_sampled_motion_into_its_pan(tmp_path):
     """The paper's use of camera LoRAs: a base model that knows panning both ways from the same first frames (so it
     cannot tell the direction) is steered by a LoRA trained on right pans: the sampled videos' content moves left
     (negative x flow) with the LoRA, and not without it. ~1000 CPU steps: marked slow."""
-    from svd_core.curation.video_io import probe
+    from svd_core.video_io import probe
     from svd_core.testing import tiny_model
 
     right = pan_clips(tmp_path / "right", count=12, direction="right", centered=True)

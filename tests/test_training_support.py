@@ -47,7 +47,7 @@ def bikes_manifest(path: Path, **_) -> Path:
     """A curation manifest (Parquet) of the bikes shots with their real fps and Farneback motion scores."""
     from svd_core.curation.manifest import write_manifest
     from svd_core.curation.motion import motion_score
-    from svd_core.curation.video_io import probe
+    from svd_core.video_io import probe
 
     path = Path(path)
     rows = []

@@ -96,15 +96,15 @@ class LoadVideos(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, recursive=True):
-        from svd_core.curation.video_io import CurationError, list_videos
+        from svd_core.video_io import VIDEO_EXTENSIONS, list_videos
 
         path = node_path(cls.ID, "folder", folder, "input", kind="dir", allow_root=True)
         try:
             videos = list_videos(path, recursive=recursive)
-        except CurationError as exc:
+        except FileNotFoundError as exc:
             raise _bad(cls.ID, "folder", str(exc)) from exc
         if not videos:
-            raise _bad(cls.ID, "folder", f"no videos (.mp4 .mov .mkv .webm .avi .m4v) in {folder!r}")
+            raise _bad(cls.ID, "folder", f"no videos ({' '.join(VIDEO_EXTENSIONS)}) in {folder!r}")
         for v in videos:  # a link inside the folder must not lead out of input/ either
             check_inside(cls.ID, "folder", v, "input", what="a video in it links to a file that")
         return io.NodeOutput(videos, len(videos))
@@ -371,7 +371,7 @@ class Filter(io.ComfyNode):
     def execute(cls, clips, preset="custom", column="motion", percent=25.0, drop="bottom", min_value=-1e9,
                 max_value=1e9):
         from svd_core.curation.filtering import Filter as F, apply_filters, lvd_f_preset
-        from svd_core.curation.video_io import CurationError
+        from svd_core.curation import CurationError
 
         _Progress(1)
         try:

@@ -500,10 +500,11 @@ class LoadVideoFrames(io.ComfyNode):
 
     @classmethod
     def define_schema(cls):
-        from svd_core.eval.video_io import VIDEO_EXTS
+        from svd_core.video_io import VIDEO_EXTENSIONS
 
         root = folder_paths.get_input_directory()
-        files = sorted(f for f in os.listdir(root) if f.lower().endswith(VIDEO_EXTS)) if os.path.isdir(root) else []
+        files = sorted(f for f in os.listdir(root)
+                       if f.lower().endswith(VIDEO_EXTENSIONS)) if os.path.isdir(root) else []
         return io.Schema(
             node_id=PREFIX + "LoadVideoFrames", display_name="Load video frames (evaluation)", category=CATEGORY,
             description="Decode a video of ComfyUI's input folder into IMAGE frames, optionally resampled to an fps.",
@@ -523,10 +524,10 @@ class LoadVideoFrames(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, max_frames, fps) -> io.NodeOutput:
-        from svd_core.eval.video_io import read_video
+        from svd_core.video_io import read_frames
 
         path = _file(PREFIX + "LoadVideoFrames", "file", file)
-        frames = read_video(path, num_frames=max_frames or None, fps=fps or None)  # t h w c uint8
+        frames = read_frames(path, num_frames=max_frames or None, fps=fps or None)  # t h w c uint8
         images = torch.from_numpy(frames).float() / 255.0
         return io.NodeOutput(images, int(images.shape[0]))
 

@@ -50,7 +50,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="SVD-family .safetensors file or a diffusers folder")
     parser.add_argument("--image", required=True, help="input image (PNG, JPEG, WebP; at most 50 megapixels)")
     parser.add_argument("--out", required=True,
-                        help="output: .mp4 (H.264), .webm, .gif, or a new folder / NAME.png (PNG frames); an existing "
+                        help="output: .mp4 / .m4v / .mov / .mkv / .avi (H.264), .webm (VP9), .gif, or a new folder / "
+                             "NAME.png (PNG frames); an existing "
                              "file is replaced only if it is such a video, a folder only if it holds only our frames")
     parser.add_argument("--frames", type=arg_type("num_frames", "--frames"), default=None,
                         help="number of frames (default: the variant's)")

@@ -8,8 +8,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..video_io import first_middle_last, probe, read_frames_at
+from . import CurationError
 from .clip_models import load_open_clip
-from .video_io import CurationError, first_middle_last, probe, read_frames_at
 
 SOT, EOT = 49406, 49407  # open_clip SimpleTokenizer start / end of text
 # The manifest's caption columns and how often training samples each (paper App. C / E.2.2: CoCa 0.5, the video

@@ -35,11 +35,12 @@ def _bar(desc: str):
 
 
 def run(args) -> int:
-    from .video_io import CurationError
+    from ..video_io import MediaError
+    from . import CurationError
 
     try:
         return _run(args)
-    except CurationError as exc:
+    except (CurationError, MediaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .video_io import CurationError
+from . import CurationError
 
 
 def resolve_model_name(model: str) -> str:

@@ -1,14 +1,24 @@
 """Keyframe-aware clipping (paper App. C): snap shot bounds to keyframes and cut clips by packet copy."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..atomic import atomic_path
+from ..video_io import keyframe_times, open_video, stream_fps
+from . import CurationError
 from .cuts import Cancelled
-from .video_io import CurationError, _open, _stream_fps, source_id
+
+
+def source_id(path: str | os.PathLike) -> str:
+    """Stable id of a source video: file stem plus a hash of its absolute path (names clips and work files)."""
+    p = Path(path).resolve()
+    digest = hashlib.sha1(str(p).encode()).hexdigest()[:8]
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in p.stem)[:48]
+    return f"{stem}-{digest}"
 
 
 @dataclass
@@ -45,20 +55,31 @@ def snap_shots(cut_frames: Sequence[int], keyframes: Sequence[int], frame_count:
     return out
 
 
+_OWN_CONTAINER = {"gif": ".gif", "vp8": ".webm"}  # codecs MP4 cannot hold: their clips keep their container
+_MUXERS = {".gif": "gif", ".webm": "webm", ".mp4": "mp4"}
+
+
+def clip_suffix(src: str | os.PathLike) -> str:
+    """The container of a source's clips: .mp4 (H.264, VP9, MPEG-4, ... by packet copy); GIF and VP8 sources, which
+    MP4 cannot hold, give .gif / .webm clips."""
+    with open_video(src) as container:
+        return _OWN_CONTAINER.get(container.streams.video[0].codec_context.name, ".mp4")
+
+
 def _packet_copy(src: str, dst: str, start_frame: int, end_frame: int) -> int:
     """Copy the packets of frames [start_frame, end_frame) (keyframe aligned) into `dst`; returns packets written."""
     import av
 
-    with _open(src) as inp:
+    with open_video(src) as inp:
         ist = inp.streams.video[0]
-        fps = _stream_fps(ist)
+        fps = stream_fps(ist)
         t0 = ist.start_time or 0
         tb = ist.time_base
         to_pts = lambda f: t0 + int(round(f / fps / tb))  # noqa: E731
         start_pts, end_pts = to_pts(start_frame), to_pts(end_frame)
         tol = int(round(0.5 / fps / tb))  # half a frame, in stream ticks
         inp.seek(start_pts, stream=ist, backward=True, any_frame=False)
-        with av.open(dst, "w", format="mp4") as out:
+        with av.open(dst, "w", format=_MUXERS.get(Path(dst).suffix.lower(), "mp4")) as out:
             ost = out.add_stream_from_template(ist)
             started, written, offset = False, 0, None
             for pk in inp.demux(ist):
@@ -86,7 +107,7 @@ def write_clip(src: str, dst: str, start_frame: int, end_frame: int) -> str:
     dst_p.parent.mkdir(parents=True, exist_ok=True)
     if dst_p.resolve() == Path(src).resolve():
         raise CurationError(f"clip path {dst!r} is the source itself; choose another output folder")
-    with atomic_path(dst_p, keep_suffix=True) as tmp:  # the temp name keeps .mp4: it picks the muxer
+    with atomic_path(dst_p, keep_suffix=True) as tmp:  # the temp name keeps the clip's extension
         if _packet_copy(src, str(tmp), start_frame, end_frame) == 0:
             raise CurationError(f"no packets between frames {start_frame} and {end_frame} of {src!r}")
     return str(dst_p)
@@ -96,23 +117,22 @@ def clip_video(src: str, cut_frames: Sequence[int], fps: float, frame_count: int
                keyframes: Sequence[float] | None = None, min_duration: float = 1.0,
                progress: Callable[[int, int], None] | None = None,
                cancel: Callable[[], bool] | None = None) -> list[ClipSpec]:
-    """Cut `src` at keyframe-snapped shot bounds into `out_dir/<source id>/<source id>_NNNN.mp4` (App. C).
+    """Cut `src` at keyframe-snapped shot bounds into `out_dir/<source id>/<source id>_NNNN.mp4` (App. C; GIF
+    and VP8 sources: .gif / .webm, see `clip_suffix`).
 
     Clips shorter than `min_duration` seconds are dropped; existing complete clips are kept (resumable)."""
-    from .video_io import keyframe_times
-
     if min_duration < 0:
         raise CurationError(f"min_duration {min_duration} must be >= 0 seconds")
     key_t = keyframe_times(src) if keyframes is None else keyframes
     key_f = [int(round(t * fps)) for t in key_t]
     shots = snap_shots(cut_frames, key_f, frame_count, min_frames=max(1, int(round(min_duration * fps))))
     sid = source_id(src)
-    folder = Path(out_dir) / sid
+    folder, suffix = Path(out_dir) / sid, clip_suffix(src)
     specs = []
     for k, (a, b) in enumerate(shots):
         if cancel is not None and cancel():
             raise Cancelled(f"clipping of {src!r} cancelled after {k} clips")
-        dst = folder / f"{sid}_{k:04d}.mp4"
+        dst = folder / f"{sid}_{k:04d}{suffix}"
         if not dst.exists():
             write_clip(src, str(dst), a, b)
         specs.append(ClipSpec(str(src), k, a / fps, b / fps, a, b, str(dst)))

@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..config_check import check_instance, check_keys, need_range, read_config
+from ..video_io import list_videos
+from . import CurationError
 from .cuts import cascade_from_dicts
 from .filtering import filters_from_dicts
-from .video_io import CurationError, list_videos
 
 RUNNERS = ("local", "ray")
 CAPTION_METHODS = ("greedy", "top_k", "open_clip")
@@ -74,7 +75,9 @@ class CurationConfig:
         """The source videos: `sources` plus every video under `source_dir`, deduplicated, in order."""
         out = list(self.sources)
         if self.source_dir:
-            out += list_videos(self.source_dir)
+            if not Path(self.source_dir).is_dir():
+                raise CurationError(f"video folder {self.source_dir!r} does not exist; pass a folder that holds videos")
+            out += list_videos(self.source_dir, recursive=True)
         out = list(dict.fromkeys(str(Path(s)) for s in out))
         if not out:
             raise CurationError("no source videos: set `sources` (files) or `source_dir` (a folder of videos)")

@@ -7,7 +7,8 @@ from typing import Sequence
 
 from ..progress import CancelFn, Cancelled, ProgressFn  # noqa: F401 (the engine's one protocol, re-exported)
 from ..config_check import check_instance, check_types
-from .video_io import CurationError, iter_frames, probe
+from ..video_io import iter_frames, probe
+from . import CurationError
 
 DETECTORS = ("content", "adaptive", "threshold", "histogram")
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config_check import check_instance, check_types
-from .video_io import CurationError
+from . import CurationError
 
 PRESET_PERCENTS = (12.5, 25.0, 50.0)
 

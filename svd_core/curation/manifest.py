@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from ..atomic import atomic_write_bytes as _atomic_write_bytes
-from .video_io import CurationError
+from ..video_io import figure_to_rgb, new_figure
+from . import CurationError
 
 # Columns every manifest row has (scores and captions are added by the stages that ran).
 BASE_COLUMNS = ("clip_id", "source", "start", "end", "start_frame", "end_frame", "path", "duration", "frame_count",
@@ -75,16 +76,8 @@ def format_stats(stats: dict) -> str:
 def motion_histogram(rows: Sequence[dict], path: str | os.PathLike | None = None, column: str = "motion",
                      bins: int = 50) -> np.ndarray:
     """Histogram of the motion scores like the paper's Fig. 2; returns the PNG as an h w 3 uint8 RGB array."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     values = np.array([r[column] for r in rows if r.get(column) is not None], dtype=np.float64)
-    fig = Figure(figsize=(6, 4), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_figure()
     if values.size:
         ax.hist(values, bins=bins, color="#3b6ea8")
         ax.axvline(float(np.median(values)), color="k", linestyle="--", linewidth=1, label="median")
@@ -92,11 +85,4 @@ def motion_histogram(rows: Sequence[dict], path: str | os.PathLike | None = None
     ax.set_xlabel(f"{column} score (Farneback flow, 16 px maps)")
     ax.set_ylabel("clips")
     ax.set_title(f"{column} scores of {values.size} clips")
-    fig.tight_layout()
-    canvas.draw()
-    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # h w 3
-    if path is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write_bytes(path, buf.getvalue())
-    return rgb
+    return figure_to_rgb(fig, path)

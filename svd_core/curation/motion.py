@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..video_io import iter_frames
+from . import CurationError
 from .cuts import Cancelled
-from .video_io import CurationError, iter_frames
 
 
 @dataclass(frozen=True)

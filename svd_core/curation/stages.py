@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .clipping import clip_video
+from ..video_io import first_middle_last, probe, read_frames_at
+from .clipping import clip_video, source_id
 from .config import CurationConfig
 from .cuts import cascade_from_dicts, detect_cuts
 from .manifest import atomic_write_bytes
-from .video_io import first_middle_last, probe, read_frames_at, source_id
 
 
 def _load_json(path: Path):

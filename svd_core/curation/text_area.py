@@ -7,7 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .video_io import CurationError, first_middle_last, probe, read_frames_at
+from ..video_io import first_middle_last, probe, read_frames_at
+from . import CurationError
 
 
 def default_craft_weights() -> str:

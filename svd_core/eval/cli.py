@@ -108,19 +108,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _views(path: str) -> dict[str, np.ndarray]:
     """{object: (v, h, w, 3) uint8} from a video file, a folder of view images, or a folder of those."""
-    from .video_io import VIDEO_EXTS, list_images, read_image, read_video
+    from ..video_io import VIDEO_EXTENSIONS, list_images, read_frames
 
     if os.path.isfile(path):
-        return {"": read_video(path)}
+        return {"": read_frames(path)}
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path!r} is neither a video file nor a folder of views")
-    images = list_images(path)
-    if images:
-        return {"": np.stack([read_image(f) for f in images])}
+    if list_images(path):
+        return {"": read_frames(path)}  # the folder's images, sorted by name
     out = {}
     for name in sorted(os.listdir(path)):
         sub = os.path.join(path, name)
-        if os.path.isdir(sub) or name.lower().endswith(VIDEO_EXTS):
+        if os.path.isdir(sub) or name.lower().endswith(VIDEO_EXTENSIONS):
             out[os.path.splitext(name)[0]] = _views(sub)[""]
     if not out:
         raise ValueError(f"{path!r} holds no views (images, video files, or per-object folders)")

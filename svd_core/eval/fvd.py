@@ -7,9 +7,9 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..video_io import list_videos, read_frames
 from .features import ClipPreprocess, FeatureExtractor, preprocess_clip
 from .frechet import FeatureStats, frechet_distance, stats_cache_key
-from .video_io import list_videos, read_video
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (done, total)
@@ -47,7 +47,7 @@ def compute_stats(clips: Iterable, extractor: FeatureExtractor, pre: ClipPreproc
 def folder_stats(folder: str, extractor: FeatureExtractor, pre: ClipPreprocess, batch_size: int = 8,
                  cache_dir: str | None = None, progress: Progress | None = None) -> FeatureStats:
     """Statistics of every video in `folder`, read from / written to `cache_dir` when given (see `files_stats`)."""
-    files = list_videos(folder)
+    files = list_videos(folder, frame_folders=True)
     if len(files) < 2:
         raise ValueError(f"FVD needs at least 2 videos in {folder!r}, found {len(files)} "
                          "(video files or folders of frames)")
@@ -71,7 +71,7 @@ def files_stats(files: list[str], extractor: FeatureExtractor, pre: ClipPreproce
         if os.path.isfile(cache):
             log.info("FVD: reusing cached statistics %s", cache)
             return FeatureStats.load(cache)
-    clips = (read_video(f, num_frames=pre.num_frames, fps=pre.fps) for f in files)
+    clips = (read_frames(f, num_frames=pre.num_frames, fps=pre.fps) for f in files)
     stats = compute_stats(clips, extractor, pre, batch_size, total=len(files), progress=progress)
     stats.meta["num_videos"] = len(files)
     if cache:

@@ -111,21 +111,21 @@ def moving_square(num_frames: int = 8, height: int = 32, width: int = 48, speed:
 
 def video_set(folder, n: int = 4, seed: int = 0, noise: float = 0.0, ext: str = ".webm", **kw) -> list[str]:
     """Write `n` moving-square clips to `folder`; returns their paths."""
-    from .video_io import write_video
+    from ..video_io import write_video
 
     paths = []
     for i in range(n):
         p = os.path.join(str(folder), f"clip{i:03d}{ext}")
-        write_video(p, moving_square(seed=seed + i, noise=noise, **kw), fps=8)
+        write_video(moving_square(seed=seed + i, noise=noise, **kw), p, fps=8)
         paths.append(p)
     return paths
 
 
 def video_file(path, seed: int = 0, noise: float = 0.0, **kw) -> None:
     """One moving-square clip at `path` (workflow input factory)."""
-    from .video_io import write_video
+    from ..video_io import write_video
 
-    write_video(str(path), moving_square(seed=seed, noise=noise, **kw), fps=8)
+    write_video(moving_square(seed=seed, noise=noise, **kw), path, fps=8)
 
 
 def votes_csv(path, strengths: dict[str, float] | None = None, n: int = 400, seed: int = 0,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..atomic import atomic_path
-from .video_io import IMAGE_EXTS, VIDEO_EXTS, read_video, write_video
+from ..video_io import IMAGE_EXTENSIONS, MEDIA_TYPES, VIDEO_EXTENSIONS, read_frames, write_video
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_MEDIA_BYTES = 2 << 30  # one video / image file
@@ -26,10 +26,6 @@ MAX_AXES = 8
 MAX_TEXT = 2000  # prompt length
 _AXIS_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _CTRL_RE = re.compile(r"[\x00-\x1f\x7f]")
-# the media types the voting server may send; anything else in a manifest is refused at load
-MEDIA_TYPES = {".mp4": "video/mp4", ".webm": "video/webm", ".mkv": "video/x-matroska", ".mov": "video/quicktime",
-               ".avi": "video/x-msvideo", ".gif": "image/gif", ".png": "image/png", ".jpg": "image/jpeg",
-               ".jpeg": "image/jpeg", ".webp": "image/webp", ".bmp": "image/bmp"}
 
 AXIS_QUESTIONS = {
     "visual_quality": "Which video has the better visual quality?",
@@ -247,7 +243,7 @@ def check_media(path: str, roots, kind: str, what: str) -> str:
     `MAX_MEDIA_BYTES`."""
     if not isinstance(path, str) or not path:
         raise ValueError(f"{what}: expected a file path, got {path!r}")
-    allowed = VIDEO_EXTS if kind == "video" else IMAGE_EXTS
+    allowed = VIDEO_EXTENSIONS if kind == "video" else IMAGE_EXTENSIONS
     if os.path.splitext(path)[1].lower() not in allowed or media_type(path) is None:
         raise ValueError(f"{what}: {os.path.basename(path)!r} is not a {kind} file ({', '.join(allowed)})")
     if not inside(path, roots):
@@ -295,13 +291,13 @@ def study_from_folders(name: str, model_dirs: dict[str, str], prompts: dict[str,
             raise FileNotFoundError(f"video folder {d!r} of model {model!r} not found")
         for f in sorted(os.listdir(d)):
             stem, ext = os.path.splitext(f)
-            if ext.lower() in VIDEO_EXTS:
+            if ext.lower() in VIDEO_EXTENSIONS:
                 by_stem.setdefault(stem, {})[model] = os.path.join(d, f)
     items = []
     for stem, vids in sorted(by_stem.items()):
         image = None
         if image_dir:
-            image = next((os.path.join(image_dir, stem + e) for e in IMAGE_EXTS
+            image = next((os.path.join(image_dir, stem + e) for e in IMAGE_EXTENSIONS
                           if os.path.isfile(os.path.join(image_dir, stem + e))), None)
         first = os.path.dirname(next(iter(vids.values())))
         items.append(StudyItem(stem, _prompt_for(stem, first, prompts), image, vids))
@@ -335,6 +331,6 @@ def make_attention_checks(study: Study, n: int, out_dir: str, seed: int = 0) -> 
         it, m = rng.choice(candidates)
         bad = os.path.join(out_dir, f"check{k}_{it.id}_{m}.webm")
         if not os.path.isfile(bad):
-            write_video(bad, degrade(read_video(it.videos[m]), seed + k), fps=8)
+            write_video(degrade(read_frames(it.videos[m]), seed + k), bad, fps=8)
         checks.append(AttentionCheck(f"check{k}", it.videos[m], bad, it.prompt, it.image))
     return checks

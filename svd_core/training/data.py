@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..loading import save_tensors
+from ..video_io import VIDEO_EXTENSIONS, iter_frames, list_videos, probe
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 CACHE_VERSION = 1
 
 
@@ -128,12 +128,11 @@ def records_from_manifest(path: str | os.PathLike, motion_column: str = "motion"
 def records_from_folder(folder: str | os.PathLike, cancel: Callable[[], bool] | None = None) -> list[ClipRecord]:
     """Every video of a folder as a clip; fps from the container, motion scored like the curation (App. C)."""
     from ..curation.motion import motion_score
-    from ..curation.video_io import probe
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"clip folder {str(folder)!r} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+    files = [Path(f) for f in list_videos(folder, recursive=True)]
     if not files:
         raise DataError(f"no videos ({' '.join(VIDEO_EXTENSIONS)}) in {str(folder)!r}")
     out = []
@@ -152,17 +151,6 @@ def load_records(source: str | os.PathLike, cancel=None) -> list[ClipRecord]:
     return records_from_folder(s, cancel)
 
 
-def clip_frame_count(path: str) -> int:
-    import av
-
-    with av.open(path) as c:
-        stream = c.streams.video[0]
-        n = int(stream.frames or 0)
-        if n <= 0:
-            n = sum(1 for pk in c.demux(stream) if pk.size > 0)
-    return n
-
-
 def make_windows(records: Sequence[ClipRecord], num_frames: int, frame_stride: int = 0, target_fps: float = 7.0,
                  max_per_clip: int = 0) -> list[Window]:
     """Non-overlapping windows of every clip; stride `frame_stride`, or round(fps / target_fps) when 0."""
@@ -170,7 +158,7 @@ def make_windows(records: Sequence[ClipRecord], num_frames: int, frame_stride: i
     for r in records:
         stride = frame_stride or max(1, round(r.fps / target_fps))
         span = (num_frames - 1) * stride + 1
-        count = clip_frame_count(r.path)
+        count = probe(r.path).frame_count
         starts = list(range(0, count - span + 1, span))
         if max_per_clip:
             starts = starts[:max_per_clip]
@@ -192,18 +180,15 @@ def _fit(frame: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def read_window(window: Window, height: int, width: int) -> torch.Tensor:
-    """The window's frames, t 3 height width in [0, 1] (PyAV decode, resized and centre-cropped)."""
-    import av
-
+    """The window's frames, t 3 height width in [0, 1] (decoded by `video_io`, resized and centre-cropped)."""
     wanted = {window.start + i * window.stride: i for i in range(window.num_frames)}
     frames: list[torch.Tensor | None] = [None] * window.num_frames
-    with av.open(window.record.path) as c:
-        for index, frame in enumerate(c.decode(video=0)):
-            if index in wanted:
-                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float() / 255.0  # h w c -> c h w
-                frames[wanted[index]] = _fit(rgb, height, width)
-            if index >= max(wanted):
-                break
+    for index, _, frame in iter_frames(window.record.path):
+        if index in wanted:
+            rgb = torch.from_numpy(frame).permute(2, 0, 1).float() / 255.0  # h w c -> c h w
+            frames[wanted[index]] = _fit(rgb, height, width)
+        if index >= max(wanted):
+            break
     if any(f is None for f in frames):
         raise DataError(f"{window.record.path}: could not decode frames {sorted(wanted)} (the clip is shorter)")
     return torch.stack(frames)

@@ -1,25 +1,18 @@
 """Loss curve of a run (training loss per step, validation loss per check) as a PNG and an RGB array."""
 from __future__ import annotations
 
-import io
 import os
 from typing import Sequence
 
 import numpy as np
 
+from ..video_io import figure_to_rgb, new_figure
+
 
 def loss_curve(losses: Sequence[tuple[int, float]], val: Sequence[tuple[int, float]] = (),
                path: str | os.PathLike | None = None, title: str = "training loss") -> np.ndarray:
     """Plot (step, loss) pairs (log y axis, with a moving average) -> h w 3 uint8; written atomically to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_figure()
     if losses:
         s, v = np.array([x[0] for x in losses]), np.array([x[1] for x in losses], dtype=np.float64)
         ax.plot(s, v, color="#9bb7d4", linewidth=0.8, label="train (per step)")
@@ -35,13 +28,4 @@ def loss_curve(losses: Sequence[tuple[int, float]], val: Sequence[tuple[int, flo
     ax.set_xlabel("step")
     ax.set_ylabel("weighted EDM loss")
     ax.set_title(title)
-    fig.tight_layout()
-    canvas.draw()
-    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # h w 3
-    if path is not None:
-        from ..curation.manifest import atomic_write_bytes
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write_bytes(path, buf.getvalue())
-    return rgb
+    return figure_to_rgb(fig, path)
