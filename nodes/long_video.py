@@ -10,7 +10,7 @@ from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
-                     frames_to_image, image_to_bchw, latent_out)
+                     frames_to_image, image_to_bchw, latent_out, size_error)
 from .sampling import STEPS_TOOLTIP
 
 
@@ -143,9 +143,9 @@ class ChainedVideo(io.ComfyNode):
                           color_match=color_match, sampler=sampler, schedule=schedule)
         if ok is not True:
             return ok
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and value % 64:
-                return f"{cls.ID}: input '{name}' = {value} must be a multiple of 64"
+        error = size_error(cls.ID, width=width, height=height)
+        if error:
+            return error
         if clip_frames == 1:
             return f"{cls.ID}: input 'clip_frames' = 1 adds no frames per clip; use 0 (the model's count) or >= 2"
         return True

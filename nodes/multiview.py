@@ -9,7 +9,7 @@ from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDGuidance, SVDModel, SVDOrbit, bad_input, check_inputs,
-                     frames_to_image, image_to_bchw)
+                     frames_to_image, image_to_bchw, size_error)
 from .conditioning import parse_angles
 from .sampling import NOISE_DEVICE_TOOLTIP, STEPS_TOOLTIP
 
@@ -187,9 +187,9 @@ class MultiViewSampler(io.ComfyNode):
                           schedule=schedule, mask_is=mask_is, noise_device=noise_device)
         if ok is not True:
             return ok
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and value % 64:
-                return f"{cls.ID}: input '{name}' = {value} must be a multiple of 64"
+        error = size_error(cls.ID, width=width, height=height)
+        if error:
+            return error
         return True
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._comfy import PREFIX, SVDConditioning, SVDModel, bad_input, check_inputs
+from ._comfy import PREFIX, SVDConditioning, SVDModel, bad_input, check_inputs, size_error
 
 
 def _t2v():
@@ -57,9 +57,9 @@ class TextConditioning(io.ComfyNode):
         ok = check_inputs(cls, width=width, height=height, num_frames=num_frames)
         if ok is not True:
             return ok
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and value % 64:
-                return f"{cls.ID}: input '{name}' = {value} must be a multiple of 64"
+        error = size_error(cls.ID, width=width, height=height)
+        if error:
+            return error
         if prompt is not None and not str(prompt).strip():
             return f"{cls.ID}: input 'prompt' is empty; describe the video"
         return True
