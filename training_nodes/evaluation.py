@@ -120,7 +120,8 @@ class FVDFolders(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, folder_a, folder_b, i3d_name, protocol, num_frames, batch_size) -> bool | str:
+    def validate_inputs(cls, folder_a, folder_b, i3d_name=None, protocol=None, num_frames=None,
+                        batch_size=None) -> bool | str:
         return _input_error(cls.ID, "folder_a", folder_a) or _input_error(cls.ID, "folder_b", folder_b) or \
             _eval_error(cls.ID, "i3d_name", i3d_name) or \
             check_inputs(cls, protocol=protocol, num_frames=num_frames, batch_size=batch_size)
@@ -224,8 +225,8 @@ class UCF101FVD(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, real_folder, i3d_name, run_name, num_samples, samples_per_class, cfg, num_frames, fps,
-                        width, height, steps, seed) -> bool | str:
+    def validate_inputs(cls, real_folder, run_name, i3d_name=None, num_samples=None, samples_per_class=None, cfg=None,
+                        num_frames=None, fps=None, width=None, height=None, steps=None, seed=None) -> bool | str:
         node = cls.ID
         return _input_error(node, "real_folder", real_folder) or name_error(node, "run_name", run_name) or \
             _eval_error(node, "i3d_name", i3d_name) or size_error(node, width=width, height=height) or check_inputs(
@@ -349,7 +350,7 @@ class EloFromVotes(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, votes_file, orderings, ci, ordering_seed) -> bool | str:
+    def validate_inputs(cls, votes_file, orderings=None, ci=None, ordering_seed=None) -> bool | str:
         return _input_error(cls.ID, "votes_file", votes_file) or \
             check_inputs(cls, orderings=orderings, ci=ci, ordering_seed=ordering_seed)
 

@@ -429,7 +429,7 @@ class Stage1FromSD2(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name, prediction, filename):
+    def validate_inputs(cls, ckpt_name, filename, prediction=None):
         return name_error(cls.ID, "filename", filename, ".safetensors") or path_error(
             cls.ID, "ckpt_name", ckpt_name, "checkpoints", links_out=True) or check_inputs(cls, prediction=prediction)
 
