@@ -119,6 +119,39 @@ SCRIPT = textwrap.dedent(r'''
     for key, (group, node, good, bad) in CASES["bad_values"].items():
         cls = next(c for c in groups[group].NODES if c.ID == "SVDSuite_" + node)
         res["bad_values"][key] = [cls.validate_inputs(**good), cls.validate_inputs(**{**good, **bad})]
+    # the one cancel rule of the kit's Progress: ComfyUI's interrupt flag
+    import comfy.model_management as mm
+
+    def ends(fn):
+        try:
+            fn()
+        except mm.InterruptProcessingException:
+            return "interrupt"
+        except RuntimeError as exc:
+            return f"error: {exc}"
+        return "ran"
+
+    def engine_stops(progress, message):
+        def run():
+            with progress.stopping():
+                raise RuntimeError(message)
+        return run
+
+    cancel = {}
+    unpolled = _comfy.Progress(4)
+    mm.interrupt_current_processing(True)
+    cancel["unpolled_progress"] = ends(lambda: unpolled(1, 4))  # an engine without a cancel hook: stopped here
+    cancel["flag_after"] = mm.processing_interrupted()
+    polled = _comfy.Progress(4)
+    cancel["cancel_before"] = polled.cancel()
+    mm.interrupt_current_processing(True)
+    cancel["cancel_after"] = polled.cancel()
+    cancel["polled_progress"] = ends(lambda: polled(2, 4, 0.5))  # the engine stops itself (saves its state)
+    cancel["engine_stop"] = ends(engine_stops(polled, "cancelled at step 2"))  # its exception -> ComfyUI's interrupt
+    cancel["real_error"] = ends(engine_stops(_comfy.Progress(1), "disk full"))  # no Cancel: the error stays
+    mm.interrupt_current_processing(True)
+    cancel["start"] = ends(lambda: _comfy.Progress(1))  # Cancel before the node ran
+    res["cancel"] = cancel
     # property (hypothesis, bounded): any value built from path pieces is refused or lands inside its folder
     from hypothesis import given, settings, strategies as st
     pieces = st.sampled_from(["..", ".", "a", "clips", "out_link", "in_link", "/", "\\", "C:", "\x00", " ", "~",
@@ -347,3 +380,12 @@ def test_validate_inputs_names_the_input_of_a_bad_value(run, case):
     good, bad = run["bad_values"][case]
     assert good is True, good
     assert isinstance(bad, str) and bad.startswith(f"SVDSuite_{node}: input '{name}'") and reason in bad, bad
+
+
+def test_progress_has_one_cancel_rule_comfyuis_interrupt(run):
+    """One adapter for every node: a polled `cancel()` lets the engine stop cleanly (the trainer saves its state), an
+    engine without the hook is stopped by the progress callback, and `stopping()` turns what the engine raises
+    after Cancel into ComfyUI's interrupt; without Cancel an error stays an error."""
+    assert run["cancel"] == {"unpolled_progress": "interrupt", "flag_after": False, "cancel_before": False,
+                             "cancel_after": True, "polled_progress": "ran", "engine_stop": "interrupt",
+                             "real_error": "error: disk full", "start": "interrupt"}
