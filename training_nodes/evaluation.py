@@ -12,8 +12,8 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..nodes._comfy import (PREFIX, NodeInputError, Progress, SVDModel, bad_input, category, check_inputs, check_inside, name_error,
-                            node_path, path_error, plain_name, size_error)
+from ..nodes._comfy import (PREFIX, NodeInputError, Progress, SVDModel, bad_input, category, check_inputs, check_inside,
+                            name_error, node_path, path_error, plain_name, size_error)
 
 CATEGORY = category("evaluation")
 # models/svd_eval/: i3d_torchscript.pt, LPIPS weights, open_clip checkpoints for CLIP-S (all user-supplied)
