@@ -346,9 +346,14 @@ class Progress:
         self.done = int(done)
         if total is not None:
             self.total = max(int(total), 1)
-        self.bar.update_absolute(self.done, self.total)
-        if not self.polled:
-            mm.throw_exception_if_processing_interrupted()
+        try:
+            self.bar.update_absolute(self.done, self.total)  # ComfyUI's progress hook raises its interrupt on Cancel
+            if not self.polled:
+                mm.throw_exception_if_processing_interrupted()
+        except mm.InterruptProcessingException:
+            if not self.polled:
+                raise
+            mm.interrupt_current_processing(True)  # keep the flag up: the engine stops at its next cancel() poll
 
     __call__ = absolute
 

@@ -137,6 +137,12 @@ SCRIPT = textwrap.dedent(r'''
                 raise RuntimeError(message)
         return run
 
+    import comfy.utils
+
+    def server_hook(value, total, preview, prompt_id=None, node_id=None):  # what ComfyUI's server sets (main.py)
+        mm.throw_exception_if_processing_interrupted()
+
+    comfy.utils.set_progress_bar_global_hook(server_hook)
     cancel = {}
     unpolled = _comfy.Progress(4)
     mm.interrupt_current_processing(True)
@@ -147,10 +153,12 @@ SCRIPT = textwrap.dedent(r'''
     mm.interrupt_current_processing(True)
     cancel["cancel_after"] = polled.cancel()
     cancel["polled_progress"] = ends(lambda: polled(2, 4, 0.5))  # the engine stops itself (saves its state)
+    cancel["flag_kept"] = polled.cancel()  # the bar's hook raised and lowered the flag: raised again for the engine
     cancel["engine_stop"] = ends(engine_stops(polled, "cancelled at step 2"))  # its exception -> ComfyUI's interrupt
     cancel["real_error"] = ends(engine_stops(_comfy.Progress(1), "disk full"))  # no Cancel: the error stays
     mm.interrupt_current_processing(True)
     cancel["start"] = ends(lambda: _comfy.Progress(1))  # Cancel before the node ran
+    comfy.utils.set_progress_bar_global_hook(None)
     res["cancel"] = cancel
     # property (hypothesis, bounded): any value built from path pieces is refused or lands inside its folder
     from hypothesis import given, settings, strategies as st
@@ -383,9 +391,10 @@ def test_validate_inputs_names_the_input_of_a_bad_value(run, case):
 
 
 def test_progress_has_one_cancel_rule_comfyuis_interrupt(run):
-    """One adapter for every node: a polled `cancel()` lets the engine stop cleanly (the trainer saves its state), an
-    engine without the hook is stopped by the progress callback, and `stopping()` turns what the engine raises
-    after Cancel into ComfyUI's interrupt; without Cancel an error stays an error."""
+    """One adapter for every node: a polled `cancel()` lets the engine stop cleanly (the trainer saves its state) even
+    though ComfyUI's progress hook raises on Cancel, an engine without the hook is stopped by the progress callback,
+    and `stopping()` turns what the engine raises after Cancel into ComfyUI's interrupt; without Cancel an error stays
+    an error."""
     assert run["cancel"] == {"unpolled_progress": "interrupt", "flag_after": False, "cancel_before": False,
-                             "cancel_after": True, "polled_progress": "ran", "engine_stop": "interrupt",
-                             "real_error": "error: disk full", "start": "interrupt"}
+                             "cancel_after": True, "polled_progress": "ran", "flag_kept": True,
+                             "engine_stop": "interrupt", "real_error": "error: disk full", "start": "interrupt"}
