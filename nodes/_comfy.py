@@ -327,10 +327,10 @@ class Progress:
     """ComfyUI's progress bar and Cancel button for one node run: the engine's `progress(done, total)` callback and
     its `cancel()` hook. Raises ComfyUI's interrupt at once when Cancel was pressed before the run.
 
-    One cancel rule for the pack, ComfyUI's interrupt flag. An engine that takes a `cancel` hook polls it and stops
-    cleanly (saving a resumable state, keeping finished files); one that does not (sampling, decoding, metrics) is
-    stopped by the progress callback, which raises ComfyUI's interrupt when no one polls `cancel()`. Wrap the engine
-    call in `with progress.stopping():` so whatever it raises after a Cancel reaches ComfyUI as its interrupt.
+    One cancel rule for the pack, ComfyUI's interrupt flag. An engine that stops cleanly (saving a resumable state,
+    keeping finished files) polls `cancel()`; one with nothing to save is aborted at once: by the progress callback
+    (sampling, decoding, metrics) or by `interrupt()` as its cancel hook. Wrap a `cancel()` engine's call in
+    `with progress.stopping():` so whatever it raises after a Cancel reaches ComfyUI as its interrupt.
     """
 
     def __init__(self, total: int = 1):
@@ -361,6 +361,13 @@ class Progress:
         """The engine's cancel hook: True once the user pressed Cancel (the engine then stops cleanly)."""
         self.polled = True
         return bool(mm.processing_interrupted())
+
+    @staticmethod
+    def interrupt() -> bool:
+        """The cancel hook of an engine with nothing to save (long-video windows): raises ComfyUI's interrupt at once
+        on Cancel, else False."""
+        mm.throw_exception_if_processing_interrupted()
+        return False
 
     @contextmanager
     def stopping(self):

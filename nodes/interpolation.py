@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from svd_core import interpolation
 from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
@@ -11,12 +12,6 @@ from ._comfy import (PREFIX, SEED_MAX, Progress, SVDGuidance, SVDModel, bad_inpu
 
 FRAMES_OUT_TOOLTIP = ("Interpolated video: every original frame followed by the 3 generated in-between frames "
                       "(the last original frame closes it); (n-1)*4+1 frames at the input size.")
-
-
-def _interp():
-    from svd_core import interpolation
-
-    return interpolation
 
 
 class FrameInterpolation(io.ComfyNode):
@@ -79,7 +74,7 @@ class FrameInterpolation(io.ComfyNode):
         model = svd_model.acquire()
         pairs = frames.shape[0] - 1
         progress = Progress(-(-pairs // batch_size) * (steps + 1))
-        out = _interp().interpolate_video(
+        out = interpolation.interpolate_video(
             model, image_to_bchw(frames), batch_size=batch_size, width=width or None, height=height or None,
             fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, guidance=guidance, sampler=sampler,
             schedule=schedule, steps=steps, seed=seed, callback=progress.absolute)

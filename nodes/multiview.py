@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from svd_core import multiview
 from svd_core.pipeline import NOISE_DEVICES, RESIZE_MODES
 from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
@@ -34,12 +35,6 @@ def object_alpha(node_id: str, image, mask, mask_is: str):
     if m.shape[0] not in (1, image.shape[0]):
         raise bad_input(node_id, "mask", f"has {m.shape[0]} masks for {image.shape[0]} images (give 1 or one each)")
     return (1.0 - m.float()) if mask_is == "background" else m.float()
-
-
-def _mv():
-    from svd_core import multiview
-
-    return multiview
 
 
 class OrbitBuilder(io.ComfyNode):
@@ -92,7 +87,7 @@ class OrbitBuilder(io.ComfyNode):
         except ValueError as exc:  # the shared parser speaks of num_frames; this node's input is num_views
             raise type(exc)(str(exc).replace("num_frames", "num_views")) from None
         try:
-            return _mv().build_orbit(preset, num_views, elevation=elevation, amplitude=amplitude, periods=periods,
+            return multiview.build_orbit(preset, num_views, elevation=elevation, amplitude=amplitude, periods=periods,
                                      end_elevation=end_elevation, azimuth_jitter=azimuth_jitter, seed=jitter_seed,
                                      elevations=elev, azimuths=azim, radius=radius)
         except ValueError as exc:
@@ -120,7 +115,7 @@ class OrbitBuilder(io.ComfyNode):
                 elevations, azimuths, radius) -> io.NodeOutput:
         orbit = cls._build(preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter,
                            jitter_seed, elevations, azimuths, radius)
-        return io.NodeOutput(orbit.to_dict(), _mv().cameras_json(orbit))
+        return io.NodeOutput(orbit.to_dict(), multiview.cameras_json(orbit))
 
 
 class MultiViewSampler(io.ComfyNode):
@@ -196,7 +191,7 @@ class MultiViewSampler(io.ComfyNode):
     def execute(cls, svd_model, image, width, height, cond_aug, resize_mode, sampler, schedule, steps, seed,
                 decode_t, orbit=None, guidance=None, mask=None, mask_is="background", recenter=True,
                 image_frame_ratio=0.0, replace_last_view=True, noise_device="cpu") -> io.NodeOutput:
-        mv = _mv()
+        mv = multiview
         spec = svd_model.spec
         try:
             mv._kind(spec)

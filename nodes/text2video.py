@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from svd_core import text2video
+
 from ._comfy import PREFIX, SVDConditioning, SVDModel, bad_input, check_inputs, size_error
-
-
-def _t2v():
-    from svd_core import text2video
-
-    return text2video
 
 
 class TextConditioning(io.ComfyNode):
@@ -71,7 +67,7 @@ class TextConditioning(io.ComfyNode):
             raise bad_input(cls.ID, "svd_model", f"{svd_model.name} is a {svd_model.spec.name} model; load a "
                                                  f"text-to-video checkpoint (variant t2v)")
         model = svd_model.acquire()
-        cond = _t2v().text_conditioning(model, prompt, temporal_prompt=temporal_prompt or None,
+        cond = text2video.text_conditioning(model, prompt, temporal_prompt=temporal_prompt or None,
                                         negative_prompt=negative_prompt, batch=batch_size, num_frames=num_frames,
                                         width=width, height=height, fps=fps, motion_score=motion_score)
         return io.NodeOutput(cond)
