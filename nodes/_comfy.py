@@ -1,5 +1,7 @@
-"""What every node of the pack shares: its ComfyUI types, ComfyUI-managed models, progress and interrupt, and the
-confinement of every input that becomes a path to ComfyUI's folders (`node_path`).
+"""The node kit: what every node of the pack (nodes/ and training_nodes/) shares. Node ids and categories, the
+pack's ComfyUI socket types, input errors (`bad_input`, `check_inputs`, `size_error` for `validate_inputs`),
+ComfyUI-managed models, progress and Cancel (`Progress`), and the confinement of every input that becomes a path
+to ComfyUI's folders (`node_path`).
 
 Devices and memory come from `comfy.model_management` (`--cpu`, low-VRAM offload, the *Free model and node cache*
 button), progress from `comfy.utils.ProgressBar`, interrupts from
@@ -11,6 +13,7 @@ import math
 import os
 import threading
 import weakref
+from contextlib import contextmanager
 from pathlib import PureWindowsPath
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -29,19 +32,28 @@ SVDModel = io.Custom("SVDSUITE_MODEL")
 SVDConditioning = io.Custom("SVDSUITE_CONDITIONING")
 SVDGuidance = io.Custom("SVDSUITE_GUIDANCE")
 SVDOrbit = io.Custom("SVDSUITE_ORBIT")
+# training_nodes/: curation (videos -> cuts -> scored clips), training (dataset, model, settings, finished run)
+Videos = io.Custom("SVDSUITE_VIDEOS")
+Cuts = io.Custom("SVDSUITE_CUTS")
+Clips = io.Custom("SVDSUITE_CLIPS")
+OpenClip = io.Custom("SVDSUITE_OPEN_CLIP")
+TrainDataset = io.Custom("SVDSUITE_TRAIN_DATASET")
+TrainModel = io.Custom("SVDSUITE_TRAIN_MODEL")
+TrainSettings = io.Custom("SVDSUITE_TRAIN_SETTINGS")
+Trained = io.Custom("SVDSUITE_TRAINED")
 
 PREFIX = "SVDSuite_"
+
+
+def category(group: str) -> str:
+    """The menu category of a node group ("conditioning", "training", ...): all under svd/."""
+    return f"svd/{group}"
+
+
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # latent dict key carrying frames per video, so decode/sampling know where one video ends ("(b t) c h w")
 FRAMES_KEY = "svd_num_frames"
-
-
-def engine():
-    """`svd_core.pipeline`, imported on first use so registering the nodes stays cheap."""
-    from svd_core import pipeline
-
-    return pipeline
 
 
 class NodeInputError(ValueError):
@@ -76,6 +88,17 @@ def check_inputs(cls, **values: Any) -> bool | str:
             if high is not None and value > high:
                 return f"{cls.ID}: input '{name}' = {value} is above the maximum {high}"
     return True
+
+
+def size_error(node_id: str, allow_zero: bool = False, **sizes: int | None) -> str | None:
+    """For `validate_inputs`: the message for a width / height that is not a multiple of 64 (the UNet halves the
+    8x-downsampled latent three times), or None (also for a linked input); `allow_zero` where 0 means "auto"."""
+    for name, value in sizes.items():
+        if value is not None and value % 64:
+            auto = "0 (auto) or " if allow_zero else ""
+            return (f"{node_id}: input '{name}' = {value} must be {auto}a multiple of 64 (the UNet halves the latent "
+                    f"3 times)")
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -292,21 +315,69 @@ def load_cached(key: tuple, name: str, loader: Callable[[torch.device, "torch.dt
         return loaded
 
 
-class Progress:
-    """ComfyUI progress bar plus interrupt check, as a k-diffusion style step callback."""
+def as_loaded(module: torch.nn.Module, name: str) -> LoadedSVD:
+    """A model made by a node (the Train node's trained model) as it travels between nodes, like a loaded one."""
+    module.eval().requires_grad_(False)
+    patcher = comfy.model_patcher.ModelPatcher(module.to(mm.unet_offload_device()), load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return LoadedSVD(patcher, name)
 
-    def __init__(self, total: int):
+
+class Progress:
+    """ComfyUI's progress bar and Cancel button for one node run: the engine's `progress(done, total)` callback and
+    its `cancel()` hook. Raises ComfyUI's interrupt at once when Cancel was pressed before the run.
+
+    One cancel rule for the pack, ComfyUI's interrupt flag. An engine that stops cleanly (saving a resumable state,
+    keeping finished files) polls `cancel()`; one with nothing to save is aborted at once: by the progress callback
+    (sampling, decoding, metrics) or by `interrupt()` as its cancel hook. Wrap a `cancel()` engine's call in
+    `with progress.stopping():` so whatever it raises after a Cancel reaches ComfyUI as its interrupt.
+    """
+
+    def __init__(self, total: int = 1):
         self.total = max(int(total), 1)
         self.bar = comfy.utils.ProgressBar(self.total)
         self.done = 0
+        self.polled = False
         mm.throw_exception_if_processing_interrupted()
 
     def absolute(self, done: int, total: int | None = None, stage: str | None = None) -> None:
         """`done` of `total` units finished (the engine's `svd_core.progress` callback, any stage); raises
-        InterruptProcessingException on Cancel."""
+        ComfyUI's interrupt on Cancel unless the engine polls `cancel()`."""
         self.done = int(done)
-        self.bar.update_absolute(self.done, total if total is not None else self.total)
+        if total is not None:
+            self.total = max(int(total), 1)
+        try:
+            self.bar.update_absolute(self.done, self.total)  # ComfyUI's progress hook raises its interrupt on Cancel
+            if not self.polled:
+                mm.throw_exception_if_processing_interrupted()
+        except mm.InterruptProcessingException:
+            if not self.polled:
+                raise
+            mm.interrupt_current_processing(True)  # keep the flag up: the engine stops at its next cancel() poll
+
+    __call__ = absolute
+
+    def cancel(self) -> bool:
+        """The engine's cancel hook: True once the user pressed Cancel (the engine then stops cleanly)."""
+        self.polled = True
+        return bool(mm.processing_interrupted())
+
+    @staticmethod
+    def interrupt() -> bool:
+        """The cancel hook of an engine with nothing to save (long-video windows): raises ComfyUI's interrupt at once
+        on Cancel, else False."""
         mm.throw_exception_if_processing_interrupted()
+        return False
+
+    @contextmanager
+    def stopping(self):
+        """Around an engine call: an exception raised after Cancel (the engine's own Cancelled / Interrupted, ...)
+        becomes ComfyUI's interrupt, so the run ends as cancelled, not as failed."""
+        try:
+            yield self
+        except Exception:
+            mm.throw_exception_if_processing_interrupted()
+            raise
 
 
 def image_to_bchw(image: torch.Tensor) -> torch.Tensor:

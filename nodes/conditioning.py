@@ -4,10 +4,12 @@ from __future__ import annotations
 import numpy as np
 from comfy_api.latest import io
 
+from svd_core import pipeline
 from svd_core.pipeline import RESIZE_MODES
 from svd_core.validation import check
 
-from ._comfy import PREFIX, SEED_MAX, SVDConditioning, SVDModel, SVDOrbit, bad_input, check_inputs, engine, image_to_bchw
+from ._comfy import (PREFIX, SEED_MAX, SVDConditioning, SVDModel, SVDOrbit, bad_input, check_inputs, image_to_bchw,
+                     size_error)
 
 COND_TOOLTIP = "Conditioning for the SVD Sampler (image embedding, first-frame latent, per-frame vectors)."
 
@@ -32,13 +34,6 @@ def _common_inputs(cond_aug: float) -> list:
         io.Int.Input("seed", default=23, min=0, max=SEED_MAX, control_after_generate=True,
                      tooltip="Seed of the conditioning-augmentation noise (reference script 23)."),
     ]
-
-
-def _check_size(node_id: str, width: int, height: int) -> bool | str:
-    for name, value in (("width", width), ("height", height)):
-        if value is not None and value % 64:
-            return f"{node_id}: input '{name}' = {value} must be a multiple of 64 (the UNet halves the latent 3 times)"
-    return True
 
 
 class ImageConditioning(io.ComfyNode):
@@ -70,13 +65,13 @@ class ImageConditioning(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, width: int, height: int, resize_mode: str) -> bool | str:
         ok = check_inputs(cls, width=width, height=height, resize_mode=resize_mode)
-        return _check_size(cls.ID, width, height) if ok is True else ok
+        return (size_error(cls.ID, width=width, height=height) or True) if ok is True else ok
 
     @classmethod
     def execute(cls, svd_model, image, width, height, num_frames, fps, motion_bucket_id, cond_aug, resize_mode,
                 seed) -> io.NodeOutput:
         model = svd_model.acquire()
-        cond = engine().image_conditioning(
+        cond = pipeline.image_conditioning(
             model, image_to_bchw(image), num_frames=num_frames, width=width, height=height, fps=fps,
             motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed)
         return io.NodeOutput(cond)
@@ -156,7 +151,7 @@ class OrbitConditioning(io.ComfyNode):
             return str(exc)
         if elev is not None and any(not -90 <= e <= 90 for e in elev):
             return f"{cls.ID}: input 'elevations' = {elevations!r}: every elevation must lie in [-90, 90] degrees"
-        return _check_size(cls.ID, width, height)
+        return size_error(cls.ID, width=width, height=height) or True
 
     @classmethod
     def execute(cls, svd_model, image, width, height, num_frames, elevations, azimuths, cond_aug, resize_mode,
@@ -172,7 +167,7 @@ class OrbitConditioning(io.ComfyNode):
 
         alpha = object_alpha(cls.ID, image, mask, mask_is)
         model = svd_model.acquire()
-        cond = engine().orbit_conditioning(
+        cond = pipeline.orbit_conditioning(
             model, image_to_bchw(image), elevations=elev, azimuths=azim, num_frames=num_frames, width=width,
             height=height, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed, mask=alpha,
             image_frame_ratio=image_frame_ratio or None)
@@ -214,7 +209,7 @@ class OrbitKeyframes(io.ComfyNode):
     @classmethod
     def execute(cls, keyframes: str, num_frames: int) -> io.NodeOutput:
         elev, azim = keyframed_orbit(parse_keyframes(cls.ID, keyframes), num_frames)
-        engine().orbit_angles(num_frames, elev, azim)  # the engine's own checks (elevation range, lengths)
+        pipeline.orbit_angles(num_frames, elev, azim)  # the engine's own checks (elevation range, lengths)
         return io.NodeOutput({"elevations": elev, "azimuths": azim})
 
 

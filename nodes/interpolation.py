@@ -3,20 +3,15 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from svd_core import interpolation
 from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDGuidance, SVDModel, bad_input, check_inputs, frames_to_image,
-                     image_to_bchw)
+                     image_to_bchw, size_error)
 
 FRAMES_OUT_TOOLTIP = ("Interpolated video: every original frame followed by the 3 generated in-between frames "
                       "(the last original frame closes it); (n-1)*4+1 frames at the input size.")
-
-
-def _interp():
-    from svd_core import interpolation
-
-    return interpolation
 
 
 class FrameInterpolation(io.ComfyNode):
@@ -65,10 +60,7 @@ class FrameInterpolation(io.ComfyNode):
         ok = check_inputs(cls, width=width, height=height, sampler=sampler, schedule=schedule)
         if ok is not True:
             return ok
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and value % 64:
-                return f"{cls.ID}: input '{name}' = {value} must be 0 (auto) or a multiple of 64"
-        return True
+        return size_error(cls.ID, allow_zero=True, width=width, height=height) or True
 
     @classmethod
     def execute(cls, svd_model, frames, width, height, batch_size, fps, motion_bucket_id, cond_aug, sampler,
@@ -82,7 +74,7 @@ class FrameInterpolation(io.ComfyNode):
         model = svd_model.acquire()
         pairs = frames.shape[0] - 1
         progress = Progress(-(-pairs // batch_size) * (steps + 1))
-        out = _interp().interpolate_video(
+        out = interpolation.interpolate_video(
             model, image_to_bchw(frames), batch_size=batch_size, width=width or None, height=height or None,
             fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, guidance=guidance, sampler=sampler,
             schedule=schedule, steps=steps, seed=seed, callback=progress.absolute)

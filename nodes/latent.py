@@ -4,8 +4,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 from einops import rearrange
 
-from ._comfy import (PREFIX, SEED_MAX, Progress, SVDModel, bad_input, check_inputs, engine, frames_to_image,
-                     latent_frames, latent_out)
+from svd_core import pipeline
+
+from ._comfy import (PREFIX, SEED_MAX, Progress, SVDModel, bad_input, check_inputs, frames_to_image, latent_frames,
+                     latent_out)
 
 
 class Decode(io.ComfyNode):
@@ -48,7 +50,7 @@ class Decode(io.ComfyNode):
         model = svd_model.acquire()
         samples = latent["samples"]
         progress = Progress(samples.shape[0])
-        frames = engine().decode(model, samples, num_frames, decode_t=decode_t, overlap=overlap,
+        frames = pipeline.decode(model, samples, num_frames, decode_t=decode_t, overlap=overlap,
                                  image_decoder=image_decoder, callback=progress.absolute)
         return io.NodeOutput(frames_to_image(frames))
 
@@ -90,7 +92,7 @@ class Encode(io.ComfyNode):
         model = svd_model.acquire()
         Progress(1)
         video = rearrange(frames[..., :3].float(), "(b t) h w c -> b t c h w", t=t)  # IMAGE batch -> videos
-        samples = engine().encode(model, video, sample_posterior=sample_posterior, seed=seed)
+        samples = pipeline.encode(model, video, sample_posterior=sample_posterior, seed=seed)
         return io.NodeOutput(latent_out(samples, t))
 
 

@@ -1,29 +1,17 @@
 """Long videos beyond the trained frame count: a sliding-window sampler and a chained image-to-video node."""
 from __future__ import annotations
 
-import comfy.model_management as mm
 from comfy_api.latest import io
 
+from svd_core import long_video
 from svd_core.long_video import BLENDS, COLOR_MATCH, WINDOW_SCHEDULES
 from svd_core.pipeline import RESIZE_MODES
 from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
-                     frames_to_image, image_to_bchw, latent_out)
+                     frames_to_image, image_to_bchw, latent_out, size_error)
 from .sampling import STEPS_TOOLTIP
-
-
-def _long_video():
-    from svd_core import long_video
-
-    return long_video
-
-
-def _interrupted() -> bool:
-    """Between windows: raise ComfyUI's interrupt if the user pressed Cancel."""
-    mm.throw_exception_if_processing_interrupted()
-    return False
 
 
 def _sampling_inputs() -> list:
@@ -86,10 +74,10 @@ class SlidingWindowSampler(io.ComfyNode):
         steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
         model = svd_model.acquire()
         progress = Progress(steps)
-        samples = _long_video().sample_windows(
+        samples = long_video.sample_windows(
             model, conditioning, guidance, window=win, overlap=overlap, schedule=window_schedule, blend=blend,
             sampler=sampler, sigma_schedule=schedule, steps=steps, seed=seed, callback=progress.absolute,
-            cancel=_interrupted)
+            cancel=progress.interrupt)
         return io.NodeOutput(latent_out(samples, conditioning.num_frames))
 
 
@@ -143,9 +131,9 @@ class ChainedVideo(io.ComfyNode):
                           color_match=color_match, sampler=sampler, schedule=schedule)
         if ok is not True:
             return ok
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and value % 64:
-                return f"{cls.ID}: input '{name}' = {value} must be a multiple of 64"
+        error = size_error(cls.ID, width=width, height=height)
+        if error:
+            return error
         if clip_frames == 1:
             return f"{cls.ID}: input 'clip_frames' = 1 adds no frames per clip; use 0 (the model's count) or >= 2"
         return True
@@ -166,7 +154,7 @@ class ChainedVideo(io.ComfyNode):
             if stage == "sampling":
                 progress.absolute(done, total)
 
-        frames = _long_video().chain(
+        frames = long_video.chain(
             model, image_to_bchw(image), num_frames=num_frames, clip_frames=clip, guidance=guidance,
             color_match=color_match, width=width, height=height, fps=fps, motion_bucket_id=motion_bucket_id,
             cond_aug=cond_aug, resize_mode=resize_mode, sampler=sampler, sigma_schedule=schedule, steps=steps,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from svd_core import multiview
 from svd_core.pipeline import NOISE_DEVICES, RESIZE_MODES
 from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDGuidance, SVDModel, SVDOrbit, bad_input, check_inputs,
-                     frames_to_image, image_to_bchw)
+                     frames_to_image, image_to_bchw, size_error)
 from .conditioning import parse_angles
 from .sampling import NOISE_DEVICE_TOOLTIP, STEPS_TOOLTIP
 
@@ -34,12 +35,6 @@ def object_alpha(node_id: str, image, mask, mask_is: str):
     if m.shape[0] not in (1, image.shape[0]):
         raise bad_input(node_id, "mask", f"has {m.shape[0]} masks for {image.shape[0]} images (give 1 or one each)")
     return (1.0 - m.float()) if mask_is == "background" else m.float()
-
-
-def _mv():
-    from svd_core import multiview
-
-    return multiview
 
 
 class OrbitBuilder(io.ComfyNode):
@@ -92,7 +87,7 @@ class OrbitBuilder(io.ComfyNode):
         except ValueError as exc:  # the shared parser speaks of num_frames; this node's input is num_views
             raise type(exc)(str(exc).replace("num_frames", "num_views")) from None
         try:
-            return _mv().build_orbit(preset, num_views, elevation=elevation, amplitude=amplitude, periods=periods,
+            return multiview.build_orbit(preset, num_views, elevation=elevation, amplitude=amplitude, periods=periods,
                                      end_elevation=end_elevation, azimuth_jitter=azimuth_jitter, seed=jitter_seed,
                                      elevations=elev, azimuths=azim, radius=radius)
         except ValueError as exc:
@@ -120,7 +115,7 @@ class OrbitBuilder(io.ComfyNode):
                 elevations, azimuths, radius) -> io.NodeOutput:
         orbit = cls._build(preset, num_views, elevation, amplitude, periods, end_elevation, azimuth_jitter,
                            jitter_seed, elevations, azimuths, radius)
-        return io.NodeOutput(orbit.to_dict(), _mv().cameras_json(orbit))
+        return io.NodeOutput(orbit.to_dict(), multiview.cameras_json(orbit))
 
 
 class MultiViewSampler(io.ComfyNode):
@@ -187,16 +182,16 @@ class MultiViewSampler(io.ComfyNode):
                           schedule=schedule, mask_is=mask_is, noise_device=noise_device)
         if ok is not True:
             return ok
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and value % 64:
-                return f"{cls.ID}: input '{name}' = {value} must be a multiple of 64"
+        error = size_error(cls.ID, width=width, height=height)
+        if error:
+            return error
         return True
 
     @classmethod
     def execute(cls, svd_model, image, width, height, cond_aug, resize_mode, sampler, schedule, steps, seed,
                 decode_t, orbit=None, guidance=None, mask=None, mask_is="background", recenter=True,
                 image_frame_ratio=0.0, replace_last_view=True, noise_device="cpu") -> io.NodeOutput:
-        mv = _mv()
+        mv = multiview
         spec = svd_model.spec
         try:
             mv._kind(spec)

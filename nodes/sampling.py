@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from svd_core import pipeline
 from svd_core.pipeline import NOISE_DEVICES
 from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
-                     engine, latent_frames, latent_out)
+                     latent_frames, latent_out)
 
 STEPS_TOOLTIP = ("Sampling steps; 0 = the loaded model's reference value (svd / svd_image_decoder 25, svd_xt / "
                  "svd_xt_1_1 / svd_xt_image_decoder 30, sv3d_u / sv3d_p 50).")
@@ -70,7 +71,7 @@ class Sampler(io.ComfyNode):
         steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
         model = svd_model.acquire()
         progress = Progress(steps)
-        samples = engine().sample(model, conditioning, guidance, sampler=sampler, schedule=schedule, steps=steps,
+        samples = pipeline.sample(model, conditioning, guidance, sampler=sampler, schedule=schedule, steps=steps,
                                   seed=seed, init_latent=init, denoise=denoise, callback=progress.absolute,
                                   noise_device=noise_device)
         return io.NodeOutput(latent_out(samples, conditioning.num_frames))

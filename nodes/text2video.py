@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._comfy import PREFIX, SVDConditioning, SVDModel, bad_input, check_inputs
+from svd_core import text2video
 
-
-def _t2v():
-    from svd_core import text2video
-
-    return text2video
+from ._comfy import PREFIX, SVDConditioning, SVDModel, bad_input, check_inputs, size_error
 
 
 class TextConditioning(io.ComfyNode):
@@ -57,9 +53,9 @@ class TextConditioning(io.ComfyNode):
         ok = check_inputs(cls, width=width, height=height, num_frames=num_frames)
         if ok is not True:
             return ok
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and value % 64:
-                return f"{cls.ID}: input '{name}' = {value} must be a multiple of 64"
+        error = size_error(cls.ID, width=width, height=height)
+        if error:
+            return error
         if prompt is not None and not str(prompt).strip():
             return f"{cls.ID}: input 'prompt' is empty; describe the video"
         return True
@@ -71,7 +67,7 @@ class TextConditioning(io.ComfyNode):
             raise bad_input(cls.ID, "svd_model", f"{svd_model.name} is a {svd_model.spec.name} model; load a "
                                                  f"text-to-video checkpoint (variant t2v)")
         model = svd_model.acquire()
-        cond = _t2v().text_conditioning(model, prompt, temporal_prompt=temporal_prompt or None,
+        cond = text2video.text_conditioning(model, prompt, temporal_prompt=temporal_prompt or None,
                                         negative_prompt=negative_prompt, batch=batch_size, num_frames=num_frames,
                                         width=width, height=height, fps=fps, motion_score=motion_score)
         return io.NodeOutput(cond)

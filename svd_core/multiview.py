@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -280,10 +280,23 @@ def multiview(model, image: torch.Tensor, orbit: Orbit | None = None, *, width: 
 # --------------------------------------------------------------------------------------------- training
 
 
-def init_from(svd_model, spec: "str | ModelSpec" = SVD_MV, device=None, dtype: torch.dtype | None = None):
+def spec_for(base: ModelSpec) -> ModelSpec:
+    """SVD-MV at a base SVD model's architecture (UNet widths, VAE, CLIP, latent scale): SVD_MV itself for a
+    full-size base, else SVD_MV's conditioning on the base's sizes (like `interpolation.spec_for`)."""
+    spec = replace(SVD_MV, unet=replace(base.unet, adm_in_channels=SVD_MV.unet.adm_in_channels), vae=base.vae,
+                   clip=base.clip, scale_factor=base.scale_factor)
+    if (spec.unet, spec.vae, spec.clip, spec.scale_factor) == (SVD_MV.unet, SVD_MV.vae, SVD_MV.clip,
+                                                              SVD_MV.scale_factor):
+        return SVD_MV
+    return replace(spec, name=f"{base.name}_mv", num_frames=base.num_frames, height=base.height, width=base.width,
+                   steps=base.steps, decode_t=base.decode_t)
+
+
+def init_from(svd_model, spec: "str | ModelSpec | None" = None, device=None, dtype: torch.dtype | None = None):
     """SVD-MV from an SVD / SVD-XT model: everything copied, label_emb's input grown 768 -> 1024 (elevation columns
-    zero, so the new model starts as SVD); see `svd_core.model.init_from`."""
-    spec = get_variant(spec)
+    zero, so the new model starts as SVD); see `svd_core.model.init_from`. `spec` defaults to
+    `spec_for(svd_model.spec)`."""
+    spec = get_variant(spec) if spec is not None else spec_for(svd_model.spec)
     if _kind(spec) != "svd_mv":
         raise ValueError(f"init_from: {spec.name} is not an SVD-MV variant")
     return _model.init_from(svd_model, spec, device=device, dtype=dtype)

@@ -28,6 +28,7 @@ For the training issue: `training_conditioning(model, captions, ...)` (15% capti
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import torch
@@ -199,11 +200,33 @@ def text_tower_from_sd21(model, tensors: Mapping[str, torch.Tensor]) -> list[str
     return sorted(found)
 
 
-def init_from(svd_model, spec: "str | ModelSpec" = TEXT2VIDEO, device=None, dtype: torch.dtype | None = None):
+def spec_for(base: ModelSpec) -> ModelSpec:
+    """The text-to-video variant at a base SVD model's architecture: TEXT2VIDEO itself for a full-size base (SD 2.1's
+    ViT-H-14 text tower); for a smaller base a text tower as wide as its cross-attention, as deep as its image tower,
+    with the same head width and open_clip's vocabulary and context (`TEXT2VIDEO.clip`)."""
+    text = TEXT2VIDEO.clip
+    clip = replace(base.clip, text_context_length=text.text_context_length, text_vocab_size=text.text_vocab_size,
+                   text_width=base.unet.context_dim, text_layers=base.clip.layers,
+                   text_heads=max(1, base.unet.context_dim // base.clip.head_width))
+    unet = replace(base.unet, in_channels=base.vae.z_channels, adm_in_channels=TEXT2VIDEO.unet.adm_in_channels)
+    vae = replace(base.vae, decoder=TEXT2VIDEO.vae.decoder, first_stage_encoder=TEXT2VIDEO.vae.first_stage_encoder,
+                  first_stage_quant=TEXT2VIDEO.vae.first_stage_quant)
+    if (unet, vae, base.scale_factor) == (TEXT2VIDEO.unet, TEXT2VIDEO.vae, TEXT2VIDEO.scale_factor) and \
+            replace(base.clip, **{k: getattr(text, k) for k in _TEXT_FIELDS}) == text:
+        return TEXT2VIDEO
+    return replace(TEXT2VIDEO, name=f"{base.name}_t2v", unet=unet, vae=vae, clip=clip, scale_factor=base.scale_factor,
+                   height=base.height, width=base.width, steps=base.steps, decode_t=base.decode_t)
+
+
+_TEXT_FIELDS = ("text_context_length", "text_vocab_size", "text_width", "text_layers", "text_heads")
+
+
+def init_from(svd_model, spec: "str | ModelSpec | None" = None, device=None, dtype: torch.dtype | None = None):
     """A text-to-video model starting from an SVD UNet + VAE: conv_in keeps the 4 noise channels, label_emb the
     fps / motion columns, the text tower starts fresh (load SD 2.1's with `text_tower_from_sd21`); note the paper
-    trains the base model before image-to-video, so this is a warm start, not the paper's order."""
-    spec = get_variant(spec)
+    trains the base model before image-to-video, so this is a warm start, not the paper's order. `spec` defaults to
+    `spec_for(svd_model.spec)`."""
+    spec = get_variant(spec) if spec is not None else spec_for(svd_model.spec)
     if spec.cond_mode != "text":
         raise ValueError(f"init_from: {spec.name} is not a text-to-video variant")
     return _model.init_from(svd_model, spec, device=device, dtype=dtype)

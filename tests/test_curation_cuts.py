@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from svd_core.curation.clipping import clip_video, snap_shots
-from svd_core.curation.cuts import DEFAULT_CASCADE, SINGLE_CONTENT, CascadeLevel, cascade_from_dicts, detect_cuts
+from svd_core.curation.cuts import (DEFAULT_CASCADE, SINGLE_CONTENT, CascadeLevel, cascade_from_dicts,
+                                   cascade_from_thresholds, detect_cuts)
 from svd_core.curation import CurationError
 from svd_core.video_io import MediaError, keyframe_times, probe
 from test_curation_support import BIKES_CUTS, bikes, bikes_frames, media, read_rgb, write_video  # noqa: F401
@@ -155,3 +156,12 @@ def test_clips_of_webm_and_gif_sources_are_packet_copies(bikes_frames, tmp_path)
         assert len(specs) == 1 and Path(specs[0].path).suffix == suffix, name
         assert probe(specs[0].path).codec == codec
         np.testing.assert_array_equal(read_frames(specs[0].path), read_frames(src))
+
+
+def test_cascade_from_the_nodes_thresholds():
+    """The Detect Cuts node's inputs: defaults give DEFAULT_CASCADE, a 0 rate or fade threshold drops that level."""
+    assert cascade_from_thresholds() == DEFAULT_CASCADE
+    only_hard = cascade_from_thresholds(30.0, mid_fps=0, slow_fps=0, fade_threshold=0)
+    assert only_hard == (CascadeLevel("content", None, 30.0, 0.5),)
+    slow = cascade_from_thresholds(mid_fps=0, slow_fps=3.0, slow_threshold=2.0, fade_threshold=0)
+    assert [(lv.detector, lv.fps, lv.threshold) for lv in slow] == [("content", None, 27.0), ("adaptive", 3.0, 2.0)]

@@ -112,6 +112,54 @@ SCRIPT = textwrap.dedent(r'''
     open(os.path.join(inp, "leaky", "a.mp4"), "wb").close()
     res["study_link"] = outcome(lambda: evaluation.VotingStudy.execute("s3", "a=clips\nb=leaky", "", 0))
     res["eval_model"] = [outcome(evaluation._eval_path, "N", v, "i3d_name") for v in ("../../x", "/etc/passwd")]
+    # validate_inputs of every training / curation / evaluation node with widgets: good values pass, one bad value
+    # per case fails before anything runs, with a message naming the node and that input (BAD_VALUES below)
+    groups = {"training": training, "curation": curation, "evaluation": evaluation}
+    res["bad_values"] = {}
+    for key, (group, node, good, bad) in CASES["bad_values"].items():
+        cls = next(c for c in groups[group].NODES if c.ID == "SVDSuite_" + node)
+        res["bad_values"][key] = [cls.validate_inputs(**good), cls.validate_inputs(**{**good, **bad})]
+    # the one cancel rule of the kit's Progress: ComfyUI's interrupt flag
+    import comfy.model_management as mm
+
+    def ends(fn):
+        try:
+            fn()
+        except mm.InterruptProcessingException:
+            return "interrupt"
+        except RuntimeError as exc:
+            return f"error: {exc}"
+        return "ran"
+
+    def engine_stops(progress, message):
+        def run():
+            with progress.stopping():
+                raise RuntimeError(message)
+        return run
+
+    import comfy.utils
+
+    def server_hook(value, total, preview, prompt_id=None, node_id=None):  # what ComfyUI's server sets (main.py)
+        mm.throw_exception_if_processing_interrupted()
+
+    comfy.utils.set_progress_bar_global_hook(server_hook)
+    cancel = {}
+    unpolled = _comfy.Progress(4)
+    mm.interrupt_current_processing(True)
+    cancel["unpolled_progress"] = ends(lambda: unpolled(1, 4))  # an engine without a cancel hook: stopped here
+    cancel["flag_after"] = mm.processing_interrupted()
+    polled = _comfy.Progress(4)
+    cancel["cancel_before"] = polled.cancel()
+    mm.interrupt_current_processing(True)
+    cancel["cancel_after"] = polled.cancel()
+    cancel["polled_progress"] = ends(lambda: polled(2, 4, 0.5))  # the engine stops itself (saves its state)
+    cancel["flag_kept"] = polled.cancel()  # the bar's hook raised and lowered the flag: raised again for the engine
+    cancel["engine_stop"] = ends(engine_stops(polled, "cancelled at step 2"))  # its exception -> ComfyUI's interrupt
+    cancel["real_error"] = ends(engine_stops(_comfy.Progress(1), "disk full"))  # no Cancel: the error stays
+    mm.interrupt_current_processing(True)
+    cancel["start"] = ends(lambda: _comfy.Progress(1))  # Cancel before the node ran
+    comfy.utils.set_progress_bar_global_hook(None)
+    res["cancel"] = cancel
     # property (hypothesis, bounded): any value built from path pieces is refused or lands inside its folder
     from hypothesis import given, settings, strategies as st
     pieces = st.sampled_from(["..", ".", "a", "clips", "out_link", "in_link", "/", "\\", "C:", "\x00", " ", "~",
@@ -177,6 +225,57 @@ NAMES = [("run_1", "", True), ("cam.safetensors", ".safetensors", True), ("a/b",
          ("n" * 256, "", False)]
 
 
+_SETTINGS = dict(preset="img2vid", mode="preset", steps=10, learning_rate=0.0, batch_size=1, grad_accum=1, num_frames=0,
+                 width=0, height=0, lora_rank=16, ema_decay=0.9999, precision="fp32", overrides='{"p_mean": 1.0}')
+_CUTS = dict(hard_threshold=27.0, mid_fps=8.0, mid_threshold=2.5, slow_fps=2.0, slow_threshold=1.5, fade_threshold=12.0)
+_FILTER = dict(preset="custom", column="motion", percent=25.0, drop="bottom", min_value=-1e9, max_value=1e9)
+_UCF = dict(real_folder="clips", run_name="ucf", i3d_name="i3d.pt", num_samples=10, samples_per_class=0, cfg=7.0,
+            num_frames=16, fps=25, width=576, height=320, steps=0, seed=0)
+_METRICS = dict(lpips_weights="none", lpips_net="alex", clip_weights="none", clip_model="ViT-H-14")
+# case -> (node group, node id without prefix, good widget values, the bad change, the input the message names,
+#          a word of the reason)
+BAD_VALUES = {
+    "settings_json": ("training", "TrainSettings", _SETTINGS, {"overrides": '{"p_mean": '}, "overrides", "JSON"),
+    "settings_list": ("training", "TrainSettings", _SETTINGS, {"overrides": "[1]"}, "overrides", "JSON object"),
+    "settings_mode": ("training", "TrainSettings", _SETTINGS, {"mode": "everything"}, "mode", "not one of"),
+    "settings_steps": ("training", "TrainSettings", _SETTINGS, {"steps": 0}, "steps", "below the minimum"),
+    "settings_ema": ("training", "TrainSettings", _SETTINGS, {"ema_decay": float("nan")}, "ema_decay", "finite"),
+    "train_model": ("training", "TrainModel", {"target": "as loaded"}, {"target": "sideways"}, "target",
+                    "not one of"),
+    "train_run": ("training", "Train", {"run_name": "r", "checkpoint_every": 1, "validate_every": 0,
+                                        "sample_steps": 0}, {"checkpoint_every": 0}, "checkpoint_every", "minimum"),
+    "val_sampler": ("training", "TrainValidationSampler", {"steps": 2, "videos": 1, "cfg": 1.0, "seed": 0},
+                    {"videos": 65}, "videos", "above the maximum"),
+    "stage1": ("training", "Stage1FromSD2", {"ckpt_name": "sd21.safetensors", "filename": "v.safetensors",
+                                             "prediction": "auto"}, {"prediction": "x0"}, "prediction", "not one of"),
+    "cuts": ("curation", "CurationDetectCuts", _CUTS, {"mid_threshold": 0.5}, "mid_threshold", "minimum"),
+    "text": ("curation", "CurationTextScore", {"canvas_size": 1280}, {"canvas_size": 8}, "canvas_size", "minimum"),
+    "caption": ("curation", "CurationCaption", {"max_tokens": 30}, {"max_tokens": 77}, "max_tokens", "maximum"),
+    "filter_column": ("curation", "CurationFilter", _FILTER, {"column": " "}, "column", "empty"),
+    "filter_bounds": ("curation", "CurationFilter", _FILTER, {"min_value": 2.0, "max_value": 1.0}, "min_value",
+                      "above"),
+    "filter_drop": ("curation", "CurationFilter", _FILTER, {"drop": "middle"}, "drop", "not one of"),
+    "fvd_folders": ("evaluation", "FVDFolders", {"folder_a": "clips", "folder_b": "clips", "i3d_name": "i3d.pt",
+                                                 "protocol": "ucf101", "num_frames": 16, "batch_size": 8},
+                    {"i3d_name": "../i3d.pt"}, "i3d_name", "'..'"),
+    "fvd_images": ("evaluation", "FVDImages", {"frames_per_video": 14, "i3d_name": "i3d.pt", "protocol": "none",
+                                               "num_frames": 0}, {"protocol": "kinetics"}, "protocol", "not one of"),
+    "ucf101_size": ("evaluation", "UCF101FVD", _UCF, {"width": 600}, "width", "multiple of 64"),
+    "ucf101_cfg": ("evaluation", "UCF101FVD", _UCF, {"cfg": 0.0}, "cfg", "minimum"),
+    "metrics_net": ("evaluation", "VideoMetrics", _METRICS, {"lpips_net": "resnet"}, "lpips_net", "not one of"),
+    "metrics_clip": ("evaluation", "VideoMetrics", {**_METRICS, "clip_weights": "clip.bin"}, {"clip_model": ""},
+                     "clip_model", "empty"),
+    "elo": ("evaluation", "EloFromVotes", {"votes_file": "votes.csv", "orderings": 10, "ci": 0.95, "ordering_seed": 0},
+            {"ci": 1.5}, "ci", "maximum"),
+    "grid": ("evaluation", "ComparisonGrid", {"labels": "a,b", "num_frames": 4, "cell_height": 0,
+                                              "layout": "models_as_rows"}, {"layout": "diagonal"}, "layout",
+             "not one of"),
+    "grid_labels": ("evaluation", "ComparisonGrid", {"labels": "a,b", "num_frames": 4, "cell_height": 0,
+                                                     "layout": "models_as_rows"}, {"labels": "a,b,c,d,e"}, "labels",
+                    "at most 4"),
+}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     comfy = Path(os.environ.get("SVD_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
@@ -189,7 +288,7 @@ def run(tmp_path_factory):
         (outside / name).write_bytes(b"TOP-SECRET-CONTENT")
     (tmp / "run.py").write_text(SCRIPT)
     cases = {"confine": [[v, f, kw] for v, f, kw, _ in CONFINE], "names": [[v, s] for v, s, _ in NAMES],
-             "hostile": HOSTILE}
+             "hostile": HOSTILE, "bad_values": {k: v[:4] for k, v in BAD_VALUES.items()}}
     proc = subprocess.run([sys.executable, str(tmp / "run.py"), str(comfy), str(REPO), str(base), str(outside)],
                           input=json.dumps(cases), capture_output=True, text=True, timeout=300, cwd=str(tmp))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -279,3 +378,23 @@ def test_property_no_value_escapes(run):
     print("property:", counts)
     assert counts["escaped"] == []
     assert counts["ok"] > 20 and counts["refused"] > 100, counts
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_validate_inputs_names_the_input_of_a_bad_value(run, case):
+    """Every training / curation / evaluation node with widgets checks them in `validate_inputs` (no node runs):
+    good values pass, a bad one is refused naming the node and the input."""
+    _, node, _, _, name, reason = BAD_VALUES[case]
+    good, bad = run["bad_values"][case]
+    assert good is True, good
+    assert isinstance(bad, str) and bad.startswith(f"SVDSuite_{node}: input '{name}'") and reason in bad, bad
+
+
+def test_progress_has_one_cancel_rule_comfyuis_interrupt(run):
+    """One adapter for every node: a polled `cancel()` lets the engine stop cleanly (the trainer saves its state) even
+    though ComfyUI's progress hook raises on Cancel, an engine without the hook is stopped by the progress callback,
+    and `stopping()` turns what the engine raises after Cancel into ComfyUI's interrupt; without Cancel an error stays
+    an error."""
+    assert run["cancel"] == {"unpolled_progress": "interrupt", "flag_after": False, "cancel_before": False,
+                             "cancel_after": True, "polled_progress": "ran", "flag_kept": True,
+                             "engine_stop": "interrupt", "real_error": "error: disk full", "start": "interrupt"}

@@ -303,3 +303,76 @@ def test_gradient_checkpointing_is_exact_and_bf16_autocast_trains(micro_data, tm
     assert ckpt[0] == pytest.approx(plain[0], rel=1e-6)
     assert all(torch.allclose(ckpt[1][k], plain[1][k], atol=1e-6) for k in plain[1])
     assert math.isfinite(bf16[0]) and bf16[0] == pytest.approx(plain[0], rel=0.1)
+
+
+# ------------------------------------------------------------------------------------------------ api (nodes' calls)
+
+
+def test_model_to_train_is_a_private_copy_with_loras_merged_and_targets_at_the_base_size(micro_data):
+    from svd_core import multiview, text2video
+    from svd_core.lora import create_lora, merge
+    from svd_core.variants import SVD, SVD_MV, SVD_XT, TEXT2VIDEO
+
+    model, _ = micro_data
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lora = create_lora(model, rank=2, seed=3)
+    for layer in lora.layers.values():
+        layer.up.data.normal_()  # a LoRA that changes the weights (a fresh one starts at zero)
+    copy_ = api.model_to_train(model, loras=[(lora, 0.5)])
+    expected = fresh(model)
+    merge(expected, [(lora, 0.5)])
+    got, want = copy_.state_dict(), expected.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert any(not torch.equal(got[k], before[k]) for k in before)  # the LoRA is in the copy ...
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # ... not in the loaded model
+    # generators grow at the base's own size (no tiny test variant named anywhere); released sizes stay released
+    mv = api.model_to_train(model, "multiview")
+    assert mv.spec == multiview.spec_for(model.spec) and mv.spec.unet.model_channels == 32
+    assert mv.spec.unet.adm_in_channels == SVD_MV.unet.adm_in_channels
+    t2v = api.model_to_train(model, "text2video")
+    assert t2v.spec.cond_mode == "text" and t2v.spec.clip.text_width == model.spec.unet.context_dim
+    assert multiview.spec_for(SVD) is SVD_MV and text2video.spec_for(SVD_XT) is TEXT2VIDEO
+    with pytest.raises(ValueError, match="target 'sideways' is not one of"):
+        api.model_to_train(model, "sideways")
+
+
+def test_run_returns_the_training_run_and_names_what_to_fix(manifest, micro_data, tmp_path):
+    import copy
+
+    import numpy as np
+
+    from svd_core.lora import merge
+
+    model, data = micro_data
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = replace(small_cfg(steps=2, mode="lora", lora_rank=4), name="r1")
+    seen = []
+    records = [w.record for w in data.windows]
+    run = api.run(model, cfg, manifest, tmp_path / "r1", tmp_path / "cache", records=records, max_per_clip=2,
+                  progress=lambda done, total, *_: seen.append((done, total)))
+    assert isinstance(run, api.TrainingRun) and run.name == "r1" and run.run_dir == str(tmp_path / "r1")
+    assert run.result.step == 2 and seen[-1] == (2, 2) and run.trainer.handle is None  # hooks off after the run
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # trained a private copy
+    want = copy.deepcopy(run.trainer.model)
+    merge(want, [(run.trainer.lora_copy(), 1.0)])  # the trained model = the trainer's model + its LoRA, merged
+    got = run.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.state_dict().items())
+    assert any(not torch.equal(got[k], before[k]) for k in before)
+    assert run.loss_curve.dtype == np.uint8 and run.loss_curve.ndim == 3 and run.loss_curve.shape[2] == 3
+    assert run.report.startswith("r1: img2vid (lora, task img2vid) 2/2 steps")
+    frames = api.validation_samples(run.trainer, steps=1, videos=1, seed=0)
+    assert frames.shape == (1, 4, 3, 64, 64) and 0 <= frames.min() and frames.max() <= 1
+    assert run.trainer.handle is None  # sampling attached the LoRA and took it off again
+    # what the node maps to its inputs: settings, dataset, saved state
+    with pytest.raises(api.RunInputError, match="steps") as bad:
+        api.run(model, replace(cfg, steps=0), manifest, tmp_path / "r2", tmp_path / "cache", records=records)
+    assert bad.value.what == "settings"
+    with pytest.raises(api.RunInputError) as bad:
+        api.run(model, cfg, manifest, tmp_path / "r3", tmp_path / "cache", records=[])
+    assert bad.value.what == "dataset"
+    state = tmp_path / "r4" / "state" / Path(run.result.state_path).name
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"not a state file")
+    with pytest.raises(api.RunInputError, match=state.name) as bad:
+        api.run(model, cfg, manifest, tmp_path / "r4", tmp_path / "cache", records=records, max_per_clip=2)
+    assert bad.value.what == "resume"

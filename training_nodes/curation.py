@@ -9,50 +9,20 @@ from __future__ import annotations
 import json
 import os
 
+import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
-import comfy.model_management as mm
-import comfy.utils
+from ..nodes._comfy import (PREFIX, Clips, Cuts, OpenClip, Progress, Videos, bad_input, category, check_inputs,
+                            check_inside, name_error, node_path, path_error, plain_name)
 
-try:  # the pack is a package inside ComfyUI (custom_nodes/<pack>), whose own top-level module is `nodes`
-    from ..nodes._comfy import bad_input, check_inputs, check_inside, name_error, node_path, path_error, plain_name
-except ImportError:  # the repository itself on sys.path
-    from nodes._comfy import bad_input, check_inputs, check_inside, name_error, node_path, path_error, plain_name
-
-PREFIX = "SVDSuite_"
-CATEGORY = "svd/curation"
+CATEGORY = category("curation")
 MODEL_FOLDER = "svd_curation"  # models/svd_curation: open_clip / CoCa / aesthetics weights, model-config JSONs
-
-Videos = io.Custom("SVDSUITE_VIDEOS")
-Cuts = io.Custom("SVDSUITE_CUTS")
-Clips = io.Custom("SVDSUITE_CLIPS")
-OpenClip = io.Custom("SVDSUITE_OPEN_CLIP")
 
 if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
     folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
 
 CLIPS_TOOLTIP = "Clips of the dataset: their files, the folder they live in and every score computed so far."
-
-
-class _Progress:
-    """ComfyUI progress bar as a `progress(done, total, stage=None)` callback (`svd_core.progress`), and the
-    interrupt check as a `cancel()` hook."""
-
-    def __init__(self, total: int = 1):
-        self.bar = comfy.utils.ProgressBar(max(int(total), 1))
-        mm.throw_exception_if_processing_interrupted()
-
-    def __call__(self, done: int, total: int, stage: str | None = None) -> None:
-        self.bar.update_absolute(int(done), max(int(total), 1))
-
-    @staticmethod
-    def cancel() -> bool:
-        mm.throw_exception_if_processing_interrupted()  # raises when the user pressed Cancel
-        return False
-
-
-_bad = bad_input
 
 
 def _cfg(clips: dict, **kw):
@@ -102,9 +72,9 @@ class LoadVideos(io.ComfyNode):
         try:
             videos = list_videos(path, recursive=recursive)
         except FileNotFoundError as exc:
-            raise _bad(cls.ID, "folder", str(exc)) from exc
+            raise bad_input(cls.ID, "folder", str(exc)) from exc
         if not videos:
-            raise _bad(cls.ID, "folder", f"no videos ({' '.join(VIDEO_EXTENSIONS)}) in {folder!r}")
+            raise bad_input(cls.ID, "folder", f"no videos ({' '.join(VIDEO_EXTENSIONS)}) in {folder!r}")
         for v in videos:  # a link inside the folder must not lead out of input/ either
             check_inside(cls.ID, "folder", v, "input", what="a video in it links to a file that")
         return io.NodeOutput(videos, len(videos))
@@ -140,22 +110,21 @@ class DetectCuts(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, hard_threshold, mid_fps, mid_threshold, slow_fps, slow_threshold, fade_threshold):
+        return check_inputs(cls, hard_threshold=hard_threshold, mid_fps=mid_fps, mid_threshold=mid_threshold,
+                            slow_fps=slow_fps, slow_threshold=slow_threshold, fade_threshold=fade_threshold)
+
+    @classmethod
     def execute(cls, videos, hard_threshold=27.0, mid_fps=8.0, mid_threshold=2.5, slow_fps=2.0,
                 slow_threshold=1.5, fade_threshold=12.0):
-        from svd_core.curation.cuts import CascadeLevel, detect_cuts
+        from svd_core.curation.cuts import cascade_from_thresholds
+        from svd_core.curation.stages import detect_many
 
-        levels = [CascadeLevel("content", None, hard_threshold, 0.5)]
-        if mid_fps > 0:
-            levels.append(CascadeLevel("adaptive", mid_fps, mid_threshold, 0.5, 20.0))
-        if slow_fps > 0:
-            levels.append(CascadeLevel("adaptive", slow_fps, slow_threshold, 1.0, 20.0))
-        if fade_threshold > 0:
-            levels.append(CascadeLevel("threshold", None, fade_threshold, 0.5))
-        bar = _Progress(len(videos))
-        results = []
-        for i, v in enumerate(videos):
-            results.append(detect_cuts(v, levels, cancel=bar.cancel).to_dict())
-            bar(i + 1, len(videos))
+        cascade = cascade_from_thresholds(hard_threshold, mid_fps, mid_threshold, slow_fps, slow_threshold,
+                                          fade_threshold)
+        bar = Progress(len(videos))
+        with bar.stopping():
+            results = detect_many(videos, cascade, bar, bar.cancel)
         text = json.dumps([{"video": r["path"], "fps": r["fps"], "cuts": r["cuts"]} for r in results])
         return io.NodeOutput(results, text)
 
@@ -188,25 +157,24 @@ class ClipVideos(io.ComfyNode):
     @classmethod
     def execute(cls, cuts, dataset_dir, min_duration=1.0):
         from svd_core.curation.config import CurationConfig
-        from svd_core.curation.stages import clip_rows
+        from svd_core.curation.stages import clip_many
 
         out_dir = node_path(cls.ID, "dataset_dir", dataset_dir, "output")
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-            raise _bad(cls.ID, "dataset_dir", f"{dataset_dir!r} is a file in the output folder, not a folder")
+            raise bad_input(cls.ID, "dataset_dir", f"{dataset_dir!r} is a file in the output folder, not a folder")
         cfg = CurationConfig(out_dir=out_dir, min_duration=min_duration)
-        bar = _Progress(len(cuts))
-        rows = []
-        for i, c in enumerate(cuts):
-            rows += clip_rows(c["path"], c["cut_frames"], c["fps"], c["frame_count"], cfg, cancel=bar.cancel)
-            bar(i + 1, len(cuts))
+        bar = Progress(len(cuts))
+        with bar.stopping():
+            rows = clip_many(cuts, cfg, bar, bar.cancel)
         return io.NodeOutput({"out_dir": out_dir, "rows": rows})
 
 
 def _annotate(clips: dict, stage) -> dict:
     from svd_core.curation.pipeline import annotate
 
-    bar = _Progress(len(clips["rows"]))
-    return {"out_dir": clips["out_dir"], "rows": annotate(clips["rows"], stage, bar, bar.cancel)}
+    bar = Progress(len(clips["rows"]))
+    with bar.stopping():
+        return {"out_dir": clips["out_dir"], "rows": annotate(clips["rows"], stage, bar, bar.cancel)}
 
 
 class MotionScore(io.ComfyNode):
@@ -244,6 +212,10 @@ class TextScore(io.ComfyNode):
                                  tooltip="Longest side CRAFT sees (smaller is faster, misses small text).")],
             outputs=[Clips.Output(display_name="clips", tooltip="The clips with a 'text_area' score.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, canvas_size):
+        return check_inputs(cls, canvas_size=canvas_size)
 
     @classmethod
     def execute(cls, clips, canvas_size=1280):
@@ -333,6 +305,10 @@ class Caption(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, max_tokens):
+        return check_inputs(cls, max_tokens=max_tokens)
+
+    @classmethod
     def execute(cls, clips, coca, max_tokens=30):
         from svd_core.curation.stages import CaptionStage
 
@@ -368,12 +344,20 @@ class Filter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, preset, column, percent, drop, min_value, max_value):
+        if preset == "custom" and isinstance(column, str) and not column.strip():
+            return f"{cls.ID}: input 'column' is empty; name a score column (motion, text_area, aesthetic, ...)"
+        if isinstance(min_value, (int, float)) and isinstance(max_value, (int, float)) and min_value > max_value:
+            return f"{cls.ID}: input 'min_value' = {min_value} is above 'max_value' = {max_value}; no clip would pass"
+        return check_inputs(cls, preset=preset, percent=percent, drop=drop, min_value=min_value, max_value=max_value)
+
+    @classmethod
     def execute(cls, clips, preset="custom", column="motion", percent=25.0, drop="bottom", min_value=-1e9,
                 max_value=1e9):
         from svd_core.curation.filtering import Filter as F, apply_filters, lvd_f_preset
         from svd_core.curation import CurationError
 
-        _Progress(1)
+        Progress(1)
         try:
             filters = lvd_f_preset() if preset == "lvd-f" else [F(
                 column, percent=percent or None, keep="high" if drop == "bottom" else "low",
@@ -381,7 +365,7 @@ class Filter(io.ComfyNode):
                 combine="or")]
             kept, report = apply_filters(clips["rows"], filters)
         except CurationError as exc:
-            raise _bad(cls.ID, "column" if preset == "custom" else "preset", str(exc)) from exc
+            raise bad_input(cls.ID, "column" if preset == "custom" else "preset", str(exc)) from exc
         return io.NodeOutput({"out_dir": clips["out_dir"], "rows": kept}, report.to_text())
 
 
@@ -410,7 +394,7 @@ class WriteDataset(io.ComfyNode):
 
         plain_name(cls.ID, "filename", filename, ".parquet")
         out_dir = check_inside(cls.ID, "clips", clips["out_dir"], "output")
-        _Progress(1)
+        Progress(1)
         path = write_manifest(clips["rows"], os.path.join(out_dir, filename))
         return io.NodeOutput(path, ui={"text": [path]})
 
@@ -435,7 +419,7 @@ class DatasetStats(io.ComfyNode):
 
         from svd_core.curation.manifest import format_stats, motion_histogram, table1_stats
 
-        _Progress(1)
+        Progress(1)
         rows = clips["rows"]
         png = os.path.join(check_inside(cls.ID, "clips", clips["out_dir"], "output"), "motion_hist.png")
         rgb = motion_histogram(rows, png)  # h w 3 uint8

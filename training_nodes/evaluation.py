@@ -9,17 +9,13 @@ import os
 import torch
 
 import comfy.model_management as mm
-import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
-try:  # the pack is a package inside ComfyUI (custom_nodes/<pack>), whose own top-level module is `nodes`
-    from ..nodes._comfy import bad_input, check_inputs, check_inside, name_error, node_path, path_error, plain_name
-except ImportError:  # the repository itself on sys.path
-    from nodes._comfy import bad_input, check_inputs, check_inside, name_error, node_path, path_error, plain_name
+from ..nodes._comfy import (PREFIX, NodeInputError, Progress, SVDModel, bad_input, category, check_inputs, check_inside,
+                            name_error, node_path, path_error, plain_name, size_error)
 
-PREFIX = "SVDSuite_"
-CATEGORY = "svd/evaluation"
+CATEGORY = category("evaluation")
 # models/svd_eval/: i3d_torchscript.pt, LPIPS weights, open_clip checkpoints for CLIP-S (all user-supplied)
 EVAL_FOLDER = "svd_eval"
 EVAL_EXTS = {".pt", ".pth", ".safetensors", ".bin", ".jit"}
@@ -27,7 +23,6 @@ if EVAL_FOLDER not in folder_paths.folder_names_and_paths:
     folder_paths.folder_names_and_paths[EVAL_FOLDER] = ([os.path.join(folder_paths.models_dir, EVAL_FOLDER)],
                                                        EVAL_EXTS)
 NONE = "none"
-SVDModel = io.Custom("SVDSUITE_MODEL")  # the pack's model type (nodes/_comfy.py)
 
 
 def _eval_files() -> list[str]:
@@ -38,8 +33,13 @@ def _eval_path(node: str, name: str, what: str) -> str:
     try:
         return node_path(node, what, name, EVAL_FOLDER, kind="file", links_out=True)
     except ValueError as exc:
-        raise ValueError(f"{exc} (found: {', '.join(_eval_files()) or 'nothing'}); put the file there and "
-                         f"refresh") from None
+        raise NodeInputError(f"{exc} (found: {', '.join(_eval_files()) or 'nothing'}); put the file there and "
+                             f"refresh") from None
+
+
+def _eval_error(node: str, what: str, value) -> str | None:
+    """`validate_inputs` check of a models/svd_eval file input ('none' where it is optional)."""
+    return None if value == NONE else path_error(node, what, value, EVAL_FOLDER, links_out=True)
 
 
 def _folder(node: str, what: str, value: str) -> str:
@@ -67,16 +67,6 @@ def _model_lines(node: str, models: str) -> dict[str, str]:
                 raise bad_input(node, "models", f"line {line[:80]!r} is not 'model=folder'")
             dirs[m.strip()] = d.strip()
     return dirs
-
-
-def _progress():
-    bar = comfy.utils.ProgressBar(1)
-
-    def cb(done: int, total: int, stage: str | None = None) -> None:
-        mm.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done, total)
-
-    return cb
 
 
 def _preprocess(protocol: str, num_frames: int):
@@ -109,10 +99,12 @@ def _common_fvd_inputs() -> list:
 class FVDFolders(io.ComfyNode):
     """FVD between two folders of videos (I3D features; statistics cached under output/svd_eval/fvd_stats)."""
 
+    ID = PREFIX + "FVDFolders"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=PREFIX + "FVDFolders", display_name="FVD (two folders)", category=CATEGORY,
+            node_id=cls.ID, display_name="FVD (two folders)", category=CATEGORY,
             description="Frechet video distance between two folders of videos or frame folders.",
             inputs=[
                 io.String.Input("folder_a", default="", tooltip="videos of set A: a folder in ComfyUI's input folder"),
@@ -128,19 +120,21 @@ class FVDFolders(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, folder_a, folder_b) -> bool | str:
-        node = PREFIX + "FVDFolders"
-        return _input_error(node, "folder_a", folder_a) or _input_error(node, "folder_b", folder_b) or True
+    def validate_inputs(cls, folder_a, folder_b, i3d_name=None, protocol=None, num_frames=None,
+                        batch_size=None) -> bool | str:
+        return _input_error(cls.ID, "folder_a", folder_a) or _input_error(cls.ID, "folder_b", folder_b) or \
+            _eval_error(cls.ID, "i3d_name", i3d_name) or \
+            check_inputs(cls, protocol=protocol, num_frames=num_frames, batch_size=batch_size)
 
     @classmethod
     def execute(cls, folder_a, folder_b, i3d_name, protocol, num_frames, batch_size, cache_stats) -> io.NodeOutput:
         from svd_core.eval.fvd import fvd_folders
 
-        node = PREFIX + "FVDFolders"
+        node = cls.ID
         a, b = _folder(node, "folder_a", folder_a), _folder(node, "folder_b", folder_b)
         cache = os.path.join(folder_paths.get_output_directory(), "svd_eval", "fvd_stats") if cache_stats else None
         value = fvd_folders(a, b, _i3d(node, i3d_name), _preprocess(protocol, num_frames), batch_size=batch_size,
-                            cache_dir=cache, progress=_progress())
+                            cache_dir=cache, progress=Progress(1))
         report = f"FVD = {value:.4f}  ({protocol}; {folder_a} vs {folder_b}; {i3d_name})"
         return io.NodeOutput(value, report, ui=ui.PreviewText(report))
 
@@ -148,10 +142,12 @@ class FVDFolders(io.ComfyNode):
 class FVDImages(io.ComfyNode):
     """FVD between two IMAGE batches, each holding several videos of `frames_per_video` frames back to back."""
 
+    ID = PREFIX + "FVDImages"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=PREFIX + "FVDImages", display_name="FVD (two IMAGE batches)", category=CATEGORY,
+            node_id=cls.ID, display_name="FVD (two IMAGE batches)", category=CATEGORY,
             description="Frechet video distance between two sets of clips given as IMAGE batches.",
             inputs=[
                 io.Image.Input("images_a", tooltip="set A: videos concatenated along the batch (frames) axis"),
@@ -166,15 +162,20 @@ class FVDImages(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, frames_per_video, i3d_name, protocol, num_frames) -> bool | str:
+        return _eval_error(cls.ID, "i3d_name", i3d_name) or \
+            check_inputs(cls, frames_per_video=frames_per_video, protocol=protocol, num_frames=num_frames)
+
+    @classmethod
     def execute(cls, images_a, images_b, frames_per_video, i3d_name, protocol, num_frames) -> io.NodeOutput:
         from dataclasses import replace
 
         from svd_core.eval.fvd import fvd_tensors, split_batch
 
-        node = PREFIX + "FVDImages"
+        node = cls.ID
         clips_a, clips_b = split_batch(images_a, frames_per_video), split_batch(images_b, frames_per_video)
         pre = replace(_preprocess(protocol, num_frames), fps=None)  # tensors carry no timestamps
-        value = fvd_tensors(clips_a, clips_b, _i3d(node, i3d_name), pre, progress=_progress())
+        value = fvd_tensors(clips_a, clips_b, _i3d(node, i3d_name), pre, progress=Progress(1))
         report = f"FVD = {value:.4f}  ({len(clips_a)} vs {len(clips_b)} clips of {frames_per_video} frames; {protocol})"
         return io.NodeOutput(value, report, ui=ui.PreviewText(report))
 
@@ -184,10 +185,12 @@ class UCF101FVD(io.ComfyNode):
     samples into output/svd_eval/ucf101/<run_name>/ (resumable: Cancel, then queue again to continue) and scores them
     against the real videos."""
 
+    ID = PREFIX + "UCF101FVD"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=PREFIX + "UCF101FVD", display_name="UCF-101 zero-shot FVD (text-to-video)", category=CATEGORY,
+            node_id=cls.ID, display_name="UCF-101 zero-shot FVD (text-to-video)", category=CATEGORY,
             description="Generates UCF-101 class-name-prompted videos (CFG 7, 16 frames @ 25 fps, 320x576 by "
                         "default, the paper's values) and reports their FVD against the real set; resumable.",
             inputs=[
@@ -222,31 +225,35 @@ class UCF101FVD(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, real_folder, run_name) -> bool | str:
-        node = PREFIX + "UCF101FVD"
-        return _input_error(node, "real_folder", real_folder) or name_error(node, "run_name", run_name) or True
+    def validate_inputs(cls, real_folder, run_name, i3d_name=None, num_samples=None, samples_per_class=None, cfg=None,
+                        num_frames=None, fps=None, width=None, height=None, steps=None, seed=None) -> bool | str:
+        node = cls.ID
+        return _input_error(node, "real_folder", real_folder) or name_error(node, "run_name", run_name) or \
+            _eval_error(node, "i3d_name", i3d_name) or size_error(node, width=width, height=height) or check_inputs(
+                cls, num_samples=num_samples, samples_per_class=samples_per_class, cfg=cfg, num_frames=num_frames,
+                fps=fps, width=width, height=height, steps=steps, seed=seed)
 
     @classmethod
     def execute(cls, svd_model, real_folder, i3d_name, run_name, num_samples, samples_per_class, cfg, num_frames,
                 fps, width, height, steps, seed) -> io.NodeOutput:
         from svd_core.eval.ucf101 import UCF101Settings, evaluate_ucf101
 
-        node = PREFIX + "UCF101FVD"
+        node = cls.ID
         plain_name(node, "run_name", run_name)
         if svd_model.spec.cond_mode != "text":
-            raise ValueError(f"{node}: input 'svd_model': {svd_model.name} is a {svd_model.spec.name} model; load a "
-                             "text-to-video checkpoint (variant t2v)")
+            raise bad_input(node, "svd_model", f"{svd_model.name} is a {svd_model.spec.name} model; load a "
+                                               "text-to-video checkpoint (variant t2v)")
         real = _folder(node, "real_folder", real_folder)
         try:
             settings = UCF101Settings(cfg_scale=cfg, num_frames=num_frames, fps=float(fps), height=height,
                                       width=width, steps=steps or None, seed=seed, model=svd_model.name)
         except ValueError as exc:
-            raise ValueError(f"{node}: {exc}") from exc
+            raise NodeInputError(f"{node}: {exc}") from exc
         out = os.path.join(folder_paths.get_output_directory(), "svd_eval", "ucf101", run_name)
         extractor = _i3d(node, i3d_name)
         res = evaluate_ucf101(svd_model.acquire(), real, out, extractor, settings=settings,
                               num_samples=num_samples or None, samples_per_class=samples_per_class or None,
-                              device=mm.get_torch_device(), progress=_progress())
+                              device=mm.get_torch_device(), progress=Progress(1))
         report = (f"FVD ({res.protocol}) = {res.fvd:.4f}  ({res.num_generated} generated, {res.generated_now} new; "
                   f"{res.num_real} real; {len(res.classes)} classes; output/svd_eval/ucf101/{run_name})")
         return io.NodeOutput(res.fvd, report, ui=ui.PreviewText(report))
@@ -255,11 +262,13 @@ class UCF101FVD(io.ComfyNode):
 class VideoMetrics(io.ComfyNode):
     """PSNR / SSIM / LPIPS / CLIP-S per frame (or view) between a generated and a reference IMAGE batch."""
 
+    ID = PREFIX + "VideoMetrics"
+
     @classmethod
     def define_schema(cls):
         files = [NONE] + _eval_files()
         return io.Schema(
-            node_id=PREFIX + "VideoMetrics", display_name="Video / multi-view metrics", category=CATEGORY,
+            node_id=cls.ID, display_name="Video / multi-view metrics", category=CATEGORY,
             description="Per-frame PSNR, SSIM, LPIPS and CLIP-S against a reference, and their means (paper Fig. 9).",
             inputs=[
                 io.Image.Input("images", tooltip="generated frames / views"),
@@ -283,10 +292,17 @@ class VideoMetrics(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lpips_weights, lpips_net, clip_weights, clip_model) -> bool | str:
+        if clip_weights not in (None, NONE) and isinstance(clip_model, str) and not clip_model.strip():
+            return f"{cls.ID}: input 'clip_model' is empty; name the open_clip model of clip_weights (e.g. ViT-H-14)"
+        return _eval_error(cls.ID, "lpips_weights", lpips_weights) or \
+            _eval_error(cls.ID, "clip_weights", clip_weights) or check_inputs(cls, lpips_net=lpips_net)
+
+    @classmethod
     def execute(cls, images, reference, lpips_weights, lpips_net, clip_weights, clip_model) -> io.NodeOutput:
         from svd_core.eval.multiview import load_clip, load_lpips, view_metrics
 
-        node = PREFIX + "VideoMetrics"
+        node = cls.ID
         dev = mm.get_torch_device()
         lp = None if lpips_weights == NONE else load_lpips(_eval_path(node, lpips_weights, "lpips_weights"),
                                                           lpips_net, dev)
@@ -296,7 +312,7 @@ class VideoMetrics(io.ComfyNode):
         try:
             m = view_metrics(images, reference, lp, clip)
         except ValueError as exc:
-            raise ValueError(f"{node}: inputs 'images' / 'reference': {exc}") from exc
+            raise NodeInputError(f"{node}: inputs 'images' / 'reference': {exc}") from exc
         mean = m.mean
         text = m.format()
         return io.NodeOutput(mean["psnr"], mean["ssim"], mean.get("lpips", -1.0), mean.get("clip_s", -1.0), text,
@@ -307,10 +323,12 @@ class EloFromVotes(io.ComfyNode):
     """Elo table (App. E.1.2: K = 1, start 1000, bootstrapped over random orderings) from a votes CSV, per axis and
     optionally aggregated over the axes."""
 
+    ID = PREFIX + "EloFromVotes"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=PREFIX + "EloFromVotes", display_name="Elo from votes", category=CATEGORY,
+            node_id=cls.ID, display_name="Elo from votes", category=CATEGORY,
             description="Ratings with intervals per axis from a CSV of pairwise votes (model_a, model_b, winner, axis).",
             inputs=[
                 io.String.Input("votes_file", default="votes.csv",
@@ -332,8 +350,9 @@ class EloFromVotes(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, votes_file) -> bool | str:
-        return _input_error(PREFIX + "EloFromVotes", "votes_file", votes_file) or True
+    def validate_inputs(cls, votes_file, orderings=None, ci=None, ordering_seed=None) -> bool | str:
+        return _input_error(cls.ID, "votes_file", votes_file) or \
+            check_inputs(cls, orderings=orderings, ci=ci, ordering_seed=ordering_seed)
 
     @classmethod
     def execute(cls, votes_file, orderings, ci, ordering_seed, aggregate=False) -> io.NodeOutput:
@@ -341,7 +360,7 @@ class EloFromVotes(io.ComfyNode):
 
         from svd_core.eval.elo import elo_by_axis, elo_by_axis_and_aggregate, format_tables, read_votes_csv
 
-        path = _file(PREFIX + "EloFromVotes", "votes_file", votes_file)
+        path = _file(cls.ID, "votes_file", votes_file)
         rate = elo_by_axis_and_aggregate if aggregate else elo_by_axis
         tables = rate(read_votes_csv(path), num_orderings=orderings, ci=ci, seed=ordering_seed)
         text = format_tables(tables)
@@ -351,10 +370,12 @@ class EloFromVotes(io.ComfyNode):
 class ComparisonGrid(io.ComfyNode):
     """One image with up to four videos side by side and frames over time, labelled, for a quick visual check."""
 
+    ID = PREFIX + "ComparisonGrid"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=PREFIX + "ComparisonGrid", display_name="Comparison grid", category=CATEGORY,
+            node_id=cls.ID, display_name="Comparison grid", category=CATEGORY,
             description="Models side by side (columns), sampled frames over time (rows).",
             inputs=[
                 io.Image.Input("images_1", tooltip="frames of model 1"),
@@ -370,6 +391,12 @@ class ComparisonGrid(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="grid", tooltip="the grid as a single IMAGE")],
         )
+
+    @classmethod
+    def validate_inputs(cls, labels, num_frames, cell_height, layout) -> bool | str:
+        if isinstance(labels, str) and len(labels.split(",")) > 4:
+            return f"{cls.ID}: input 'labels' has {len(labels.split(','))} comma-separated labels; give at most 4"
+        return check_inputs(cls, num_frames=num_frames, cell_height=cell_height, layout=layout)
 
     @classmethod
     def execute(cls, images_1, labels, num_frames, cell_height, layout, images_2=None, images_3=None,
@@ -418,10 +445,12 @@ def _manifest_study(node: str, load_study, path: str):
 class VotingStudy(io.ComfyNode):
     """Starts (or reopens) a voting study served by this ComfyUI server at /svd/vote/<name>/."""
 
+    ID = PREFIX + "VotingStudy"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=PREFIX + "VotingStudy", display_name="Voting study (human preference)", category=CATEGORY,
+            node_id=cls.ID, display_name="Voting study (human preference)", category=CATEGORY,
             description="Pairwise blind voting page with attention checks; votes in SQLite; leaderboard with Elo.",
             inputs=[
                 io.String.Input("name", default="study", tooltip="study name: the page is /svd/vote/<name>/"),
@@ -446,7 +475,7 @@ class VotingStudy(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, name, models, manifest) -> bool | str:
-        node = PREFIX + "VotingStudy"
+        node = cls.ID
         if name is not None and not _study_name(name):
             return f"{node}: input 'name': {name!r} must be letters, digits, '_', '-', '.' (not starting with '.')"
         if isinstance(manifest, str) and manifest.strip():
@@ -469,9 +498,9 @@ class VotingStudy(io.ComfyNode):
         from svd_core.eval.study import load_study, study_from_folders
         from svd_core.eval.voting_server import VotingApp, register_study
 
-        node = PREFIX + "VotingStudy"
+        node = cls.ID
         if not _study_name(name):
-            raise ValueError(f"{node}: input 'name': {name!r} must be letters, digits, '_', '-', '.'")
+            raise bad_input(node, "name", f"{name!r} must be letters, digits, '_', '-', '.'")
         out_dir = os.path.join(folder_paths.get_output_directory(), "svd_eval", "votes")
         os.makedirs(out_dir, exist_ok=True)
         if manifest.strip():
@@ -479,7 +508,7 @@ class VotingStudy(io.ComfyNode):
         else:
             dirs = {m: _folder(node, "models", d) for m, d in _model_lines(node, models).items()}
             if len(dirs) < 2:
-                raise ValueError(f"{node}: input 'models': give two or more 'model=folder' lines (or a manifest)")
+                raise bad_input(node, "models", "give two or more 'model=folder' lines (or a manifest)")
             for d in dirs.values():  # videos and STEM.txt prompts are read (and served): no links leading out
                 for f in os.listdir(d):
                     check_inside(node, "models", os.path.join(d, f), "input",
@@ -498,6 +527,8 @@ class VotingStudy(io.ComfyNode):
 class LoadVideoFrames(io.ComfyNode):
     """A video file from the input folder as an IMAGE batch (PyAV), to compare models' clips."""
 
+    ID = PREFIX + "LoadVideoFrames"
+
     @classmethod
     def define_schema(cls):
         from svd_core.video_io import VIDEO_EXTENSIONS
@@ -506,7 +537,7 @@ class LoadVideoFrames(io.ComfyNode):
         files = sorted(f for f in os.listdir(root)
                        if f.lower().endswith(VIDEO_EXTENSIONS)) if os.path.isdir(root) else []
         return io.Schema(
-            node_id=PREFIX + "LoadVideoFrames", display_name="Load video frames (evaluation)", category=CATEGORY,
+            node_id=cls.ID, display_name="Load video frames (evaluation)", category=CATEGORY,
             description="Decode a video of ComfyUI's input folder into IMAGE frames, optionally resampled to an fps.",
             inputs=[
                 io.Combo.Input("file", options=files, tooltip="video file in ComfyUI's input folder"),
@@ -520,13 +551,13 @@ class LoadVideoFrames(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, file) -> bool | str:
-        return path_error(PREFIX + "LoadVideoFrames", "file", file, "input") or check_inputs(cls, file=file)
+        return path_error(cls.ID, "file", file, "input") or check_inputs(cls, file=file)
 
     @classmethod
     def execute(cls, file, max_frames, fps) -> io.NodeOutput:
         from svd_core.video_io import read_frames
 
-        path = _file(PREFIX + "LoadVideoFrames", "file", file)
+        path = _file(cls.ID, "file", file)
         frames = read_frames(path, num_frames=max_frames or None, fps=fps or None)  # t h w c uint8
         images = torch.from_numpy(frames).float() / 255.0
         return io.NodeOutput(images, int(images.shape[0]))
@@ -534,7 +565,7 @@ class LoadVideoFrames(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, file, max_frames, fps):
         try:
-            path = node_path(PREFIX + "LoadVideoFrames", "file", file, "input", kind="file")
+            path = node_path(cls.ID, "file", file, "input", kind="file")
         except ValueError:
             return file
         return os.path.getmtime(path)

@@ -1,63 +1,33 @@
 """Training nodes (paper App. D): dataset, model to train, settings, train (progress, Cancel saves a resumable
 state, loss curve), save checkpoint / LoRA, validation sampler.
 
-Thin wrappers over `svd_core.training`: the same code `python -m svd_core train CONFIG` runs. The model to train is
-always a private copy of the loader's model (the shared, cached checkpoint is never changed). Runs live in
+Thin wrappers over `svd_core.training.api`: the same code `python -m svd_core train CONFIG` runs. The model to train
+is always a private copy of the loader's model (the shared, cached checkpoint is never changed). Runs live in
 output/svd_training/<run_name>/ (resumable state, loss curve, samples); the latent / CLIP cache of each dataset in
 output/svd_training/cache/, shared by every run on the same data and encoders."""
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
 
+import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
-import comfy.model_management as mm
-import comfy.model_patcher
-import comfy.utils
+from ..nodes._comfy import (IF_EXISTS, PREFIX, Progress, SVDModel, TrainDataset, Trained, TrainModel, TrainSettings,
+                            as_loaded, bad_input, category, check_inputs, check_inside, frames_to_image, name_error,
+                            new_file, node_path, path_error, plain_name)
 
-try:  # the pack is a package inside ComfyUI (custom_nodes/<pack>), whose own top-level module is `nodes`
-    from ..nodes import _comfy
-except ImportError:  # the repository itself on sys.path
-    from nodes import _comfy
-
-PREFIX = "SVDSuite_"
-CATEGORY = "svd/training"
-SVDModel = io.Custom("SVDSUITE_MODEL")  # the pack's model type (nodes/_comfy.py)
-TrainDataset = io.Custom("SVDSUITE_TRAIN_DATASET")
-TrainModel = io.Custom("SVDSUITE_TRAIN_MODEL")
-TrainSettings = io.Custom("SVDSUITE_TRAIN_SETTINGS")
-Trained = io.Custom("SVDSUITE_TRAINED")
-
+CATEGORY = category("training")
 TARGETS = {"as loaded": None, "interpolation (from SVD)": "interpolation", "multi-view (from SVD)": "multiview",
            "text-to-video (from SVD)": "text2video"}
 MODE_CHOICES = ("preset", "lora", "temporal", "full", "time_embed", "spatial")
 TRAINED_TOOLTIP = "The finished (or resumed) training run: its trained weights, EMA, LoRA and data."
 
 
-_bad = _comfy.bad_input
-
-
 def _run_root() -> str:
     return os.path.join(folder_paths.get_output_directory(), "svd_training")
-
-
-class _Progress:
-    """ComfyUI progress bar + interrupt: `cancel()` is polled by the trainer between steps."""
-
-    def __init__(self, total: int):
-        self.bar = comfy.utils.ProgressBar(max(int(total), 1))
-        mm.throw_exception_if_processing_interrupted()
-
-    def __call__(self, done: int, total: int, stage: str | None = None) -> None:
-        self.bar.update_absolute(int(done), max(int(total), 1))
-
-    @staticmethod
-    def cancel() -> bool:
-        return bool(mm.processing_interrupted())
 
 
 # ------------------------------------------------------------------------------------------------------ dataset
@@ -85,23 +55,24 @@ class Dataset(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, source, max_windows_per_clip):
-        return _comfy.path_error(cls.ID, "source", source, ("input", "output")) or \
-            _comfy.check_inputs(cls, max_windows_per_clip=max_windows_per_clip)
+        return path_error(cls.ID, "source", source, ("input", "output")) or \
+            check_inputs(cls, max_windows_per_clip=max_windows_per_clip)
 
     @classmethod
     def execute(cls, source, max_windows_per_clip=0):
         from svd_core.training.data import DataError, load_records
 
-        path = _comfy.node_path(cls.ID, "source", source, ("input", "output"))
+        path = node_path(cls.ID, "source", source, ("input", "output"))
         if not os.path.exists(path):
-            raise _bad(cls.ID, "source", f"{source!r} is neither a manifest nor a folder in input/ or output/")
-        _Progress(1)
+            raise bad_input(cls.ID, "source", f"{source!r} is neither a manifest nor a folder in input/ or output/")
+        bar = Progress(1)
         try:
-            records = load_records(path, _Progress.cancel)
+            with bar.stopping():
+                records = load_records(path, bar.cancel)
         except (DataError, ValueError) as exc:
-            raise _bad(cls.ID, "source", str(exc)) from exc
+            raise bad_input(cls.ID, "source", str(exc)) from exc
         for r in records:  # a manifest's clips (or links in a clip folder) stay in input/ or output/ too
-            _comfy.check_inside(cls.ID, "source", r.path, ("input", "output"), what="a clip it lists")
+            check_inside(cls.ID, "source", r.path, ("input", "output"), what="a clip it lists")
         return io.NodeOutput({"source": path, "records": records, "max_per_clip": int(max_windows_per_clip)})
 
 
@@ -130,41 +101,11 @@ class ModelToTrain(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, target):
-        if target not in TARGETS:
-            return f"{cls.ID}: input 'target' = {target!r} is not one of {list(TARGETS)}"
-        return True
+        return check_inputs(cls, target=target)
 
     @classmethod
     def execute(cls, svd_model, target="as loaded"):
         return io.NodeOutput({"source": svd_model, "target": TARGETS[target], "name": svd_model.name})
-
-
-def _private_copy(train_model: dict):
-    """A float32 copy of the loader's model (LoRA stack merged), turned into the target variant when asked."""
-    import torch
-
-    src = train_model["source"]
-    base = src.patcher.model
-    model = copy.deepcopy(base).to("cpu", torch.float32)
-    for t in list(model.parameters()) + list(model.buffers()):
-        t.data = t.data.clone()  # plain tensors (the loader made them under ComfyUI's inference mode)
-    stack = getattr(src, "stack", None)
-    if stack:
-        from svd_core.lora import merge
-
-        merge(model, [(lora.to("cpu"), s) for lora, s in stack])
-    target = train_model["target"]
-    if target:
-        from svd_core import interpolation, multiview, text2video
-        from svd_core.testing import TINY_VARIANTS
-
-        module = {"interpolation": interpolation, "multiview": multiview, "text2video": text2video}[target]
-        spec = None  # interpolation: the base's own interpolation variant (`interpolation.spec_for`)
-        if model.spec.custom and target != "interpolation":  # a tiny / custom model grows into the tiny variant
-            spec = {"interpolation": "tiny_interp", "multiview": "tiny_svd_mv", "text2video": "tiny_t2v"}[target]
-            spec = TINY_VARIANTS.get(spec)
-        model = module.init_from(model, spec) if spec is not None else module.init_from(model)
-    return model
 
 
 # ------------------------------------------------------------------------------------------------------ settings
@@ -216,16 +157,22 @@ class Settings(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, preset, mode, steps, learning_rate, batch_size, grad_accum, num_frames, width, height,
+                        lora_rank, ema_decay, precision, overrides):
+        try:
+            _overrides(cls.ID, overrides)
+        except ValueError as exc:
+            return str(exc)
+        return check_inputs(cls, preset=preset, mode=mode, steps=steps, learning_rate=learning_rate,
+                            batch_size=batch_size, grad_accum=grad_accum, num_frames=num_frames, width=width,
+                            height=height, lora_rank=lora_rank, ema_decay=ema_decay, precision=precision)
+
+    @classmethod
     def execute(cls, preset, mode, steps, learning_rate, batch_size, grad_accum, num_frames, width, height,
                 lora_rank, ema_decay, precision, gradient_checkpointing, training_seed, overrides="{}"):
         from svd_core.training.config import ConfigError, TrainConfig
 
-        try:
-            extra = json.loads(overrides or "{}")
-        except json.JSONDecodeError as exc:
-            raise _bad(cls.ID, "overrides", f"not valid JSON ({exc})") from None
-        if not isinstance(extra, dict):
-            raise _bad(cls.ID, "overrides", "must be a JSON object like {\"p_mean\": 1.0}")
+        extra = _overrides(cls.ID, overrides)
         values = dict(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lora_rank=lora_rank,
                       ema_decay=ema_decay, precision=precision, gradient_checkpointing=gradient_checkpointing,
                       seed=training_seed)
@@ -238,30 +185,22 @@ class Settings(io.ComfyNode):
         try:
             cfg = TrainConfig.from_preset(preset, **values)
         except ConfigError as exc:
-            raise _bad(cls.ID, "overrides" if any(k in str(exc) for k in extra) else "preset", str(exc)) from None
+            raise bad_input(cls.ID, "overrides" if any(k in str(exc) for k in extra) else "preset", str(exc)) from None
         return io.NodeOutput(cfg)
 
 
+def _overrides(node_id: str, text) -> dict:
+    """The Settings node's JSON overrides as a dict (None: a linked input, known at run time: {})."""
+    try:
+        extra = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise bad_input(node_id, "overrides", f"not valid JSON ({exc})") from None
+    if not isinstance(extra, dict):
+        raise bad_input(node_id, "overrides", "must be a JSON object like {\"p_mean\": 1.0}")
+    return extra
+
+
 # ------------------------------------------------------------------------------------------------------ train
-
-
-@dataclass
-class TrainedRun:
-    """What travels on SVDSUITE_TRAINED: the trainer (model copy, LoRA, EMA, data) and the run folder."""
-
-    trainer: object
-    run_dir: str
-    name: str
-    outputs: dict = field(default_factory=dict)
-
-
-def _as_loaded(model, name: str):
-    """Wrap a trained model like the loader does, so the generation nodes sample it."""
-    load_device = mm.get_torch_device()
-    offload = mm.unet_offload_device()
-    model.eval().requires_grad_(False)
-    return _comfy.LoadedSVD(comfy.model_patcher.ModelPatcher(model.to(offload), load_device=load_device,
-                                                             offload_device=offload), name)
 
 
 class Train(io.ComfyNode):
@@ -302,7 +241,7 @@ class Train(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, run_name, checkpoint_every, validate_every, sample_steps):
-        return _comfy.name_error(cls.ID, "run_name", run_name) or _comfy.check_inputs(
+        return name_error(cls.ID, "run_name", run_name) or check_inputs(
             cls, checkpoint_every=checkpoint_every, validate_every=validate_every, sample_steps=sample_steps)
 
     @classmethod
@@ -310,71 +249,26 @@ class Train(io.ComfyNode):
                 validate_every=250, sample_steps=0):
         import torch
 
-        # ComfyUI runs nodes under inference mode: training needs autograd and tensors made outside it
-        with torch.inference_mode(False), torch.enable_grad():
-            return cls._train(train_model, dataset, settings, run_name, resume, checkpoint_every, validate_every,
-                              sample_steps)
-
-    @classmethod
-    def _train(cls, train_model, dataset, settings, run_name, resume, checkpoint_every, validate_every,
-               sample_steps):
-        import dataclasses
-
-        import torch
-
         from svd_core.training import api
-        from svd_core.training.trainer import Interrupted, ResumeError
 
-        _comfy.plain_name(cls.ID, "run_name", run_name)
+        plain_name(cls.ID, "run_name", run_name)
+        run_dir = os.path.join(_run_root(), run_name)
+        check_inside(cls.ID, "run_name", run_dir, "output")  # svd_training/ or the run may be a link
         cfg = dataclasses.replace(settings, checkpoint_every=checkpoint_every, validate_every=validate_every,
                                   sample_steps=sample_steps, name=run_name)
-        try:
-            cfg.validate()
-        except ValueError as exc:
-            raise _bad(cls.ID, "settings", str(exc)) from None
-        from svd_core.training.tasks import model_for_task
-
-        model = model_for_task(_private_copy(train_model), cfg.task)  # interpolation: from the base model (D.5)
-        device = mm.get_torch_device()
-        model.to(device)
-        run_dir = os.path.join(_run_root(), run_name)
-        _comfy.check_inside(cls.ID, "run_name", run_dir, "output")  # svd_training/ or the run may be a link
-        bar = _Progress(cfg.steps)
-        try:
-            data = api.prepare_data(model, cfg, dataset["source"], os.path.join(_run_root(), "cache"),
-                                    records=dataset["records"], max_per_clip=dataset["max_per_clip"],
-                                    progress=bar, cancel=bar.cancel)
-        except RuntimeError as exc:
-            if bar.cancel():
-                mm.throw_exception_if_processing_interrupted()
-            raise _bad(cls.ID, "dataset", str(exc)) from None
-        except ValueError as exc:
-            raise _bad(cls.ID, "dataset", str(exc)) from None
-        bar(0, cfg.steps)
-        try:
-            trainer, out = api.train(model, cfg, data, run_dir, resume=resume, device=device, progress=bar,
-                                     cancel=bar.cancel, export=False)
-        except Interrupted:
-            mm.throw_exception_if_processing_interrupted()
-            raise
-        except ResumeError as exc:  # a damaged or foreign saved state: names the file and how to start fresh
-            raise _bad(cls.ID, "resume", str(exc)) from None
-        result = out["result"]
-        curve = trainer.write_loss_curve()
-        image = torch.from_numpy(curve).float().div(255.0)[None]  # 1 h w 3
-        trainer.close()
-        trained_model = copy.deepcopy(trainer.model)
-        if trainer.lora is not None:
-            from svd_core.lora import merge
-
-            merge(trained_model, [(trainer.lora_copy(), 1.0)])
-        first = result.val[0][1] if result.val else float("nan")
-        last = result.val[-1][1] if result.val else float("nan")
-        report = (f"{run_name}: {cfg.preset} ({cfg.mode}, task {cfg.task}) {result.step}/{cfg.steps} steps in "
-                  f"{result.seconds:.1f} s; {len(data.train_idx)} training / {len(data.val_idx)} validation windows; "
-                  f"validation loss {first:.4f} -> {last:.4f}; state {result.state_path}")
-        run = TrainedRun(trainer, run_dir, run_name)
-        return io.NodeOutput(run, _as_loaded(trained_model, f"{train_model['name']} ({run_name})"), image, report)
+        source = train_model["source"]
+        bar = Progress(cfg.steps)
+        # ComfyUI runs nodes under inference mode: training needs autograd and tensors made outside it
+        with torch.inference_mode(False), torch.enable_grad(), bar.stopping():
+            try:
+                run = api.run(source.patcher.model, cfg, dataset["source"], run_dir, os.path.join(_run_root(), "cache"),
+                              target=train_model["target"], loras=getattr(source, "stack", None) or (),
+                              records=dataset["records"], max_per_clip=dataset["max_per_clip"], resume=resume,
+                              device=mm.get_torch_device(), progress=bar, cancel=bar.cancel)
+            except api.RunInputError as exc:
+                raise bad_input(cls.ID, exc.what, str(exc)) from None
+        image = torch.from_numpy(run.loss_curve).float().div(255.0)[None]  # 1 h w 3
+        return io.NodeOutput(run, as_loaded(run.model, f"{train_model['name']} ({run_name})"), image, run.report)
 
 
 # ------------------------------------------------------------------------------------------------------ outputs
@@ -385,8 +279,7 @@ IF_EXISTS_TOOLTIP = ("When the file already exists: 'new name' keeps it and writ
 
 
 def _validate_save(cls, filename, if_exists):
-    return _comfy.name_error(cls.ID, "filename", filename, ".safetensors") or \
-        _comfy.check_inputs(cls, if_exists=if_exists)
+    return name_error(cls.ID, "filename", filename, ".safetensors") or check_inputs(cls, if_exists=if_exists)
 
 
 class SaveCheckpoint(io.ComfyNode):
@@ -402,7 +295,7 @@ class SaveCheckpoint(io.ComfyNode):
                 Trained.Input("trained", tooltip=TRAINED_TOOLTIP),
                 io.String.Input("filename", default="svd_finetune.safetensors",
                                 tooltip="File name in models/checkpoints."),
-                io.Combo.Input("if_exists", options=list(_comfy.IF_EXISTS), default="new name",
+                io.Combo.Input("if_exists", options=list(IF_EXISTS), default="new name",
                                tooltip=IF_EXISTS_TOOLTIP),
                 io.Boolean.Input("use_ema", default=True, tooltip="Save the EMA weights (paper) or the last ones."),
                 io.Combo.Input("dtype", options=["float32", "float16", "bfloat16"], default="float16",
@@ -420,11 +313,11 @@ class SaveCheckpoint(io.ComfyNode):
     def execute(cls, trained, filename, if_exists="new name", use_ema=True, dtype="float16"):
         import torch
 
-        _comfy.plain_name(cls.ID, "filename", filename, ".safetensors")
+        plain_name(cls.ID, "filename", filename, ".safetensors")
         if trained.trainer.cfg.mode == "lora":
-            raise _bad(cls.ID, "trained", "this run trained a LoRA; save it with Save Trained LoRA")
-        _Progress(1)
-        path = _comfy.new_file(cls.ID, "filename", "checkpoints", filename, if_exists)
+            raise bad_input(cls.ID, "trained", "this run trained a LoRA; save it with Save Trained LoRA")
+        Progress(1)
+        path = new_file(cls.ID, "filename", "checkpoints", filename, if_exists)
         trained.trainer.save_checkpoint(path, use_ema=use_ema, dtype=getattr(torch, dtype))
         return io.NodeOutput(path, ui={"text": [path]})
 
@@ -441,7 +334,7 @@ class SaveLoRA(io.ComfyNode):
             inputs=[
                 Trained.Input("trained", tooltip=TRAINED_TOOLTIP),
                 io.String.Input("filename", default="camera_motion.safetensors", tooltip="File name in models/loras."),
-                io.Combo.Input("if_exists", options=list(_comfy.IF_EXISTS), default="new name",
+                io.Combo.Input("if_exists", options=list(IF_EXISTS), default="new name",
                                tooltip=IF_EXISTS_TOOLTIP),
                 io.Boolean.Input("use_ema", default=False, tooltip="Save the EMA of the LoRA or its last weights."),
                 io.String.Input("motion_label", default="", tooltip="What motion it adds (e.g. 'pan right')."),
@@ -456,12 +349,12 @@ class SaveLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, trained, filename, if_exists="new name", use_ema=False, motion_label=""):
-        _comfy.plain_name(cls.ID, "filename", filename, ".safetensors")
+        plain_name(cls.ID, "filename", filename, ".safetensors")
         if trained.trainer.lora is None:
-            raise _bad(cls.ID, "trained", f"this run trained mode {trained.trainer.cfg.mode!r}, not a LoRA; save it "
-                                          f"with Save Trained Checkpoint")
-        _Progress(1)
-        path = _comfy.new_file(cls.ID, "filename", "loras", filename, if_exists)
+            raise bad_input(cls.ID, "trained", f"this run trained mode {trained.trainer.cfg.mode!r}, not a LoRA; "
+                                               f"save it with Save Trained Checkpoint")
+        Progress(1)
+        path = new_file(cls.ID, "filename", "loras", filename, if_exists)
         trained.trainer.save_lora(path, use_ema=use_ema, motion_label=motion_label)
         return io.NodeOutput(path, ui={"text": [path]})
 
@@ -488,26 +381,20 @@ class ValidationSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, steps, videos, cfg, seed):
+        return check_inputs(cls, steps=steps, videos=videos, cfg=cfg, seed=seed)
+
+    @classmethod
     def execute(cls, trained, steps=25, videos=2, cfg=1.0, use_lora=True, seed=0):
-        from einops import rearrange
+        from svd_core.training.api import validation_samples
 
-        tr = trained.trainer
-        if tr.cfg.task != "img2vid":
-            raise _bad(cls.ID, "trained", f"validation samples need an image-to-video run; this one is {tr.cfg.task}")
-        _Progress(1)
-        idx = (tr.val_idx or tr.train_idx)[:videos]
-        handle = tr.handle
-        if tr.lora is not None and handle is None:  # the Train node took the hooks off: attach for sampling
-            from svd_core.lora import attach
-
-            tr.handle = attach(tr.model, [(tr.lora, 1.0)])
-        try:
-            frames = tr.sample(steps=steps, indices=idx, use_lora=use_lora, seed=seed, cfg_scale=cfg)
-        finally:
-            if handle is None:
-                tr.close()
-        out = rearrange(frames, "b t c h w -> (b t) h w c").float().contiguous()  # videos frame after frame
-        return io.NodeOutput(out.to(mm.intermediate_device()))
+        if trained.trainer.cfg.task != "img2vid":
+            raise bad_input(cls.ID, "trained", f"validation samples need an image-to-video run; this one is "
+                                               f"{trained.trainer.cfg.task}")
+        Progress(1)
+        frames = validation_samples(trained.trainer, steps=steps, videos=videos, cfg_scale=cfg, use_lora=use_lora,
+                                    seed=seed)
+        return io.NodeOutput(frames_to_image(frames))
 
 
 # ------------------------------------------------------------------------------------------------------ Stage I
@@ -542,26 +429,26 @@ class Stage1FromSD2(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name, filename):
-        return _comfy.name_error(cls.ID, "filename", filename, ".safetensors") or _comfy.path_error(
-            cls.ID, "ckpt_name", ckpt_name, "checkpoints", links_out=True) or True
+    def validate_inputs(cls, ckpt_name, filename, prediction=None):
+        return name_error(cls.ID, "filename", filename, ".safetensors") or path_error(
+            cls.ID, "ckpt_name", ckpt_name, "checkpoints", links_out=True) or check_inputs(cls, prediction=prediction)
 
     @classmethod
     def execute(cls, ckpt_name, prediction="auto", filename="svd_stage1_t2v.safetensors", overwrite=False):
         from svd_core import stage1
 
-        name = _comfy.plain_name(cls.ID, "filename", filename, ".safetensors")
-        src = _comfy.node_path(cls.ID, "ckpt_name", ckpt_name, "checkpoints", kind="file", links_out=True)
+        name = plain_name(cls.ID, "filename", filename, ".safetensors")
+        src = node_path(cls.ID, "ckpt_name", ckpt_name, "checkpoints", kind="file", links_out=True)
         out = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], name)
         if os.path.realpath(out) == os.path.realpath(src):
-            raise _bad(cls.ID, "filename", f"{name!r} is the SD checkpoint itself; choose another name")
-        _Progress(1)
+            raise bad_input(cls.ID, "filename", f"{name!r} is the SD checkpoint itself; choose another name")
+        Progress(1)
         try:
             path, report = stage1.convert_file(src, out, prediction=prediction, overwrite=bool(overwrite))
         except FileExistsError as exc:
-            raise _bad(cls.ID, "filename", f"{exc} (turn on 'overwrite')") from None
+            raise bad_input(cls.ID, "filename", f"{exc} (turn on 'overwrite')") from None
         except ValueError as exc:  # not an SD 2.x checkpoint: the message names the key
-            raise _bad(cls.ID, "ckpt_name", str(exc)) from None
+            raise bad_input(cls.ID, "ckpt_name", str(exc)) from None
         return io.NodeOutput(str(path), report.summary(), ui={"text": [str(path), report.summary()]})
 
 

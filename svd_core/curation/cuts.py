@@ -57,6 +57,21 @@ DEFAULT_CASCADE: tuple[CascadeLevel, ...] = (
 SINGLE_CONTENT: tuple[CascadeLevel, ...] = (CascadeLevel("content", None, 27.0, 0.5),)
 
 
+def cascade_from_thresholds(hard_threshold: float = 27.0, mid_fps: float = 8.0, mid_threshold: float = 2.5,
+                            slow_fps: float = 2.0, slow_threshold: float = 1.5,
+                            fade_threshold: float = 12.0) -> tuple[CascadeLevel, ...]:
+    """DEFAULT_CASCADE's four levels with other rates and thresholds (the curation node's inputs); a 0 rate or fade
+    threshold drops that level."""
+    levels = [CascadeLevel("content", None, hard_threshold, 0.5)]
+    if mid_fps > 0:
+        levels.append(CascadeLevel("adaptive", mid_fps, mid_threshold, 0.5, 20.0))
+    if slow_fps > 0:
+        levels.append(CascadeLevel("adaptive", slow_fps, slow_threshold, 1.0, 20.0))
+    if fade_threshold > 0:
+        levels.append(CascadeLevel("threshold", None, fade_threshold, 0.5))
+    return tuple(levels)
+
+
 def cascade_from_dicts(levels: Sequence[dict] | None) -> tuple[CascadeLevel, ...]:
     """Build a cascade from config dicts ({detector, fps, threshold, min_scene_len, min_content_val})."""
     if levels is None:

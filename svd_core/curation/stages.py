@@ -31,6 +31,26 @@ def cut_and_clip(source: str, cfg: CurationConfig, progress=None, cancel=None) -
     return clip_rows(source, cuts.cut_frames, cuts.fps, cuts.frame_count, cfg, cancel=cancel)
 
 
+def detect_many(sources, cascade, progress=None, cancel=None) -> list[dict]:
+    """Cuts of several videos (`CutResult.to_dict()` each), with progress per video and cancel."""
+    out = []
+    for i, source in enumerate(sources):
+        out.append(detect_cuts(source, cascade, cancel=cancel).to_dict())
+        if progress is not None:
+            progress(i + 1, len(sources))
+    return out
+
+
+def clip_many(cuts, cfg: CurationConfig, progress=None, cancel=None) -> list[dict]:
+    """`clip_rows` of every video's cuts (`detect_many`'s dicts): one manifest row per clip, cached per video."""
+    rows: list[dict] = []
+    for i, c in enumerate(cuts):
+        rows += clip_rows(c["path"], c["cut_frames"], c["fps"], c["frame_count"], cfg, cancel=cancel)
+        if progress is not None:
+            progress(i + 1, len(cuts))
+    return rows
+
+
 def clip_rows(source: str, cut_frames, fps: float, frame_count: int, cfg: CurationConfig, cancel=None) -> list[dict]:
     """Clip one source at its cuts (keyframe-snapped, packet copy) and describe each clip as a manifest row."""
     done = cfg.work_dir / "clips" / f"{source_id(source)}.json"

@@ -393,6 +393,61 @@ def test_interrupt_during_sampling_stops_within_a_step_and_server_keeps_working(
     assert time.monotonic() - t0 < 240
 
 
+def _train_prompt(steps: int, run_name: str) -> dict:
+    """Train a tiny model's temporal layers on the session's bikes clips (the training workflows' input)."""
+    return {
+        "1": {"class_type": "SVDSuite_CheckpointLoader", "inputs": {"ckpt_name": CKPT, "dtype": "float32"}},
+        "2": {"class_type": "SVDSuite_TrainModel", "inputs": {"svd_model": ["1", 0], "target": "as loaded"}},
+        "3": {"class_type": "SVDSuite_TrainDataset", "inputs": {"source": "svd_train_clips",
+                                                                "max_windows_per_clip": 1}},
+        "4": {"class_type": "SVDSuite_TrainSettings", "inputs": {
+            "preset": "img2vid", "mode": "temporal", "steps": steps, "learning_rate": 0.0, "batch_size": 1,
+            "grad_accum": 1, "num_frames": 4, "width": 64, "height": 64, "lora_rank": 16, "ema_decay": 0.9999,
+            "precision": "fp32", "gradient_checkpointing": False, "training_seed": 0, "overrides": "{}"}},
+        "5": {"class_type": "SVDSuite_Train", "inputs": {
+            "train_model": ["2", 0], "dataset": ["3", 0], "settings": ["4", 0], "run_name": run_name,
+            "resume": True, "checkpoint_every": 1000, "validate_every": 0, "sample_steps": 0}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 2], "filename_prefix": "svd_suite/" + run_name}},
+    }
+
+
+@pytest.mark.slow
+def test_cancel_during_training_saves_a_state_the_next_run_resumes(comfy):
+    """The node kit's one cancel rule on the Train node: Cancel ends the prompt as interrupted (not failed) after the
+    trainer saved its state, and queueing the same run again continues from that step."""
+    steps, run_name = 12, "svd_suite_cancelled"
+    prompt = _train_prompt(steps, run_name)
+    state = comfy.output_dir / "svd_training" / run_name / "state" / "last.safetensors"
+    seen = {"at_interrupt": None}
+
+    def train_steps(messages):  # the Train node's progress over its steps (its caching progress counts windows)
+        return [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"].get("node") == "5"
+                and m["data"]["max"] == steps]
+
+    def on_message(msg):
+        data = msg.get("data", {})
+        if msg["type"] == "progress" and data.get("node") == "5" and data["max"] == steps and data["value"] >= 2 \
+                and seen["at_interrupt"] is None:
+            seen["at_interrupt"] = data["value"]
+            threading.Thread(target=comfy.interrupt, daemon=True).start()
+
+    ws = comfy.websocket()
+    try:
+        entry, messages = comfy.wait(comfy.queue(prompt), 400, ws=ws, on_message=on_message)
+    finally:
+        ws.close()
+    assert seen["at_interrupt"] is not None, "the Train node never reported a step"
+    assert any(m["type"] == "execution_interrupted" for m in messages), [m["type"] for m in messages][-10:]
+    assert entry["status"]["status_str"] == "error" and "6" not in entry.get("outputs", {})
+    stopped = max(train_steps(messages))
+    assert stopped <= seen["at_interrupt"] + 2 < steps and state.is_file(), (seen, stopped)
+    entry, messages = run_ok(comfy, prompt, timeout=400)  # the same run again: resumes, does not start over
+    values = [v for v in train_steps(messages) if v > 0]
+    # the step that ran while Cancel came in is saved but not shown (ComfyUI's hook raises before it reports)
+    assert stopped < values[0] <= stopped + 2 and values == list(range(values[0], steps + 1)), (stopped, values)
+    assert len(entry["outputs"]["6"]["images"]) == 1  # the loss curve
+
+
 # ----------------------------------------------------------------------------------------------- memory
 def test_free_memory_request_releases_the_cached_model(comfy):
     prompt = img2vid(steps=1, seed=21, prefix="svd_suite/free")
