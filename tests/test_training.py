@@ -13,7 +13,7 @@ import torch
 from svd_core.denoiser import VideoCond
 from svd_core.training import api
 from svd_core.training.config import PRESETS, ConfigError, TrainConfig
-from svd_core.training.data import ClipRecord, fps_id, motion_bucket
+from svd_core.training.data import ClipRecord, DataError, motion_bucket, window_fps
 from svd_core.training.objective import NoiseDistribution, drop_conditioning, edm_loss, edm_weight, sample_cond_aug
 from svd_core.training.trainer import Interrupted, Trainer
 from tests.test_training_support import bikes_clips, bikes_manifest, micro_spec
@@ -123,13 +123,15 @@ def test_micro_conditioning_comes_from_each_clips_fps_and_motion(manifest, micro
 
     rows = {r["path"]: r for r in read_manifest(manifest)}
     model, data = micro_data
-    assert fps_id(25 / 4) == pytest.approx(5.25) and motion_bucket(2.0) == 64 and motion_bucket(100) == 255
+    assert window_fps(25 / 4) == 6.25 and motion_bucket(2.0) == 64 and motion_bucket(100) == 255
+    with pytest.raises(DataError, match="at least 1 fps"):
+        window_fps(25 / 32)
     buckets = set()
     for i, w in enumerate(data.windows):
         item = data.dataset[i]
         row = rows[w.record.path]
         assert w.stride == round(row["fps"] / 7.0) == 4  # 25 fps clips sampled near 7 fps
-        assert item["fps_id"].item() == pytest.approx(row["fps"] / w.stride - 1)
+        assert item["fps"].item() == row["fps"] / w.stride and "fps_id" not in item  # fps, never fps_id
         assert item["motion_bucket_id"].item() == motion_bucket(row["motion"])
         buckets.add(item["motion_bucket_id"].item())
     assert len(buckets) >= 3  # real motion scores differ from shot to shot: never a constant
