@@ -107,6 +107,30 @@ def test_edm_loss_is_the_weighted_denoising_error():
     assert torch.allclose(edm_weight(torch.tensor([1.0, 2.0])), torch.tensor([2.0, 1.25]))
 
 
+def test_one_sigma_data_reaches_the_preconditioning_and_the_weighting():
+    """EDM (paper App. D.2, eq. 8-13): the loss passes its sigma_data sd to both D and lambda. With a UNet that
+    echoes its (scaled) input, F = c_in x~: D = (c_skip + c_out c_in) x~ = (sd^2 - s sd) / (s^2 + sd^2) x~ and
+    lambda = (s^2 + sd^2) / (s sd)^2; the default is the video models' sd = 1 (`denoiser.SIGMA_DATA`)."""
+    from svd_core.denoiser import SIGMA_DATA
+
+    class Echo(torch.nn.Module):
+        def forward(self, x, t, context=None, y=None, **_):
+            return x[:, :4]
+
+    g = torch.Generator().manual_seed(2)
+    b, t = 2, 2
+    x, n = torch.randn(b * t, 4, 2, 2, generator=g), torch.randn(b * t, 4, 2, 2, generator=g)
+    sigma = torch.tensor([0.3, 2.0])
+    cond = VideoCond(torch.zeros(b * t, 1, 8), torch.zeros(b * t, 0, 2, 2), torch.zeros(b * t, 8))
+    s = sigma.repeat_interleave(t).view(-1, 1, 1, 1)
+    for sd in (0.5, SIGMA_DATA):
+        d = (sd**2 - s * sd) / (s**2 + sd**2) * (x + s * n)
+        manual = ((d - x) ** 2).reshape(b, -1).mean(1) * (sigma**2 + sd**2) / (sigma * sd) ** 2
+        torch.testing.assert_close(edm_loss(Echo(), x, sigma, n, cond, t, reduce=False, sigma_data=sd), manual)
+    assert SIGMA_DATA == 1.0 and torch.equal(edm_loss(Echo(), x, sigma, n, cond, t, reduce=False),
+                                             edm_loss(Echo(), x, sigma, n, cond, t, reduce=False, sigma_data=1.0))
+
+
 def test_dropout_gives_the_samplers_unconditional_branch():
     cond = VideoCond(torch.ones(6, 1, 4), torch.ones(6, 4, 2, 2), torch.ones(6, 8))
     out = drop_conditioning(cond, torch.tensor([1.0, 0.0]), 3)
