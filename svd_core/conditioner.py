@@ -132,6 +132,9 @@ def micro_inputs(keys: "tuple[str, ...]", batch: int, num_frames: int,
                  values: "dict[str, torch.Tensor | float | list | None]") -> dict[str, torch.Tensor]:
     """User-facing values (`MICRO_VALUES`; None = not given; values the keys do not embed are ignored) -> the
     embedder inputs `keys` name, one float32 per frame (b t). Converted in float64, rounded once."""
+    unknown = sorted(set(values) - set(MICRO_VALUES))
+    if unknown:
+        raise ValueError(f"unknown micro-conditioning value(s) {unknown}; expected some of {list(MICRO_VALUES)}")
     out = {}
     for key in keys:
         if key not in MICRO_INPUTS:

@@ -347,6 +347,8 @@ def test_micro_vector_holds_the_reference_values():
     assert micro_values(TINY_SV3D_P) == ("cond_aug", "elevation", "azimuth")
     with pytest.raises(ValueError, match=r"no motion_bucket_id given.*'motion_bucket_id'"):
         svd.conditioner.micro_vector(1, 2, fps=7, cond_aug=0.02)
+    with pytest.raises(ValueError, match=r"unknown micro-conditioning value\(s\) \['motion'\]"):
+        svd.conditioner.micro_vector(1, 2, fps=7, motion=127, cond_aug=0.02)
 
 
 @pytest.mark.filterwarnings("ignore:generating at")
