@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from svd_core import long_video
+from svd_core.conditioner import micro_values
 from svd_core.long_video import BLENDS, COLOR_MATCH, WINDOW_SCHEDULES
 from svd_core.pipeline import RESIZE_MODES
 from svd_core.samplers import SAMPLERS
@@ -141,7 +142,7 @@ class ChainedVideo(io.ComfyNode):
     @classmethod
     def execute(cls, svd_model, image, guidance, width, height, num_frames, clip_frames, fps, motion_bucket_id,
                 cond_aug, resize_mode, color_match, sampler, schedule, steps, seed, decode_t) -> io.NodeOutput:
-        if "fps_id" not in dict(svd_model.spec.vector_inputs):
+        if "fps" not in micro_values(svd_model.spec):
             raise bad_input(cls.ID, "svd_model", f"{svd_model.name} is a {svd_model.spec.name} model; chaining needs "
                                                  f"an image-to-video model (SVD / SVD-XT)")
         clip = clip_frames or svd_model.spec.num_frames

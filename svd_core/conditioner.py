@@ -1,6 +1,12 @@
 """Conditioning embedders (paper Sec. 4.3, App. D.2): CLIP image embedding, concat-frame VAE encoder, and the
-sinusoidal micro-conditioning vector (fps, motion bucket, cond_aug; SV3D polar / azimuth)."""
+sinusoidal micro-conditioning vector (fps, motion bucket, cond_aug; SV3D polar / azimuth).
+
+Micro-conditioning has one owner here: `Conditioner.micro_vector` embeds the user-facing values (`MICRO_VALUES`:
+fps, motion bucket, cond_aug, camera elevation and azimuth in degrees) as the variant's vector inputs name them
+(`MICRO_INPUTS`); every generation path and the trainer call it, so no other module converts fps to fps_id."""
 from __future__ import annotations
+
+from typing import Callable
 
 import kornia
 import torch
@@ -56,6 +62,90 @@ class OpenCLIPImageEmbedder(nn.Module):
         visual = self.open_clip.model.visual
         x = clip_preprocess(image.float(), self.image_size).to(visual.conv1.weight.dtype)
         return visual(x)[:, None, :]  # b d -> b 1 d
+
+
+# ---------------------------------------------------------------------------------------- micro-conditioning
+
+# The values a user (a node, the CLI, a training clip) gives, in their own units: frames per second, motion bucket
+# (0-255), conditioning-frame noise level, camera elevation and azimuth in degrees.
+MICRO_VALUES = ("fps", "motion_bucket_id", "cond_aug", "elevation", "azimuth")
+
+
+def _fps_id(fps: torch.Tensor) -> torch.Tensor:
+    """fps_id = fps - 1: reference `scripts/sampling/simple_video_sample.py` embeds `fps_id` (default 6) and writes
+    the video at fps_id + 1 = 7 fps; diffusers' SVD pipeline embeds fps - 1 too."""
+    return fps - 1.0
+
+
+def _polar_rad(elevation: torch.Tensor) -> torch.Tensor:
+    """SV3D_p polar angle = 90 - elevation, in radians (reference `simple_video_sample.py`, sv3d_p branch)."""
+    return torch.deg2rad(90.0 - elevation)
+
+
+def _relative_azimuth_rad(azimuth: torch.Tensor) -> torch.Tensor:
+    """SV3D_p azimuth relative to each video's last view (the input image's camera), in [0, 360) degrees, radians:
+    b t -> b t (Python's `%`: fmod, then + 360 where negative)."""
+    rel = torch.fmod(azimuth - azimuth[:, -1:], 360.0)
+    return torch.deg2rad(torch.where(rel < 0, rel + 360.0, rel))
+
+
+def _same(value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
+# Each vector input a spec may name -> (the user-facing value it embeds, how; b t -> b t in float64).
+# t2v's `motion_score` is in motion-bucket units, as SVD's motion_bucket_id (svd_core.text2video).
+MICRO_INPUTS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "fps_id": ("fps", _fps_id),
+    "motion_bucket_id": ("motion_bucket_id", _same),
+    "motion_score": ("motion_bucket_id", _same),
+    "cond_aug": ("cond_aug", _same),
+    "elevation_deg": ("elevation", _same),
+    "polars_rad": ("elevation", _polar_rad),
+    "azimuths_rad": ("azimuth", _relative_azimuth_rad),
+}
+
+
+def micro_values(spec: ModelSpec) -> tuple[str, ...]:
+    """The user-facing values a variant embeds, in embedder order: SVD fps, motion_bucket_id, cond_aug; SV3D_u
+    cond_aug; SV3D_p cond_aug, elevation, azimuth; SVD-MV SVD's + elevation; t2v fps, motion_bucket_id."""
+    return tuple(dict.fromkeys(MICRO_INPUTS[k][0] for k, _ in spec.vector_inputs if k in MICRO_INPUTS))
+
+
+def per_frame(values: "torch.Tensor | float | list", batch: int, num_frames: int, name: str,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A scalar, a per-video (b) or a per-frame (t) / (b t) list -> one value per frame, shape (b t)."""
+    v = torch.as_tensor(values, dtype=dtype).flatten()
+    if v.numel() == 1:
+        return v.repeat(batch * num_frames)
+    if v.numel() == batch:
+        return v.repeat_interleave(num_frames)
+    if v.numel() == num_frames:
+        return v.repeat(batch)
+    if v.numel() == batch * num_frames:
+        return v
+    raise ValueError(f"{name} has {v.numel()} values; expected 1, one per video ({batch}) or one per frame "
+                     f"({num_frames})")
+
+
+def micro_inputs(keys: "tuple[str, ...]", batch: int, num_frames: int,
+                 values: "dict[str, torch.Tensor | float | list | None]") -> dict[str, torch.Tensor]:
+    """User-facing values (`MICRO_VALUES`; None = not given; values the keys do not embed are ignored) -> the
+    embedder inputs `keys` name, one float32 per frame (b t). Converted in float64, rounded once."""
+    unknown = sorted(set(values) - set(MICRO_VALUES))
+    if unknown:
+        raise ValueError(f"unknown micro-conditioning value(s) {unknown}; expected some of {list(MICRO_VALUES)}")
+    out = {}
+    for key in keys:
+        if key not in MICRO_INPUTS:
+            raise ValueError(f"vector input {key!r} has no user-facing value; known inputs: {sorted(MICRO_INPUTS)}")
+        name, convert = MICRO_INPUTS[key]
+        if values.get(name) is None:
+            raise ValueError(f"no {name} given: this model embeds it (vector input {key!r}; the model's inputs are "
+                             f"{list(keys)})")
+        frames = per_frame(values[name], batch, num_frames, name, torch.float64).view(batch, num_frames)
+        out[key] = convert(frames).flatten().float()  # b t -> (b t)
+    return out
 
 
 class VectorEmbedder(nn.Module):
@@ -154,3 +244,12 @@ class Conditioner(nn.Module):
             raise ValueError(f"missing vector conditioning {missing}; this model expects {list(self.vector_keys)}")
         parts = [e(values[e.key]) for e in self.embedders if isinstance(e, VectorEmbedder)]
         return torch.cat(parts, dim=-1)
+
+    def micro_vector(self, batch: int, num_frames: int, **values) -> torch.Tensor:
+        """The micro-conditioning vector (b t) adm of `batch` videos of `num_frames` frames from the user-facing
+        values (`MICRO_VALUES`: fps, motion_bucket_id, cond_aug, elevation, azimuth; each a scalar, per video (b),
+        per frame (t) or (b t)) that this model embeds; the others are ignored. The one place they are converted
+        (fps_id = fps - 1, SV3D_p polar and relative azimuth in radians): generation and training call it."""
+        inputs = micro_inputs(self.vector_keys, batch, num_frames, values)
+        device = next(self.parameters()).device
+        return self.vector({k: v.to(device) for k, v in inputs.items()})  # (b t) adm

@@ -5,12 +5,20 @@ from dataclasses import dataclass
 
 import torch
 
+# The video models' EDM sigma_data (paper App. D.2; reference `VScalingWithEDMcNoise` and `EDMWeighting` both
+# assume 1): the one value the preconditioning here and the training loss weighting
+# (`training.objective.edm_loss`) share.
+SIGMA_DATA = 1.0
 
-def edm_v_scalings(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """c_skip = 1/(s^2+1), c_out = -s/sqrt(s^2+1), c_in = 1/sqrt(s^2+1), c_noise = ln(s)/4 (sigma_data = 1)."""
-    c_skip = 1.0 / (sigma**2 + 1.0)
-    c_out = -sigma / (sigma**2 + 1.0) ** 0.5
-    c_in = 1.0 / (sigma**2 + 1.0) ** 0.5
+
+def edm_v_scalings(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM v-preconditioning: c_skip = sd^2/(s^2+sd^2), c_out = -s sd/sqrt(s^2+sd^2), c_in = 1/sqrt(s^2+sd^2),
+    c_noise = ln(s)/4; for sigma_data sd = 1 the reference's 1/(s^2+1), -s/sqrt(s^2+1), 1/sqrt(s^2+1)."""
+    var = sigma**2 + sigma_data**2
+    c_skip = sigma_data**2 / var
+    c_out = -sigma * sigma_data / var**0.5
+    c_in = 1.0 / var**0.5
     c_noise = 0.25 * sigma.log()
     return c_skip, c_out, c_in, c_noise
 
@@ -39,9 +47,9 @@ class VideoCond:
 
 
 def denoise(unet, x: torch.Tensor, sigma: torch.Tensor, cond: VideoCond, num_frames: int,
-            image_only_indicator: torch.Tensor | None = None) -> torch.Tensor:
+            image_only_indicator: torch.Tensor | None = None, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
     """D(x; s) = c_skip x + c_out F([c_in x, concat]; c_noise): x (b t) c h w, sigma per (b t)."""
-    c_skip, c_out, c_in, c_noise = edm_v_scalings(sigma.float())
+    c_skip, c_out, c_in, c_noise = edm_v_scalings(sigma.float(), sigma_data)
     shape = (-1,) + (1,) * (x.ndim - 1)
     x_in = torch.cat([x * c_in.view(shape).to(x.dtype), cond.concat.to(x.dtype)], dim=1)  # noisy latent + frame
     out = unet(x_in, c_noise.to(x.dtype), context=cond.crossattn, y=cond.vector, num_video_frames=num_frames,

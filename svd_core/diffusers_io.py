@@ -1,33 +1,18 @@
-"""Load a diffusers `StableVideoDiffusionPipeline` folder (`unet/`, `vae/`, `image_encoder/`) into our layout."""
+"""A diffusers `StableVideoDiffusionPipeline` (`unet/`, `vae/`, `image_encoder/`) in our terms: its three configs
+-> our spec, its weights -> the released key layout. Nothing here reads files (`loading.load_diffusers` reads the
+folder, checks and assigns); errors are ValueErrors, which the loader reports as the folder's CheckpointError."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from .convert import state_dict_diffusers_to_sgm, unet_layout, vae_layout
-from .loading import CheckpointError, SafetensorsFile, TensorDict, assign_weights
-from .model import LoadReport, SVDModel
 from .variants import SV3D_P, SV3D_U, SVD, SVD_XT, CLIPSpec, ModelSpec, UNetSpec, VAESpec
 
-_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                 "model.safetensors", "model.fp16.safetensors")
-
-
-def _read_part(folder: Path, part: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    sub = folder / part
-    config_path = sub / "config.json"
-    if not config_path.exists():
-        raise CheckpointError(f"{folder}: not a diffusers SVD folder ({part}/config.json missing); expected "
-                              f"unet/, vae/ and image_encoder/ of a StableVideoDiffusionPipeline")
-    weights = next((sub / n for n in _WEIGHT_NAMES if (sub / n).exists()), None)
-    if weights is None:
-        raise CheckpointError(f"{sub}: no .safetensors weights (looked for {', '.join(_WEIGHT_NAMES)}); "
-                              f"pickled .bin weights are not loaded")
-    reader = SafetensorsFile(weights)
-    return json.loads(config_path.read_text()), {k: reader.tensor(k) for k in reader.entries}
+PARTS = ("unet", "vae", "image_encoder")
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                "model.safetensors", "model.fp16.safetensors")
 
 
 def spec_from_configs(unet: dict, vae: dict, clip: dict) -> ModelSpec:
@@ -46,7 +31,7 @@ def spec_from_configs(unet: dict, vae: dict, clip: dict) -> ModelSpec:
     vae_spec = VAESpec(ch=vch[0], ch_mult=tuple(c // vch[0] for c in vch), num_res_blocks=vae["layers_per_block"],
                        z_channels=vae["latent_channels"], norm_groups=vae.get("norm_num_groups", 32))
     if clip.get("hidden_act", "gelu") != "gelu":
-        raise CheckpointError(f"image_encoder uses hidden_act={clip['hidden_act']!r}; SVD's ViT-H-14 uses 'gelu'")
+        raise ValueError(f"image_encoder uses hidden_act={clip['hidden_act']!r}; SVD's ViT-H-14 uses 'gelu'")
     clip_spec = replace(CLIPSpec(), embed_dim=clip["projection_dim"], image_size=clip["image_size"],
                         patch_size=clip["patch_size"], width=clip["hidden_size"], layers=clip["num_hidden_layers"],
                         head_width=clip["hidden_size"] // clip["num_attention_heads"],
@@ -82,20 +67,16 @@ def clip_hf_to_open_clip(sd: dict[str, torch.Tensor], layers: int) -> dict[str, 
     return out
 
 
-def load_diffusers(folder: "str | Path", device="cpu", dtype: torch.dtype | None = None) -> SVDModel:
-    """Map a diffusers SVD pipeline folder onto the released layout and load it (unused parts reported absent)."""
-    folder = Path(folder)
-    unet_cfg, unet_sd = _read_part(folder, "unet")
-    vae_cfg, vae_sd = _read_part(folder, "vae")
-    clip_cfg, clip_sd = _read_part(folder, "image_encoder")
-    spec = spec_from_configs(unet_cfg, vae_cfg, clip_cfg)
+def sgm_tensors(spec: ModelSpec, unet_sd: dict[str, torch.Tensor], vae_sd: dict[str, torch.Tensor],
+                clip_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The three parts' diffusers / transformers weights under the released (sgm) keys of `spec`'s model: UNet,
+    first stage, the conditioner's encoder copy (encoder + quant_conv, unfolded) and the CLIP image tower."""
     try:
         tensors = {f"model.diffusion_model.{k}": v for k, v in
                    state_dict_diffusers_to_sgm(unet_sd, "unet", **unet_layout(spec.unet)).items()}
         layout = vae_layout(spec.vae)
         tensors.update({f"first_stage_model.{k}": v for k, v in
                         state_dict_diffusers_to_sgm(vae_sd, "vae", **layout).items()})
-        # the conditioner's encoder copy: diffusers' encoder + quant_conv, unfolded
         enc = {k: v for k, v in vae_sd.items() if k.startswith("encoder.")}
         cond = f"conditioner.embedders.{spec.cond_encoder_index}.encoder."
         tensors.update({cond + k: v for k, v in state_dict_diffusers_to_sgm(enc, "vae", **layout).items()})
@@ -103,11 +84,5 @@ def load_diffusers(folder: "str | Path", device="cpu", dtype: torch.dtype | None
         tensors.update({f"conditioner.embedders.0.open_clip.model.visual.{k}": v
                         for k, v in clip_hf_to_open_clip(clip_sd, spec.clip.layers).items()})
     except KeyError as exc:
-        raise CheckpointError(f"{folder}: diffusers weights do not match their config: missing or unknown key {exc}") from None
-    report = LoadReport(source=str(folder), variant=spec.name, detected_from="diffusers folder configs",
-                        file_dtypes={})
-    source = TensorDict(tensors)
-    report.file_dtypes = dict(source.dtypes())
-    with torch.device("meta"):
-        model = SVDModel(spec)
-    return assign_weights(model, source, report, device=device, dtype=dtype)
+        raise ValueError(f"diffusers weights do not match their config: missing or unknown key {exc}") from None
+    return tensors

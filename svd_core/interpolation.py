@@ -19,14 +19,15 @@ model's 5-frame sequence, i.e. of the interpolated video = (T-1) = 4x the input 
 paper's base models make 7 fps videos, so generation defaults to 28 fps (`SPEC.fps`), and the training preset
 samples 5 consecutive frames at target_fps 28 (stride round(clip fps / 28)): the two given training frames are
 4/28 s = 1/7 s apart, exactly as two consecutive frames of a 7 fps input at generation time, and both embed the
-window's real frame rate (fps_id = fps - 1).
+window's real frame rate (`Conditioner.micro_vector`, as every model).
 
 For the training issue:
   * `init_from(base_model)`: the interpolation model initialised from a base video model (paper App. D.5: the base
     text-to-video model; an SVD image-to-video model works too): new conv_in input channels and the mask embedding
     start at zero, so on the base's input channels the UNet computes exactly the base's;
   * `trainable_parameters(model)`: UNet + mask embedding;
-  * `training_conditioning(model, frames, ...)`: the `VideoCond` of a training batch (paper: log sigma ~ N(1, 1.2^2)).
+  * `concat_sequence` and `noised_end_latents`, which the trainer's conditioning (`training.tasks.interpolation_cond`)
+    shares with generation.
 For users: `interpolation_conditioning` (one pair per video) and `interpolate_video` (a whole clip, 4x frame rate).
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ from . import model as _model
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .memory import ff_chunk_of
-from .pipeline import Conditioning, _module_device, _per_frame, check_run, decode, prepare_image, sample
+from .pipeline import Conditioning, _module_device, check_run, decode, prepare_image, sample
 from .progress import CancelFn, ProgressFn, report, shifted
 from .validation import MAX_SEED, check, check_request
 from .variants import SVD_INTERP, SVD_VECTOR, ModelSpec, get_variant
@@ -177,7 +178,7 @@ def noised_end_latents(model, first: torch.Tensor, last: torch.Tensor, cond_aug:
                        gens: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean [-1, 1] end frames b 3 H W -> their VAE latents (mode, unscaled) noise-augmented in latent space
     (`augment_latent`); video i draws its noise from gens[i], first frame's then last frame's. Shared by training
-    (`training.tasks.interpolation_cond`, `training_conditioning`) and generation (`interpolation_conditioning`)."""
+    (`training.tasks.interpolation_cond`) and generation (`interpolation_conditioning`)."""
     enc = model.conditioner.vae_encoder
     p = next(enc.parameters())
     if len(gens) != first.shape[0]:
@@ -209,14 +210,6 @@ def _assemble(model, clip, lat_first, lat_last, vector: torch.Tensor, num_frames
     return VideoCond(crossattn, concat, vector)
 
 
-def _vector(model, b: int, t: int, fps, motion_bucket_id, cond_aug) -> torch.Tensor:
-    device = _module_device(model.conditioner)
-    values = {"fps_id": _per_frame(torch.as_tensor(fps, dtype=torch.float32) - 1, b, t, "fps"),
-              "motion_bucket_id": _per_frame(motion_bucket_id, b, t, "motion_bucket_id"),
-              "cond_aug": _per_frame(cond_aug, b, t, "cond_aug")}
-    return model.conditioner.vector({k: v.to(device) for k, v in values.items()})  # (b t) adm
-
-
 @torch.inference_mode()
 def interpolation_conditioning(model, first: torch.Tensor, last: torch.Tensor, *, width: int | None = None,
                                height: int | None = None, fps: float | None = None,
@@ -246,38 +239,10 @@ def interpolation_conditioning(model, first: torch.Tensor, last: torch.Tensor, *
         raise ValueError(f"seeds has {len(seeds)} values for {b} pairs")
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     clip, lat_a, lat_z = _encode_ends(model, a, z, torch.full((b,), float(cond_aug)), gens)
-    cond = _assemble(model, clip, lat_a, lat_z, _vector(model, b, t, fps, motion, cond_aug), t)
+    vector = model.conditioner.micro_vector(b, t, fps=fps, motion_bucket_id=motion, cond_aug=cond_aug)  # (b t) adm
+    cond = _assemble(model, clip, lat_a, lat_z, vector, t)
     uncond = VideoCond(torch.zeros_like(cond.crossattn), torch.zeros_like(cond.concat), cond.vector)
     return Conditioning(cond, uncond, t, b, height, width, spec.vae.z_channels)
-
-
-def training_conditioning(model, frames: torch.Tensor, *, fps: "float | torch.Tensor",
-                          motion_bucket_id: "float | torch.Tensor" = 127.0,
-                          cond_aug: "float | torch.Tensor | None" = None, drop_prob: float = 0.0,
-                          generator: torch.Generator | None = None) -> VideoCond:
-    """Conditioning of a training batch: `frames` b t 3 H W in [0, 1] (the clip; t = spec.num_frames, the ends are
-    the conditioning), fps / motion per video or scalar; cond_aug None draws log sigma ~ N(-3, 0.5^2) per video.
-    `drop_prob`: chance per video of the unconditional branch (zero CLIP tokens and concat) for CFG training.
-    Gradients reach the mask embedding; CLIP and VAE run without grad. Returns VideoCond for (b t) frames; the
-    denoising target is `pipeline.encode(model, frames)` (scaled latents of all t frames)."""
-    _check_model(model)
-    if frames.ndim != 5 or frames.shape[2] != 3:
-        raise ValueError(f"frames must be (batch, frames, 3, H, W) in [0, 1]; got {tuple(frames.shape)}")
-    b, t = frames.shape[:2]
-    gen = generator or torch.Generator().manual_seed(0)
-    from .training.objective import per_video_cond_aug  # training-only: not imported at start-up
-
-    aug = per_video_cond_aug(cond_aug, b, gen)  # log sigma ~ N(-3.0, 0.5^2) per video when None (App. D.2)
-    x = frames.float() * 2.0 - 1.0  # [0, 1] -> [-1, 1]
-    clip, lat_a, lat_z = _encode_ends(model, x[:, 0], x[:, -1], aug, [gen] * b)
-    vector = _vector(model, b, t, fps, motion_bucket_id, aug.repeat_interleave(t))
-    cond = _assemble(model, clip, lat_a, lat_z, vector, t)
-    if drop_prob > 0:
-        keep = (torch.rand(b, generator=gen) >= drop_prob).to(cond.concat.device)
-        keep_f = repeat(keep, "b -> (b t)", t=t).to(cond.concat.dtype)  # one decision per video
-        cond = VideoCond(cond.crossattn * keep_f.view(-1, 1, 1).to(cond.crossattn.dtype),
-                         cond.concat * keep_f.view(-1, 1, 1, 1), cond.vector)
-    return cond
 
 
 def _auto_size(v: int) -> int:
@@ -355,4 +320,4 @@ def interpolate_video(model, frames: torch.Tensor, *, batch_size: int = 4, width
 
 __all__ = ["SPEC", "sequence_fps", "spec_for", "init_from", "trainable_parameters", "mask_embedding_at",
            "concat_sequence", "augment_latent", "noised_end_latents", "interpolation_conditioning",
-           "training_conditioning", "interpolate_video"]
+           "interpolate_video"]

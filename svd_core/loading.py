@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .config_check import kind_of, short_repr
+from .diffusers_io import PARTS, WEIGHT_NAMES, sgm_tensors, spec_from_configs
 from .model import LoadReport, SVDModel
 from .variants import VARIANTS, ModelSpec, get_variant, spec_from_dict
 
@@ -419,8 +420,6 @@ def load(path: "str | os.PathLike", *, device="cpu", dtype: torch.dtype | None =
     """Load a released or self-trained checkpoint (`.safetensors`, or a diffusers folder) into an `SVDModel`."""
     path = Path(path)
     if path.is_dir():
-        from .diffusers_io import load_diffusers
-
         return load_diffusers(path, device=device, dtype=dtype)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} (put SVD files in ComfyUI's models/checkpoints or "
@@ -438,6 +437,45 @@ def load(path: "str | os.PathLike", *, device="cpu", dtype: torch.dtype | None =
     report = LoadReport(source=str(path), variant=spec.name, detected_from=how, file_dtypes=dict(source.dtypes()))
     model = build_on_meta(spec, source, path.name, untrusted=how == SPEC_FROM_METADATA)
     return assign_weights(model, source, report, device=device, dtype=dtype, strict=strict)
+
+
+def _diffusers_part(folder: Path, part: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """One part of a diffusers folder: its config.json (strict JSON) and its safetensors weights (memory-mapped)."""
+    sub = folder / part
+    config_path = sub / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{folder}: not a diffusers SVD folder ({part}/config.json missing); expected "
+                              f"unet/, vae/ and image_encoder/ of a StableVideoDiffusionPipeline")
+    weights = next((sub / n for n in WEIGHT_NAMES if (sub / n).exists()), None)
+    if weights is None:
+        raise CheckpointError(f"{sub}: no .safetensors weights (looked for {', '.join(WEIGHT_NAMES)}); "
+                              f"pickled .bin weights are not loaded")
+    try:
+        config = bounded_json(config_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: unreadable config ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object, found {kind_of(config)}")
+    reader = SafetensorsFile(weights)
+    return config, {k: reader.tensor(k) for k in reader.entries}
+
+
+def load_diffusers(folder: "str | os.PathLike", device="cpu", dtype: torch.dtype | None = None) -> SVDModel:
+    """Map a diffusers SVD pipeline folder onto the released layout and load it (`svd_core.diffusers_io`; unused
+    parts reported absent)."""
+    folder = Path(folder)
+    (unet_cfg, unet_sd), (vae_cfg, vae_sd), (clip_cfg, clip_sd) = (_diffusers_part(folder, p) for p in PARTS)
+    try:
+        spec = spec_from_configs(unet_cfg, vae_cfg, clip_cfg)
+        source = TensorDict(sgm_tensors(spec, unet_sd, vae_sd, clip_sd))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        detail = f"config field {exc} missing" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(f"{folder}: {detail}") from None
+    report = LoadReport(source=str(folder), variant=spec.name, detected_from="diffusers folder configs",
+                        file_dtypes=dict(source.dtypes()))
+    with torch.device("meta"):
+        model = SVDModel(spec)
+    return assign_weights(model, source, report, device=device, dtype=dtype)
 
 
 def save(model: SVDModel, path: "str | os.PathLike", metadata: Mapping[str, str] | None = None,

@@ -15,7 +15,8 @@ along -z); `cameras_json` serialises views in order for downstream 3D tools.
 Models: SV3D_p follows any orbit (polar = 90 - elevation, azimuth relative to the last view, reference); SV3D_u
 and SVD-MV follow only the reference azimuth spacing (SVD-MV takes a per-view elevation: variant `svd_mv`, its
 elevation in degrees through a 256-d sinusoidal embedding concatenated to SVD's vector, adm 1024).
-For the training issue: `SPEC` (SVD_MV), `init_from(svd_model)` and `training_conditioning(model, frames, ...)`.
+For training: `SPEC` (SVD_MV) and `init_from(svd_model)`; the trainer's conditioning is
+`svd_core.training.tasks.img2vid_cond` (the clip's elevation from the data).
 """
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ import numpy as np
 import torch
 
 from . import model as _model
-from .denoiser import VideoCond
+from .conditioner import micro_values
 from .guidance import Guidance
 from .object_image import object_input, replace_last_view
 from .attention import DEFAULT_FF_CHUNK
-from .pipeline import (NOISE_DEVICES, Conditioning, _frame_conditioning, _per_frame, _run, check_run, orbit_angles,
+from .pipeline import (NOISE_DEVICES, Conditioning, _frame_conditioning, _run, check_run, orbit_angles,
                        orbit_conditioning, prepare_image)
 from .progress import CancelFn, ProgressFn
 from .validation import check_choice
@@ -181,12 +182,12 @@ def cameras_json(orbit: Orbit, model_name: str = "") -> str:
 
 
 def _kind(spec: ModelSpec) -> str:
-    keys = dict(spec.vector_inputs)
-    if "elevation_deg" in keys:
-        return "svd_mv"
-    if "polars_rad" in keys:
+    values = micro_values(spec)
+    if "azimuth" in values:
         return "sv3d_p"
-    if "fps_id" not in keys and spec.cond_mode == "image":
+    if "elevation" in values:
+        return "svd_mv"
+    if "fps" not in values and spec.cond_mode == "image":
         return "sv3d_u"
     raise ValueError(f"multi-view needs an SV3D_u, SV3D_p or SVD-MV model; {spec.name} takes {spec.vector_inputs}")
 
@@ -217,14 +218,10 @@ def svd_mv_conditioning(model, image: torch.Tensor, *, elevations: "float | Sequ
     elev, _ = orbit_angles(n, elevations, None)
     cond_aug = spec.cond_aug if cond_aug is None else cond_aug
     img = prepare_image(image, width or spec.width, height or spec.height, resize_mode, (spec.height, spec.width))
-    b = img.shape[0]
-    vector = {"fps_id": _per_frame((spec.fps if fps is None else fps) - 1, b, n, "fps"),
-              "motion_bucket_id": _per_frame(spec.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
-                                             b, n, "motion_bucket_id"),
-              "cond_aug": _per_frame(cond_aug, b, n, "cond_aug"),
-              "elevation_deg": _per_frame(elev, b, n, "elevations")}
+    micro = dict(fps=spec.fps if fps is None else fps, cond_aug=cond_aug, elevation=elev,
+                 motion_bucket_id=spec.motion_bucket_id if motion_bucket_id is None else motion_bucket_id)
     generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
-    return _frame_conditioning(model, img, n, cond_aug, vector, generator)
+    return _frame_conditioning(model, img, n, cond_aug, micro, generator)
 
 
 def multiview_conditioning(model, image: torch.Tensor, orbit: Orbit | None = None, *, width: int | None = None,
@@ -302,46 +299,6 @@ def init_from(svd_model, spec: "str | ModelSpec | None" = None, device=None, dty
     return _model.init_from(svd_model, spec, device=device, dtype=dtype)
 
 
-def training_conditioning(model, frames: torch.Tensor, elevations: "float | torch.Tensor", *,
-                          azimuths: "torch.Tensor | None" = None, fps: "float | torch.Tensor" = 7.0,
-                          motion_bucket_id: "float | torch.Tensor" = 127.0, cond_aug=None, cond_index: int = 0,
-                          drop_prob: float = 0.0, generator: torch.Generator | None = None) -> VideoCond:
-    """Conditioning of a multi-view training batch: `frames` b t 3 H W in [0, 1] (an orbit's views), conditioning
-    image = view `cond_index` (SVD-MV 0; SV3D's input is the last view, -1); `elevations` degrees (scalar, b or
-    (b t)); SV3D_p also needs `azimuths` degrees (t or b t). cond_aug None draws log sigma ~ N(-3, 0.5^2) per orbit;
-    `drop_prob` zeroes the CLIP token and concat latent per orbit (CFG). Works for SVD-MV, SV3D_u, SV3D_p."""
-    spec = model.spec
-    kind = _kind(spec)
-    if frames.ndim != 5 or frames.shape[2] != 3:
-        raise ValueError(f"frames must be (batch, views, 3, H, W) in [0, 1]; got {tuple(frames.shape)}")
-    b, t = frames.shape[:2]
-    gen = generator or torch.Generator().manual_seed(0)
-    from .training.objective import per_video_cond_aug  # training-only: not imported at start-up
-
-    aug = per_video_cond_aug(cond_aug, b, gen)  # log sigma ~ N(-3.0, 0.5^2) per video when None (App. D.2)
-    elev = _per_frame(elevations, b, t, "elevations")
-    vector = {"cond_aug": aug.repeat_interleave(t)}
-    if kind == "svd_mv":
-        vector.update(fps_id=_per_frame(torch.as_tensor(fps, dtype=torch.float32) - 1, b, t, "fps"),
-                      motion_bucket_id=_per_frame(motion_bucket_id, b, t, "motion_bucket_id"), elevation_deg=elev)
-    elif kind == "sv3d_p":
-        if azimuths is None:
-            raise ValueError("SV3D_p training needs azimuths (degrees, per view)")
-        az = _per_frame(azimuths, b, t, "azimuths").view(b, t)
-        vector["polars_rad"] = torch.deg2rad(90.0 - elev)
-        vector["azimuths_rad"] = torch.deg2rad((az - az[:, -1:]) % 360).flatten()  # relative to the last view
-    image = frames[:, cond_index].float() * 2.0 - 1.0  # b 3 H W in [-1, 1]
-    # CLIP on the clean view, VAE on view + cond_aug * noise (per-orbit cond_aug broadcast over b 1 1 1)
-    made = _frame_conditioning(model, image, t, aug.view(-1, 1, 1, 1), vector, gen).cond
-    # inference-mode tensors cannot be saved for backward: plain copies for the training graph
-    cond = VideoCond(made.crossattn.clone(), made.concat.clone(), made.vector.clone())
-    if drop_prob > 0:
-        keep = (torch.rand(b, generator=gen) >= drop_prob).repeat_interleave(t).to(cond.concat.device)
-        cond = VideoCond(cond.crossattn * keep.view(-1, 1, 1).to(cond.crossattn.dtype),
-                         cond.concat * keep.view(-1, 1, 1, 1).to(cond.concat.dtype), cond.vector)
-    return cond
-
-
 __all__ = ["SPEC", "PRESETS", "Orbit", "reference_azimuths", "static_orbit", "dynamic_orbit", "spiral_orbit",
            "keyframe_orbit", "custom_orbit", "build_orbit", "camera_poses", "cameras_json", "check_orbit",
-           "svd_mv_conditioning", "multiview_conditioning", "multiview", "init_from", "training_conditioning"]
+           "svd_mv_conditioning", "multiview_conditioning", "multiview", "init_from"]

@@ -2,7 +2,6 @@
 conditioning, guided EDM sampling, chunked decoding; each stage callable on its own (the ComfyUI nodes do)."""
 from __future__ import annotations
 
-import math
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from einops import repeat
 
 from .attention import DEFAULT_FF_CHUNK
+from .conditioner import micro_values
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .object_image import object_input, replace_last_view
@@ -95,9 +95,10 @@ def _check_frames(num_frames: int) -> int:
 
 
 @torch.inference_mode()
-def _frame_conditioning(model, image: torch.Tensor, num_frames: int, cond_aug: float, vector: dict[str, torch.Tensor],
+def _frame_conditioning(model, image: torch.Tensor, num_frames: int, cond_aug: float, micro: dict,
                         generator: torch.Generator | None) -> Conditioning:
-    """Shared by SVD and SV3D: CLIP token of the clean frame, VAE latent of the noised frame, vector per frame."""
+    """Shared by SVD and SV3D: CLIP token of the clean frame, VAE latent of the noised frame, vector per frame from
+    the user-facing `micro` values (`Conditioner.micro_vector`)."""
     conditioner = model.conditioner
     device = _module_device(conditioner)
     dtype = next(conditioner.parameters()).dtype
@@ -107,28 +108,13 @@ def _frame_conditioning(model, image: torch.Tensor, num_frames: int, cond_aug: f
     cond_frames = (image + cond_aug * noise.to(image.device)).to(device, dtype)
     clip = conditioner.clip(image.to(device, dtype))  # b 1 d, from the clean image
     latent = conditioner.vae_encoder(cond_frames)  # b 4 h w (mode, unscaled as in the reference)
-    vec = conditioner.vector({k: v.to(device) for k, v in vector.items()})  # (b t) adm
+    vec = conditioner.micro_vector(b, num_frames, **micro)  # (b t) adm
     crossattn = repeat(clip, "b n d -> (b t) n d", t=num_frames)  # every frame attends to the image token
     concat = repeat(latent, "b c h w -> (b t) c h w", t=num_frames)  # the frame's latent copied across time
     cond = VideoCond(crossattn, concat, vec)
     # unconditional branch: zero CLIP token and zero concat latent (force_uc_zero_embeddings), same vector
     uncond = VideoCond(torch.zeros_like(crossattn), torch.zeros_like(concat), vec)
     return Conditioning(cond, uncond, num_frames, b, height, width, latent.shape[1])
-
-
-def _per_frame(values: torch.Tensor | float, batch: int, num_frames: int, name: str) -> torch.Tensor:
-    """A scalar, a per-video (b) or a per-frame (t) / (b t) list -> one value per frame, shape (b t)."""
-    v = torch.as_tensor(values, dtype=torch.float32).flatten()
-    if v.numel() == 1:
-        return v.repeat(batch * num_frames)
-    if v.numel() == batch:
-        return v.repeat_interleave(num_frames)
-    if v.numel() == num_frames:
-        return v.repeat(batch)
-    if v.numel() == batch * num_frames:
-        return v
-    raise ValueError(f"{name} has {v.numel()} values; expected 1, one per video ({batch}) or one per frame "
-                     f"({num_frames})")
 
 
 def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = None, width: int | None = None,
@@ -138,7 +124,7 @@ def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = N
     """SVD / SVD-XT conditioning of `image` (b 3 h w in [0, 1]) with the variant's reference defaults (seed None:
     the variant's, 23)."""
     spec = model.spec
-    if "fps_id" not in dict(spec.vector_inputs):
+    if "fps" not in micro_values(spec):
         raise ValueError(f"image_conditioning needs an SVD/SVD-XT model; {spec.name} takes {spec.vector_inputs} "
                          f"(use orbit_conditioning for SV3D)")
     check_request(dict(fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, seed=seed))  # nodes call this
@@ -149,13 +135,9 @@ def image_conditioning(model, image: torch.Tensor, *, num_frames: int | None = N
     img = prepare_image(image, spec.width if width is None else width, spec.height if height is None else height,
                         resize_mode, (spec.height, spec.width))
     generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
-    b = img.shape[0]
-    # fps is given in frames per second; the model was trained on fps_id = fps - 1 (the reference script's default
-    # fps_id 6 is 7 fps, and diffusers embeds fps - 1 too), so convert exactly once, here.
-    vector = {"fps_id": _per_frame(fps - 1, b, num_frames, "fps"),
-              "motion_bucket_id": _per_frame(motion, b, num_frames, "motion_bucket_id"),
-              "cond_aug": _per_frame(cond_aug, b, num_frames, "cond_aug")}
-    return _frame_conditioning(model, img, num_frames, cond_aug, vector, generator)
+    # fps in frames per second: the conditioner embeds it as the model was trained (fps_id = fps - 1)
+    micro = dict(fps=fps, motion_bucket_id=motion, cond_aug=cond_aug)
+    return _frame_conditioning(model, img, num_frames, cond_aug, micro, generator)
 
 
 def orbit_angles(num_frames: int, elevations: float | Sequence[float] = 10.0,
@@ -183,8 +165,7 @@ def orbit_conditioning(model, image: torch.Tensor, *, elevations: float | Sequen
     made relative to the last view (reference `simple_video_sample.py`), in radians. An RGBA `image` or a `mask`
     (1 = object) is cropped, centred and put on white first (`object_image.object_input`, reference sv3d branch)."""
     spec = model.spec
-    keys = dict(spec.vector_inputs)
-    if "fps_id" in keys:
+    if "fps" in micro_values(spec):
         raise ValueError(f"orbit_conditioning needs an SV3D model; {spec.name} is an image-to-video model")
     check_request(dict(cond_aug=cond_aug, seed=seed))  # the nodes call this stage directly
     num_frames = _check_frames(spec.num_frames if num_frames is None else num_frames)
@@ -195,14 +176,9 @@ def orbit_conditioning(model, image: torch.Tensor, *, elevations: float | Sequen
     image = object_input(image, mask, width=w, height=h, recenter=recenter, image_frame_ratio=image_frame_ratio)
     img = prepare_image(image, w, h, resize_mode, (spec.height, spec.width))
     generator = generator or torch.Generator().manual_seed(spec.seed if seed is None else seed)
-    b = img.shape[0]
-    vector = {"cond_aug": _per_frame(cond_aug, b, num_frames, "cond_aug")}
-    if "polars_rad" in keys:
-        polars = [math.radians(90.0 - e) for e in elev]
-        azimuths_rad = [math.radians((a - azim[-1]) % 360) for a in azim]  # relative to the last view
-        vector["polars_rad"] = _per_frame(polars, b, num_frames, "elevations")
-        vector["azimuths_rad"] = _per_frame(azimuths_rad, b, num_frames, "azimuths")
-    return _frame_conditioning(model, img, num_frames, cond_aug, vector, generator)
+    # SV3D_p embeds the camera (polar, azimuth relative to the last view); SV3D_u only cond_aug
+    micro = dict(cond_aug=cond_aug, elevation=elev, azimuth=azim)
+    return _frame_conditioning(model, img, num_frames, cond_aug, micro, generator)
 
 
 # --------------------------------------------------------------------------------------------- sampling

@@ -24,7 +24,8 @@ motion_bucket_id (default 127): `svd_core.training.data.motion_bucket` maps a cl
 No `conditioner.embedders.N.encoder` (no conditioning frame) and no CLIP image tower. `text_tower_from_sd21`
 copies SD 2.1's text tower (`cond_stage_model.model.*`) into a model; `init_from(svd_model)` starts one from SVD.
 
-For the training issue: `training_conditioning(model, captions, ...)` (15% caption dropout by default, paper).
+For the training issue: `training_conditioning(model, captions, ...)`; the trainer's guidance dropout (15% by
+default, paper) replaces a dropped video's tokens by the empty prompt's (`training.objective.drop_conditioning`).
 """
 from __future__ import annotations
 
@@ -38,13 +39,12 @@ from . import model as _model
 from .denoiser import VideoCond
 from .guidance import Guidance
 from .attention import DEFAULT_FF_CHUNK
-from .pipeline import Conditioning, _module_device, _per_frame, _run, check_run
+from .pipeline import Conditioning, _module_device, _run, check_run
 from .progress import CancelFn, ProgressFn
 from .validation import check_request
 from .variants import TEXT2VIDEO, ModelSpec, get_variant
 
 SPEC = TEXT2VIDEO
-TEXT_DROP_PROB = 0.15
 SD21_TEXT_PREFIXES = ("cond_stage_model.model.", "conditioner.embedders.0.model.")
 
 
@@ -72,13 +72,6 @@ def encode_prompts(model, prompts: "str | Sequence[str]") -> torch.Tensor:
     _check_model(model)
     text = model.conditioner.text
     return text(_prompts(prompts))
-
-
-def _vector(model, b: int, t: int, fps, motion_score) -> torch.Tensor:
-    device = _module_device(model.conditioner)
-    values = {"fps_id": _per_frame(torch.as_tensor(fps, dtype=torch.float32) - 1, b, t, "fps"),
-              "motion_score": _per_frame(motion_score, b, t, "motion_score")}
-    return model.conditioner.vector({k: v.to(device) for k, v in values.items()})  # (b t) adm
 
 
 def _branch(spatial: torch.Tensor, temporal: torch.Tensor | None, vector: torch.Tensor, t: int, h: int,
@@ -112,7 +105,7 @@ def text_conditioning(model, prompt: "str | Sequence[str]", *, temporal_prompt: 
     b = len(prompts)
     device = _module_device(model.conditioner)
     h, w = height // 8, width // 8
-    vector = _vector(model, b, t, fps, motion)
+    vector = model.conditioner.micro_vector(b, t, fps=fps, motion_bucket_id=motion)  # (b t) adm
     spatial, neg = encode_prompts(model, prompts), encode_prompts(model, _prompts(negative_prompt, b))
     temporal = neg_temporal = None
     if isinstance(temporal_prompt, str) and not temporal_prompt.strip():
@@ -128,29 +121,23 @@ def text_conditioning(model, prompt: "str | Sequence[str]", *, temporal_prompt: 
 
 def training_conditioning(model, captions: Sequence[str], *, num_frames: int, height: int, width: int,
                           fps: "float | torch.Tensor", motion_score: "float | torch.Tensor",
-                          temporal_captions: "Sequence[str | None] | None" = None,
-                          drop_prob: float = TEXT_DROP_PROB, generator: torch.Generator | None = None) -> VideoCond:
+                          temporal_captions: "Sequence[str | None] | None" = None) -> VideoCond:
     """Conditioning of a training batch of b videos (t frames at height x width): captions (b), optional temporal
     captions (b; None entries fall back to the caption), fps / motion bucket (`data.motion_bucket` of the clip's
-    motion score: the unit `text_conditioning` takes) per video or scalar. Each caption is
-    replaced by "" with probability `drop_prob` (paper: 15% text dropout, for classifier-free guidance; a dropped
-    video loses its temporal caption too). The text tower runs without grad (frozen); returns VideoCond (b t)."""
+    motion score: the unit `text_conditioning` takes) per video or scalar. The text tower runs without grad
+    (frozen); returns VideoCond (b t). Guidance dropout (paper: 15% text dropout) is the trainer's: a dropped video
+    gets the empty prompt's tokens (`encode_prompts(model, "")`, `training.objective.drop_conditioning`)."""
     _check_model(model)
     captions = [str(c) for c in captions]
     b = len(captions)
-    gen = generator or torch.Generator().manual_seed(0)
-    keep = (torch.rand(b, generator=gen) >= drop_prob).tolist() if drop_prob > 0 else [True] * b
-    spatial_txt = [c if k else "" for c, k in zip(captions, keep)]
     with torch.no_grad():
-        spatial = encode_prompts(model, spatial_txt)
+        spatial = encode_prompts(model, captions)
         temporal = None
         if temporal_captions is not None:
             if len(temporal_captions) != b:
                 raise ValueError(f"{len(temporal_captions)} temporal captions for {b} captions")
-            temporal_txt = [(tc if tc is not None else c) if k else ""
-                            for tc, c, k in zip(temporal_captions, captions, keep)]
-            temporal = encode_prompts(model, temporal_txt)
-        vector = _vector(model, b, num_frames, fps, motion_score)
+            temporal = encode_prompts(model, [c if tc is None else tc for tc, c in zip(temporal_captions, captions)])
+        vector = model.conditioner.micro_vector(b, num_frames, fps=fps, motion_bucket_id=motion_score)  # (b t) adm
     return _branch(spatial, temporal, vector, num_frames, height // 8, width // 8)
 
 

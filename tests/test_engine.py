@@ -319,3 +319,84 @@ def test_diffusers_folder_errors(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(CheckpointError, match=r"not a diffusers SVD folder \(unet/config.json missing\)"):
         svd_core.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ micro-conditioning
+
+
+def test_micro_vector_holds_the_reference_values():
+    """One owner of micro-conditioning (`Conditioner.micro_vector`). Reference
+    `scripts/sampling/simple_video_sample.py`: SVD embeds fps_id (default 6) for a video written at fps_id + 1 = 7 fps,
+    i.e. fps_id = fps - 1; SV3D_p embeds polar = 90 - elevation and the azimuth relative to the last view, radians."""
+    import math
+
+    from svd_core.conditioner import micro_inputs, micro_values
+
+    svd = tiny_model()
+    vec = svd.conditioner.micro_vector(1, 2, fps=7, motion_bucket_id=127, cond_aug=0.02)
+    literal = svd.conditioner.vector({"fps_id": torch.full((2,), 6.0), "motion_bucket_id": torch.full((2,), 127.0),
+                                      "cond_aug": torch.full((2,), 0.02)})
+    assert torch.equal(vec, literal)
+    assert not torch.equal(svd.conditioner.micro_vector(1, 2, fps=6, motion_bucket_id=127, cond_aug=0.02), literal)
+    keys = tuple(k for k, _ in TINY_SV3D_P.vector_inputs)
+    got = micro_inputs(keys, 1, 3, dict(cond_aug=1e-5, elevation=[10.0, 20.0, -5.0], azimuth=[90.0, 300.0, 120.0]))
+    torch.testing.assert_close(got["polars_rad"], torch.tensor([math.radians(80), math.radians(70),
+                                                                math.radians(95)]))
+    torch.testing.assert_close(got["azimuths_rad"], torch.tensor([math.radians(330), math.radians(180), 0.0]))
+    assert micro_values(svd.spec) == ("fps", "motion_bucket_id", "cond_aug")
+    assert micro_values(TINY_SV3D_P) == ("cond_aug", "elevation", "azimuth")
+    with pytest.raises(ValueError, match=r"no motion_bucket_id given.*'motion_bucket_id'"):
+        svd.conditioner.micro_vector(1, 2, fps=7, cond_aug=0.02)
+    with pytest.raises(ValueError, match=r"unknown micro-conditioning value\(s\) \['motion'\]"):
+        svd.conditioner.micro_vector(1, 2, fps=7, motion=127, cond_aug=0.02)
+
+
+@pytest.mark.filterwarnings("ignore:generating at")
+def test_every_path_embeds_the_same_micro_vector():
+    """img2vid, SV3D_p orbits, SVD-MV, interpolation, text-to-video and the trainer's batches build their vector
+    with `Conditioner.micro_vector` from the same user-facing values (non-default ones, so a path that falls back
+    to a default or converts fps again fails); training batches carry fps, never fps_id."""
+    from svd_core import interpolation, multiview, pipeline, text2video
+    from svd_core.testing import TINY_SVD_MV
+    from svd_core.training import tasks
+    from svd_core.training.config import TrainConfig
+    from svd_core.training.objective import sample_cond_aug
+
+    fps, motion, aug, n = 9.5, 90.0, 0.04, 5
+    elev, azim = [0.0, 10.0, 20.0, 30.0, -10.0], [72.0, 144.0, 216.0, 288.0, 0.0]
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    size = dict(width=64, height=64)
+
+    def same(model, got, **values):
+        assert torch.equal(got, model.conditioner.micro_vector(got.shape[0] // n, n, **values))
+
+    svd = tiny_model()
+    same(svd, pipeline.image_conditioning(svd, image, num_frames=n, fps=fps, motion_bucket_id=motion, cond_aug=aug,
+                                          **size).cond.vector, fps=fps, motion_bucket_id=motion, cond_aug=aug)
+    sv3d = tiny_model(TINY_SV3D_P)
+    same(sv3d, pipeline.orbit_conditioning(sv3d, image, elevations=elev, azimuths=azim, cond_aug=aug,
+                                           **size).cond.vector, cond_aug=aug, elevation=elev, azimuth=azim)
+    mv = tiny_model(TINY_SVD_MV)
+    same(mv, multiview.svd_mv_conditioning(mv, image, elevations=elev, fps=fps, motion_bucket_id=motion, cond_aug=aug,
+                                           **size).cond.vector, fps=fps, motion_bucket_id=motion, cond_aug=aug,
+         elevation=elev)
+    interp = tiny_model("tiny_interp")
+    same(interp, interpolation.interpolation_conditioning(interp, image, image, fps=fps, motion_bucket_id=motion,
+                                                          cond_aug=aug, **size).cond.vector,
+         fps=fps, motion_bucket_id=motion, cond_aug=aug)
+    t2v = tiny_model("tiny_t2v")
+    same(t2v, text2video.text_conditioning(t2v, "x", num_frames=n, fps=fps, motion_score=motion, **size).cond.vector,
+         fps=fps, motion_bucket_id=motion)
+    # the trainer's batches (fps per clip, its motion bucket, a drawn cond_aug): the same function, the same values
+    cfg = TrainConfig()
+    for model, build, extra in ((svd, tasks.img2vid_cond, {}), (mv, tasks.img2vid_cond, {"elevation": 20.0}),
+                                (interp, tasks.interpolation_cond, {}), (t2v, tasks.text2video_cond, {})):
+        batch = {"fps": torch.tensor([fps]), "motion_bucket_id": torch.tensor([motion]),
+                 "clip": torch.zeros(1, 2, model.spec.clip.embed_dim),
+                 "images": torch.zeros(1, 2, 3, 64, 64, dtype=torch.uint8), "latents": torch.zeros(1, n, 4, 8, 8),
+                 "caption": ["x"], **{k: torch.tensor([v]) for k, v in extra.items()}}
+        drawn = sample_cond_aug(1, torch.Generator().manual_seed(3), cfg.cond_aug_mean, cfg.cond_aug_std)
+        got = build(model, batch, n, [torch.Generator().manual_seed(3)], cfg).vector
+        values = dict(fps=fps, motion_bucket_id=motion, cond_aug=drawn, elevation=extra.get("elevation"))
+        assert torch.equal(got, model.conditioner.micro_vector(1, n, **values)), model.spec.name
+        assert not torch.equal(got, model.conditioner.micro_vector(1, n, **{**values, "fps": fps - 1}))

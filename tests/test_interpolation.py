@@ -103,13 +103,24 @@ def test_init_from_svd_copies_weights_and_starts_as_svd(svd):
 
 
 def test_training_conditioning_gradients_reach_mask_embedding(model):
+    """The trainer's one conditioning path (`training.tasks.interpolation_cond` on cached windows, guidance dropout
+    by `objective.drop_conditioning`): gradients reach the mask embedding, CLIP tokens of the clean ends."""
+    from svd_core.training import tasks
+    from svd_core.training.config import TrainConfig
+    from svd_core.training.data import collate, encode_window
+    from svd_core.training.objective import drop_conditioning
+
     params = interp.trainable_parameters(model)
     assert params[-1] is model.conditioner.vae_encoder.mask_embedding
     assert len(params) == len(list(model.unet.parameters())) + 1
     model.conditioner.vae_encoder.mask_embedding.requires_grad_(True)
     try:
         frames = torch.rand(2, 5, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-        cond = interp.training_conditioning(model, frames, fps=28, motion_bucket_id=127)
+        batch = collate([dict(encode_window(model, f), fps=torch.tensor(28.0), motion_bucket_id=torch.tensor(127.0))
+                         for f in frames])
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        cfg = TrainConfig.from_preset("interpolation", height=64, width=64)
+        cond = tasks.interpolation_cond(model, batch, 5, gens, cfg)
         assert cond.crossattn.shape == (10, 2, 64) and cond.concat.shape == (10, 5, 8, 8)
         assert cond.vector.shape == (10, 768)
         cond.concat[:, :4].sum().backward()
@@ -121,8 +132,9 @@ def test_training_conditioning_gradients_reach_mask_embedding(model):
             first = model.conditioner.clip(frames[:, 0] * 2 - 1)
             last = model.conditioner.clip(frames[:, -1] * 2 - 1)
         torch.testing.assert_close(cond.crossattn[0::5], torch.cat([first, last], 1))
-        dropped = interp.training_conditioning(model, frames, fps=28, drop_prob=1.0)
-        assert not dropped.crossattn.any() and not dropped.concat.any()
+        dropped = drop_conditioning(cond, torch.tensor([1.0, 0.0]), 5)
+        assert not dropped.crossattn[5:].any() and not dropped.concat[5:].any()
+        assert torch.equal(dropped.crossattn[:5], cond.crossattn[:5]) and torch.equal(dropped.vector, cond.vector)
     finally:
         model.conditioner.vae_encoder.mask_embedding.grad = None
         model.conditioner.vae_encoder.mask_embedding.requires_grad_(False)

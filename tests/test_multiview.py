@@ -96,9 +96,18 @@ def test_svd_mv_from_svd_starts_as_svd_and_embeds_elevation(svd_mv):
     torch.testing.assert_close(c.cond.concat, ref.cond.concat)
     with pytest.raises(ValueError, match="elevation only"):
         mv.check_orbit(svd_mv.spec, mv.custom_orbit(10.0, [0, 10, 20, 30, 40], 5))
-    frames = torch.rand(2, 5, 3, 64, 64)
-    tc = mv.training_conditioning(svd_mv, frames, torch.tensor([5.0, 25.0]), drop_prob=0.0)
+    # training (the trainer's one path, `training.tasks.img2vid_cond`): each clip's elevation in the vector
+    from svd_core.training import tasks
+    from svd_core.training.config import TrainConfig
+    from svd_core.training.data import collate, encode_window
+
+    frames = torch.rand(2, 5, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    batch = collate([dict(encode_window(svd_mv, f), fps=torch.tensor(7.0), motion_bucket_id=torch.tensor(127.0),
+                          elevation=torch.tensor(e)) for f, e in zip(frames, (5.0, 25.0))])
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    tc = tasks.img2vid_cond(svd_mv, batch, 5, gens, TrainConfig.from_preset("multiview", height=64, width=64))
     torch.testing.assert_close(tc.vector[5:, 768:], timestep_embedding(torch.full((5,), 25.0), 256))
+    torch.testing.assert_close(tc.vector[:5, 768:], timestep_embedding(torch.full((5,), 5.0), 256))
     assert tc.crossattn.shape == (10, 1, 64) and not tc.crossattn.is_inference()
 
 

@@ -122,15 +122,25 @@ def test_text2vid_end_to_end_and_training_conditioning(model):
                          steps=2, seed=1)
     assert video.shape == (1, 3, 3, 64, 64) and 0 <= video.min() and video.max() <= 1
     vc = t2v.training_conditioning(model, ["a cat", "a dog"], num_frames=3, height=64, width=64, fps=[7, 12],
-                                   motion_score=[10.0, 200.0], temporal_captions=["panning", None], drop_prob=0.0)
+                                   motion_score=[10.0, 200.0], temporal_captions=["panning", None])
     assert vc.crossattn.shape == (6, 16, 64) and vc.time_context.shape == (2, 16, 64)
     torch.testing.assert_close(vc.time_context[1], t2v.encode_prompts(model, "a dog")[0])
     torch.testing.assert_close(vc.time_context[0], t2v.encode_prompts(model, "panning")[0])
     torch.testing.assert_close(vc.vector[3:, :256], model.conditioner.vector(
         {"fps_id": torch.full((3,), 11.0), "motion_score": torch.full((3,), 200.0)})[:, :256])
-    dropped = t2v.training_conditioning(model, ["a cat"], num_frames=2, height=64, width=64, fps=7,
-                                        motion_score=1.0, drop_prob=1.0)
-    torch.testing.assert_close(dropped.crossattn[0], t2v.encode_prompts(model, "")[0])
+    # guidance dropout (paper: 15% text dropout) is the trainer's one `drop_conditioning`: a dropped video gets the
+    # sampler's unconditional branch, the empty prompt's tokens, in its spatial and temporal cross-attention
+    from svd_core.training.objective import drop_conditioning
+    from svd_core.training.tasks import null_context
+
+    empty = t2v.encode_prompts(model, "")
+    torch.testing.assert_close(null_context(model), empty)
+    dropped = drop_conditioning(vc, torch.tensor([1.0, 0.0]), 3, null_context(model))
+    torch.testing.assert_close(dropped.crossattn[3:], empty.expand(3, -1, -1))
+    torch.testing.assert_close(dropped.time_context[1], empty[0])
+    assert torch.equal(dropped.crossattn[:3], vc.crossattn[:3]) and torch.equal(dropped.time_context[0],
+                                                                                  vc.time_context[0])
+    assert torch.equal(dropped.vector, vc.vector) and not torch.equal(empty[0], vc.crossattn[3])
     with pytest.raises(ValueError, match="text-conditioned model"):
         t2v.text_conditioning(testing.tiny_model("tiny", seed=0), "x")
 

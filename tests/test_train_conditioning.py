@@ -79,8 +79,8 @@ def test_training_and_generation_embed_the_same_interpolation_vector(manifest, t
         assert torch.equal(train.vector, gen.cond.vector)
         assert train.concat.shape == gen.cond.concat.shape == (5, 5, 8, 8)
     with pytest.raises(AssertionError):  # the check can fail: another fps gives another vector
-        torch.testing.assert_close(interp._vector(model, 1, 5, 25.0, 100, 0.05),
-                                   interp._vector(model, 1, 5, 7.0, 100, 0.05))
+        torch.testing.assert_close(model.conditioner.micro_vector(1, 5, fps=25.0, motion_bucket_id=100, cond_aug=0.05),
+                                   model.conditioner.micro_vector(1, 5, fps=7.0, motion_bucket_id=100, cond_aug=0.05))
 
 
 def test_conditioning_frames_are_noise_augmented_in_latent_space(interp_model):
@@ -99,7 +99,7 @@ def test_conditioning_frames_are_noise_augmented_in_latent_space(interp_model):
     torch.testing.assert_close(cond.concat[4, :4], clean[1] + 0.3 / s * eps_last, rtol=1e-5, atol=1e-5)
     # training does the same in latent space, with the example's generator: cond_aug first, then the noise
     item = {"images": (frames * 255).round().to(torch.uint8)[None], "clip": torch.zeros(1, 2, 64),
-            "fps_id": torch.tensor([27.0]), "motion_bucket_id": torch.tensor([127.0])}
+            "fps": torch.tensor([28.0]), "motion_bucket_id": torch.tensor([127.0])}
     cfg = TrainConfig.from_preset("interpolation", height=64, width=64)
     train = tasks.interpolation_cond(model, item, 5, [torch.Generator().manual_seed(12)], cfg)
     g = torch.Generator().manual_seed(12)

@@ -13,7 +13,7 @@ import torch
 from svd_core.denoiser import VideoCond
 from svd_core.training import api
 from svd_core.training.config import PRESETS, ConfigError, TrainConfig
-from svd_core.training.data import ClipRecord, fps_id, motion_bucket
+from svd_core.training.data import ClipRecord, DataError, motion_bucket, window_fps
 from svd_core.training.objective import NoiseDistribution, drop_conditioning, edm_loss, edm_weight, sample_cond_aug
 from svd_core.training.trainer import Interrupted, Trainer
 from tests.test_training_support import bikes_clips, bikes_manifest, micro_spec
@@ -107,6 +107,30 @@ def test_edm_loss_is_the_weighted_denoising_error():
     assert torch.allclose(edm_weight(torch.tensor([1.0, 2.0])), torch.tensor([2.0, 1.25]))
 
 
+def test_one_sigma_data_reaches_the_preconditioning_and_the_weighting():
+    """EDM (paper App. D.2, eq. 8-13): the loss passes its sigma_data sd to both D and lambda. With a UNet that
+    echoes its (scaled) input, F = c_in x~: D = (c_skip + c_out c_in) x~ = (sd^2 - s sd) / (s^2 + sd^2) x~ and
+    lambda = (s^2 + sd^2) / (s sd)^2; the default is the video models' sd = 1 (`denoiser.SIGMA_DATA`)."""
+    from svd_core.denoiser import SIGMA_DATA
+
+    class Echo(torch.nn.Module):
+        def forward(self, x, t, context=None, y=None, **_):
+            return x[:, :4]
+
+    g = torch.Generator().manual_seed(2)
+    b, t = 2, 2
+    x, n = torch.randn(b * t, 4, 2, 2, generator=g), torch.randn(b * t, 4, 2, 2, generator=g)
+    sigma = torch.tensor([0.3, 2.0])
+    cond = VideoCond(torch.zeros(b * t, 1, 8), torch.zeros(b * t, 0, 2, 2), torch.zeros(b * t, 8))
+    s = sigma.repeat_interleave(t).view(-1, 1, 1, 1)
+    for sd in (0.5, SIGMA_DATA):
+        d = (sd**2 - s * sd) / (s**2 + sd**2) * (x + s * n)
+        manual = ((d - x) ** 2).reshape(b, -1).mean(1) * (sigma**2 + sd**2) / (sigma * sd) ** 2
+        torch.testing.assert_close(edm_loss(Echo(), x, sigma, n, cond, t, reduce=False, sigma_data=sd), manual)
+    assert SIGMA_DATA == 1.0 and torch.equal(edm_loss(Echo(), x, sigma, n, cond, t, reduce=False),
+                                             edm_loss(Echo(), x, sigma, n, cond, t, reduce=False, sigma_data=1.0))
+
+
 def test_dropout_gives_the_samplers_unconditional_branch():
     cond = VideoCond(torch.ones(6, 1, 4), torch.ones(6, 4, 2, 2), torch.ones(6, 8))
     out = drop_conditioning(cond, torch.tensor([1.0, 0.0]), 3)
@@ -123,13 +147,15 @@ def test_micro_conditioning_comes_from_each_clips_fps_and_motion(manifest, micro
 
     rows = {r["path"]: r for r in read_manifest(manifest)}
     model, data = micro_data
-    assert fps_id(25 / 4) == pytest.approx(5.25) and motion_bucket(2.0) == 64 and motion_bucket(100) == 255
+    assert window_fps(25 / 4) == 6.25 and motion_bucket(2.0) == 64 and motion_bucket(100) == 255
+    with pytest.raises(DataError, match="at least 1 fps"):
+        window_fps(25 / 32)
     buckets = set()
     for i, w in enumerate(data.windows):
         item = data.dataset[i]
         row = rows[w.record.path]
         assert w.stride == round(row["fps"] / 7.0) == 4  # 25 fps clips sampled near 7 fps
-        assert item["fps_id"].item() == pytest.approx(row["fps"] / w.stride - 1)
+        assert item["fps"].item() == row["fps"] / w.stride and "fps_id" not in item  # fps, never fps_id
         assert item["motion_bucket_id"].item() == motion_bucket(row["motion"])
         buckets.add(item["motion_bucket_id"].item())
     assert len(buckets) >= 3  # real motion scores differ from shot to shot: never a constant

@@ -23,6 +23,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..conditioner import micro_values
     from ..guidance import Guidance, defaults_for
     from ..pipeline import img2vid
 
@@ -30,7 +31,7 @@ def run(args) -> int:
     check_options(args)  # everything that needs no model: nothing is loaded or written on a bad option
     image = read_image(args.image)
     def image_to_video(spec) -> None:
-        if "fps_id" not in dict(spec.vector_inputs):
+        if "fps" not in micro_values(spec):
             raise CLIError(f"--checkpoint {args.checkpoint} is an {spec.name} model; use `python -m svd_core orbit`")
 
     plan_model(args, image_to_video)  # the checkpoint on the meta device: variant, then memory of the request

@@ -58,6 +58,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..conditioner import micro_values
     from ..guidance import Guidance, defaults_for
     from ..pipeline import orbit
 
@@ -65,7 +66,7 @@ def run(args) -> int:
     check_options(args)  # everything that needs no model: nothing is loaded or written on a bad option
     image = read_image(args.image, keep_alpha=True)  # RGBA objects are cropped and centred (reference sv3d branch)
     def orbit_model(spec) -> None:
-        if "fps_id" in dict(spec.vector_inputs):
+        if "fps" in micro_values(spec):
             raise CLIError(f"--checkpoint {args.checkpoint} is an {spec.name} model; use `python -m svd_core img2vid`")
         frames = args.frames or spec.num_frames
         for option, values in (("--elevations", args.elevations), ("--azimuths", args.azimuths)):

@@ -11,6 +11,7 @@ from .config import CurationConfig
 from .cuts import Cancelled
 from .filtering import FilterReport, apply_filters, filters_from_dicts
 from .manifest import atomic_write_bytes, motion_histogram, table1_stats, write_manifest
+from .ray_runner import ray_rows
 from .stages import build_stages, cut_and_clip
 
 ProgressFn = Callable[[int, int], None]
@@ -81,11 +82,12 @@ def run_local(cfg: CurationConfig, progress: ProgressFn | None = None, cancel: C
 
 def run(cfg: CurationConfig, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> CurationResult:
     """Run with the configured runner ('local' in-process or 'ray' through Ray Data)."""
-    if cfg.runner == "ray":
-        from .ray_runner import run_ray
-
-        return run_ray(cfg, progress, cancel)
-    return run_local(cfg, progress, cancel)
+    if cfg.runner != "ray":
+        return run_local(cfg, progress, cancel)
+    t0 = time.time()
+    result = finalize(ray_rows(cfg, progress, cancel), cfg)
+    result.seconds = time.time() - t0
+    return result
 
 
 def annotate(rows: Sequence[dict], stage, progress: ProgressFn | None = None,

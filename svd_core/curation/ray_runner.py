@@ -1,13 +1,12 @@
-"""The curation pipeline on Ray Data (paper Sec. 3 at scale): the source list as a dataset, one map per stage."""
+"""The curation pipeline on Ray Data (paper Sec. 3 at scale): the source list as a dataset, one map per stage; the
+rows go back to `pipeline.run`, which writes the outputs as for a local run (`pipeline.finalize`)."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from .config import CurationConfig
 from .cuts import Cancelled
-from .pipeline import CurationResult, finalize
 from .stages import CaptionStage, ClipStage, MotionStage, TextStage, build_stages, cut_and_clip
 
 # Model stages run in one actor each (their models load once); a fraction of a CPU each so that on a
@@ -38,9 +37,9 @@ def ensure_ray(cfg: CurationConfig):
     return ray
 
 
-def run_ray(cfg: CurationConfig, progress=None, cancel=None) -> CurationResult:
-    """Same stages and work files as `run_local`, so a restart in either mode reprocesses nothing already written."""
-    t0 = time.time()
+def ray_rows(cfg: CurationConfig, progress=None, cancel=None) -> list[dict]:
+    """Every clip's row after every stage. Same stages and work files as `pipeline.run_local`, so a restart in either
+    mode reprocesses nothing already written."""
     ray = ensure_ray(cfg)
     import ray.data
 
@@ -69,6 +68,4 @@ def run_ray(cfg: CurationConfig, progress=None, cancel=None) -> CurationResult:
     for r in rows:  # numpy arrays from Arrow back to plain lists for Parquet / JSON
         if "clip_embedding" in r and r["clip_embedding"] is not None:
             r["clip_embedding"] = [float(x) for x in r["clip_embedding"]]
-    result = finalize(rows, cfg)
-    result.seconds = time.time() - t0
-    return result
+    return rows

@@ -63,11 +63,12 @@ class Window:
 # --------------------------------------------------------------------------------------------- micro-conditioning
 
 
-def fps_id(fps: float) -> float:
-    """The fps micro-conditioning value: fps_id = fps - 1 (the engine's convention, `pipeline.image_conditioning`)."""
+def window_fps(fps: float) -> float:
+    """A window's frame rate as training batches carry it (frames per second, as generation takes it; the
+    conditioner embeds it, `Conditioner.micro_vector`); at least 1 fps."""
     if fps < 1:
         raise DataError(f"a clip window has {fps:.3f} fps; at least 1 fps is needed (lower frame_stride)")
-    return float(fps) - 1.0
+    return float(fps)
 
 
 def motion_bucket(motion: float, scale: float = 32.0) -> float:
@@ -253,7 +254,7 @@ def build_cache(model, windows: Sequence[Window], cache_dir: str | os.PathLike, 
 
 
 class CachedDataset(torch.utils.data.Dataset):
-    """Cached windows -> dict(latents t 4 h w, clip 2 d, images 2 3 H W uint8, fps_id, motion_bucket_id, motion,
+    """Cached windows -> dict(latents t 4 h w, clip 2 d, images 2 3 H W uint8, fps, motion_bucket_id, motion,
     caption, captions, index). `records` (one per path, e.g. the windows' records): captions come from them rather
     than from the cache metadata, so captions added to the manifest after the cache was built are used."""
 
@@ -281,7 +282,7 @@ class CachedDataset(torch.utils.data.Dataset):
         except (SafetensorError, OSError, KeyError, ValueError, TypeError, ZeroDivisionError) as exc:
             raise DataError(f"latent cache file {self.paths[i]} is damaged or foreign ({type(exc).__name__}: {exc}); "
                             f"delete it (or its cache folder) and run again: it is rebuilt") from None
-        item["fps_id"] = torch.tensor(fps_id(fps))
+        item["fps"] = torch.tensor(window_fps(fps), dtype=torch.float64)  # converted once, by the conditioner
         item["motion_bucket_id"] = torch.tensor(motion_bucket(motion, self.motion_scale))
         item["motion"] = torch.tensor(motion)
         live = asdict(self.records[i]) if self.records is not None else rec

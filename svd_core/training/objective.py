@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..denoiser import VideoCond, denoise
-
-SIGMA_DATA = 1.0  # the video models' EDM sigma_data (reference `VScalingWithEDMcNoise`, `EDMWeighting`)
+from ..denoiser import SIGMA_DATA, VideoCond, denoise
 
 
 @dataclass(frozen=True)
@@ -51,11 +49,12 @@ def per_video_cond_aug(cond_aug, b: int, generator: torch.Generator | None = Non
 
 
 def edm_loss(unet, latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, cond: VideoCond,
-             num_frames: int, reduce: bool = True) -> torch.Tensor:
+             num_frames: int, reduce: bool = True, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
     """E[lambda(s) ||D(x + s n; s) - x||^2] (paper eq. 7-8) with the variant's preconditioning (App. D.2).
 
-    latents, noise: (b t) c h w; sigma: one per video (b), shared by its frames as at sampling time.
-    Returns the mean over videos, or the per-video losses (b) with `reduce=False`.
+    latents, noise: (b t) c h w; sigma: one per video (b), shared by its frames as at sampling time. `sigma_data`
+    goes to both the preconditioning D and the weighting lambda (EDM). Returns the mean over videos, or the
+    per-video losses (b) with `reduce=False`.
     """
     b = sigma.shape[0]
     if latents.shape[0] != b * num_frames:
@@ -63,20 +62,28 @@ def edm_loss(unet, latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tens
     sigma_f = sigma.repeat_interleave(num_frames).to(latents.device)  # b -> (b t)
     shape = (-1,) + (1,) * (latents.ndim - 1)
     noised = latents + noise * sigma_f.view(shape).to(latents.dtype)
-    denoised = denoise(unet, noised, sigma_f, cond, num_frames)
+    denoised = denoise(unet, noised, sigma_f, cond, num_frames, sigma_data=sigma_data)
     err = (denoised.float() - latents.float()) ** 2  # (b t) c h w
     per_video = err.reshape(b, -1).mean(dim=1)  # (b t) c h w -> b (t c h w), mean
-    losses = edm_weight(sigma.to(per_video.device).float()) * per_video
+    losses = edm_weight(sigma.to(per_video.device).float(), sigma_data) * per_video
     return losses.mean() if reduce else losses
 
 
-def drop_conditioning(cond: VideoCond, keep: torch.Tensor, num_frames: int) -> VideoCond:
-    """Classifier-free guidance dropout: videos with keep == 0 get the unconditional branch the sampler uses
-    (zero CLIP token and zero concat latent, paper App. D.2; reference `force_uc_zero_embeddings`)."""
-    k = keep.to(cond.crossattn.device).repeat_interleave(num_frames)  # b -> (b t)
-    crossattn = cond.crossattn * k.view(-1, 1, 1).to(cond.crossattn.dtype)
-    concat = cond.concat * k.view(-1, 1, 1, 1).to(cond.concat.dtype)
+def _keep_or(x: torch.Tensor, keep: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
+    """Rows of x (one per keep value) where keep > 0, else `fill` (broadcast; None: zeros)."""
+    keep = keep.to(x.device).view((-1,) + (1,) * (x.ndim - 1)) > 0
+    fill = x.new_zeros(()) if fill is None else fill.to(x.device, x.dtype)
+    return torch.where(keep, x, fill)
+
+
+def drop_conditioning(cond: VideoCond, keep: torch.Tensor, num_frames: int,
+                      null_context: torch.Tensor | None = None) -> VideoCond:
+    """Classifier-free guidance dropout, the one for every task: videos with keep == 0 (keep: b) get the
+    unconditional branch the sampler uses. Image-conditioned models: zero CLIP token and zero concat latent (paper
+    App. D.2; reference `force_uc_zero_embeddings`). Text models: `null_context` (1 n d, the empty prompt's tokens,
+    App. D.3's text dropout) for the spatial and the temporal cross-attention. The vector is kept."""
+    k = keep.repeat_interleave(num_frames)  # b -> (b t)
     tc = cond.time_context
     if tc is not None:
-        tc = tc * keep.to(tc.device).view(-1, 1, 1).to(tc.dtype)
-    return VideoCond(crossattn, concat, cond.vector, tc)
+        tc = _keep_or(tc, keep, null_context)  # b n d
+    return VideoCond(_keep_or(cond.crossattn, k, null_context), _keep_or(cond.concat, k, None), cond.vector, tc)

@@ -1,6 +1,8 @@
 """Per-task training conditioning, built per step from cached data in the layout the samplers use (paper App. D.2:
 noised conditioning frame VAE-encoded and concatenated, CLIP token, micro-conditioning vector; App. D.3 text;
-App. D.5 interpolation through `svd_core.interpolation`; App. D.6 multi-view elevation)."""
+App. D.5 interpolation through `svd_core.interpolation`; App. D.6 multi-view elevation). The one training path:
+the trainer builds a task's conditioning here, then applies guidance dropout with `objective.drop_conditioning`
+(`null_context` gives a text model's unconditional tokens)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -9,11 +11,10 @@ import torch
 from einops import repeat
 
 from ..denoiser import VideoCond
+from ..interpolation import concat_sequence, init_from, noised_end_latents
+from ..text2video import encode_prompts, training_conditioning
+from .data import sample_caption
 from .objective import sample_cond_aug
-
-
-def _frames(values, num_frames: int) -> torch.Tensor:
-    return torch.as_tensor(values).float().repeat_interleave(num_frames)  # b -> (b t)
 
 
 def _cond_aug(gens: Sequence[torch.Generator], cfg) -> torch.Tensor:
@@ -35,21 +36,19 @@ def _encode(model, images: torch.Tensor) -> torch.Tensor:
 
 
 def _vector(model, batch: dict, cond_aug: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """The model's vector inputs per frame from the clip's real fps / motion (and elevation for SVD-MV)."""
-    values = {"fps_id": batch["fps_id"], "motion_bucket_id": batch["motion_bucket_id"], "cond_aug": cond_aug}
-    if "elevation" in batch:
-        values["elevation_deg"] = batch["elevation"]
-    keys = model.conditioner.vector_keys
-    missing = [k for k in keys if k not in values]
-    if missing:
-        raise ValueError(f"training {model.spec.name}: the data gives no {missing} (clips need these columns)")
-    dev = next(model.conditioner.parameters()).device
-    return model.conditioner.vector({k: _frames(values[k], num_frames).to(dev) for k in keys})  # (b t) adm
+    """The model's vector per frame from each clip's real fps / motion bucket, its cond_aug (and its camera
+    elevation for SVD-MV), through the generation paths' own `Conditioner.micro_vector`: (b t) adm."""
+    try:
+        return model.conditioner.micro_vector(len(cond_aug), num_frames, fps=batch["fps"], cond_aug=cond_aug,
+                                              motion_bucket_id=batch["motion_bucket_id"],
+                                              elevation=batch.get("elevation"))
+    except ValueError as exc:
+        raise ValueError(f"training {model.spec.name}: {exc} (the clips' data lacks this column)") from None
 
 
 def img2vid_cond(model, batch: dict, num_frames: int, gens: Sequence[torch.Generator], cfg) -> VideoCond:
     """SVD image-to-video (and SVD-MV): the first frame noised by cond_aug ~ logN(-3, 0.5^2), its VAE latent copied
-    over time; the CLIP token of the clean first frame; vector (fps_id, motion_bucket_id, cond_aug) per frame."""
+    over time; the CLIP token of the clean first frame; vector (fps, motion bucket, cond_aug) per frame."""
     cond_aug = _cond_aug(gens, cfg)
     latent = _encode(model, _noised_images(batch, 0, cond_aug, gens))
     clip = batch["clip"][:, 0:1].float()  # b 1 d
@@ -63,8 +62,6 @@ def interpolation_cond(model, batch: dict, num_frames: int, gens: Sequence[torch
     (`svd_core.interpolation.noised_end_latents`, as generation) with the learned mask embedding between them
     (`concat_sequence`, gradients reach the mask), both CLIP tokens; vector from the window's real fps (the
     preset samples windows at 28 fps: the sequence's frame rate, as at generation)."""
-    from ..interpolation import concat_sequence, noised_end_latents
-
     cond_aug = _cond_aug(gens, cfg)
     ends = batch["images"].float() / 127.5 - 1.0  # b 2 3 H W uint8 -> [-1, 1]
     first, last = noised_end_latents(model, ends[:, 0], ends[:, 1], cond_aug, gens)
@@ -77,25 +74,28 @@ def interpolation_cond(model, batch: dict, num_frames: int, gens: Sequence[torch
 def text2video_cond(model, batch: dict, num_frames: int, gens: Sequence[torch.Generator], cfg) -> VideoCond:
     """Text-to-video (App. D.3): one caption per example sampled from the clip's captions (CoCa 0.5, video
     captioner 0.25, LLM 0.25, App. C / E.2.2; `data.sample_caption` with the example's generator) through the
-    model's text tower (`svd_core.text2video`), where the 15% caption dropout ("" prompt, the sampler's
-    unconditional branch) happens. Motion conditioning in motion-bucket units (`data.motion_bucket` of the clip's
+    model's text tower (`svd_core.text2video`); the 15% caption dropout (the "" prompt's tokens, the sampler's
+    unconditional branch) is the trainer's `drop_conditioning` with `null_context`. Motion conditioning in motion-bucket units (`data.motion_bucket` of the clip's
     motion score), the unit generation takes (default 127)."""
-    from ..text2video import training_conditioning
-    from .data import sample_caption
-
     h, w = batch["latents"].shape[-2:]
     captions = [sample_caption(c, f, g) for c, f, g in
                 zip(batch.get("captions", [{}] * len(gens)), batch["caption"], gens)]
     return training_conditioning(model, captions, num_frames=num_frames, height=h * 8, width=w * 8,
-                                 fps=batch["fps_id"] + 1.0, motion_score=batch["motion_bucket_id"],
-                                 drop_prob=cfg.cond_dropout, generator=gens[0])
+                                 fps=batch["fps"], motion_score=batch["motion_bucket_id"])
 
 
 CondBuilder = Callable[..., VideoCond]
 TASK_BUILDERS: dict[str, CondBuilder] = {"img2vid": img2vid_cond, "interpolation": interpolation_cond,
                                          "text2video": text2video_cond, "multiview": img2vid_cond}
-# tasks whose builder already applies the guidance dropout (the trainer zeroes the others' conditioning)
-SELF_DROPPING = ("text2video",)
+
+
+@torch.no_grad()
+def null_context(model) -> torch.Tensor | None:
+    """What guidance dropout puts in a dropped video's cross-attention: a text model's empty-prompt tokens (1 n d,
+    the sampler's default negative prompt; paper App. D.3), None for image-conditioned models (zeros)."""
+    if model.spec.cond_mode != "text":
+        return None
+    return encode_prompts(model, "")
 
 
 def extra_trainable(model, task: str) -> dict[str, torch.nn.Parameter]:
@@ -111,7 +111,5 @@ def model_for_task(model, task: str):
     channels zero, so it starts as the base on the base's channels); a model that already is one, and every other
     task's model, is returned unchanged."""
     if task == "interpolation" and model.spec.cond_mode != "interpolation":
-        from ..interpolation import init_from
-
         return init_from(model)
     return model

@@ -24,7 +24,7 @@ from .data import CachedDataset, collate, global_batches
 from .distributed import DistInfo, all_mean, barrier, wrap
 from .ema import EMA, _full
 from .objective import NoiseDistribution, drop_conditioning, edm_loss
-from .tasks import SELF_DROPPING, TASK_BUILDERS, extra_trainable
+from .tasks import TASK_BUILDERS, extra_trainable, null_context
 
 STATE_FILE = "last.safetensors"
 STATE_VERSION = 1
@@ -183,9 +183,9 @@ class Trainer:
             sigma = torch.cat([self.noise.sample(1, g) for g in gens])  # b
         keep = torch.tensor([float(torch.rand(1, generator=g).item() >= cfg.cond_dropout) if train else 1.0
                              for g in gens])  # b
-        cond = self.build_cond(self.model, batch, t, gens, cfg if train else _no_dropout(cfg)).to(self.device)
-        if cfg.task not in SELF_DROPPING:
-            cond = drop_conditioning(cond, keep, t)
+        cond = self.build_cond(self.model, batch, t, gens, cfg).to(self.device)
+        if not bool(keep.all()):  # guidance dropout, every task alike (a text model's null is the "" prompt)
+            cond = drop_conditioning(cond, keep, t, null_context(self.model))
         latents = batch["latents"].flatten(0, 1).to(self.device)  # b t c h w -> (b t) c h w
         noise = torch.cat([torch.randn(batch["latents"].shape[1:], generator=g) for g in gens]).to(self.device)
         with self._autocast():
@@ -266,7 +266,7 @@ class Trainer:
             videos = []
             for j in range(len(idx)):  # one video at a time: each has its own fps and motion bucket
                 cond = image_conditioning(self.model, image[j:j + 1], num_frames=cfg.num_frames, width=cfg.width,
-                                          height=cfg.height, fps=float(batch["fps_id"][j]) + 1.0,
+                                          height=cfg.height, fps=float(batch["fps"][j]),
                                           motion_bucket_id=float(batch["motion_bucket_id"][j]), seed=seed)
                 latent = sample(self.model, cond, guidance, steps=steps or cfg.sample_steps or 8, seed=seed + j)
                 videos.append(decode(self.model, latent, cfg.num_frames) if decode_frames else
@@ -484,12 +484,6 @@ class Trainer:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
-
-
-def _no_dropout(cfg: TrainConfig) -> TrainConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, cond_dropout=0.0)
 
 
 @torch.no_grad()

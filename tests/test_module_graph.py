@@ -1,0 +1,90 @@
+"""The engine's module graph (issue 15 item 6): the former import circles (`loading` <-> `diffusers_io`,
+`curation.pipeline` <-> `curation.ray_runner`) are gone, and no inference module imports `svd_core.training`.
+Imports are read with `ast` (function-level ones included, so a circle cannot hide in a function body)."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMER_CIRCLES = ("svd_core.loading", "svd_core.diffusers_io", "svd_core.curation.pipeline",
+                  "svd_core.curation.ray_runner")
+# everything but the trainer, the data curation and evaluation tools, and the command-line entry
+NOT_INFERENCE = ("svd_core.training", "svd_core.curation", "svd_core.eval", "svd_core.__main__")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in (ROOT / "svd_core").rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _targets(node: ast.AST, module: str, is_package: bool) -> list[str]:
+    """Absolute names an import statement loads: `from .a import b` -> pkg.a and pkg.a.b (b may be a module)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if node.level:
+        base = base[:len(base) - node.level + 1]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    return [target] + [f"{target}.{a.name}" for a in node.names]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """svd_core module -> the svd_core modules its code imports (every import statement, at any depth; importing
+    a.b.c runs a and a.b too, except the importer's own packages, which are already loading)."""
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in _targets(node, name, path.name == "__init__.py"):
+                    parts = target.split(".")
+                    deps |= {q for q in (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+                             if q in modules and q != name and q not in own}
+        graph[name] = deps
+    return graph
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_the_former_import_circles_are_gone():
+    graph = import_graph()
+    assert "svd_core.diffusers_io" in graph["svd_core.loading"]  # the loader dispatches folders to the mapping
+    assert "svd_core.curation.ray_runner" in graph["svd_core.curation.pipeline"]  # the pipeline runs on Ray
+    circles = {m: sorted(d for d in _reachable(graph, m) if m in _reachable(graph, d)) for m in FORMER_CIRCLES}
+    assert circles == {m: [] for m in FORMER_CIRCLES}
+
+
+def test_no_inference_module_imports_training():
+    graph = import_graph()
+    inference = [m for m in graph if m.startswith("svd_core.") and not m.startswith(NOT_INFERENCE)]
+    assert {"svd_core.pipeline", "svd_core.interpolation", "svd_core.multiview", "svd_core.text2video",
+            "svd_core.conditioner", "svd_core.denoiser"} <= set(inference)
+    reach = {m: sorted(d for d in _reachable(graph, m) if d.startswith("svd_core.training")) for m in inference}
+    assert {m: r for m, r in reach.items() if r} == {}
+    # the walk sees what it must: the trainer imports the engine, and `tasks` the inference modules it shares
+    assert {"svd_core.interpolation", "svd_core.text2video"} <= graph["svd_core.training.tasks"]
+
+
+def test_each_former_circle_module_imports_alone():
+    """Each in a fresh interpreter, first of the pair (a circle fails when its other end is imported first)."""
+    procs = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for m in FORMER_CIRCLES}
+    outcomes = {m: (p.wait(timeout=300), p.stdout.read()[-2000:]) for m, p in procs.items()}
+    assert {m: o for m, o in outcomes.items() if o[0] != 0} == {}
