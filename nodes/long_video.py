@@ -85,12 +85,12 @@ class SlidingWindowSampler(io.ComfyNode):
             raise bad_input(cls.ID, "overlap", f"{overlap} must be smaller than the window ({win} frames)")
         steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
         model = svd_model.acquire()
-        progress = Progress(steps)
+        progress = Progress(steps, preview=True)
         samples = _long_video().sample_windows(
             model, conditioning, guidance, window=win, overlap=overlap, schedule=window_schedule, blend=blend,
             sampler=sampler, sigma_schedule=schedule, steps=steps, seed=seed, callback=progress.absolute,
-            cancel=_interrupted)
-        return io.NodeOutput(latent_out(samples, conditioning.num_frames))
+            cancel=_interrupted, on_denoised=progress.denoised)
+        return io.NodeOutput(latent_out(samples, conditioning.num_frames, svd_model.spec))
 
 
 class ChainedVideo(io.ComfyNode):

@@ -176,8 +176,10 @@ def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, 
                    sampler: str = "euler", sigma_schedule: str = "karras", steps: int | None = None,
                    seed: int | None = None, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                    callback: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
-                   autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Guided EDM sampling of an N-frame conditioning with sliding windows -> latent (b N) 4 h w.
+                   autocast_dtype: torch.dtype | None = None,
+                   on_denoised: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Guided EDM sampling of an N-frame conditioning with sliding windows -> latent (b N) 4 h w; `on_denoised` gets
+    each step's blended x0 prediction (live previews).
 
     window defaults to the model's trained frame count, overlap to half of it; with N <= window this is exactly
     `pipeline.sample` (one window covering the video). steps / seed None: the variant's (reference script)."""
@@ -202,6 +204,8 @@ def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, 
     def on_step(info):
         if cancel is not None and cancel():
             raise Cancelled(f"sampling cancelled at step {info['i'] + 1}/{total}")
+        if on_denoised is not None:
+            on_denoised(info["denoised"])
         if callback is not None:
             callback(info["i"] + 1, total)
 

@@ -269,6 +269,51 @@ def test_video_to_video_encode_then_partial_denoise(comfy):
     assert media_info(saved(comfy, entry, node="13")) == (4, 64, 64)
 
 
+def test_sampler_sends_live_previews_of_each_step_x0(comfy):
+    """With the user's --preview-method (the session server runs latent2rgb), the SVD Sampler sends a preview image
+    per step over the websocket like native samplers (latent_preview, SD15's latent2rgb factors on the scaled x0 of
+    the first frame); the last step's x0 is the sampled latent, so the last preview is that latent's latent2rgb."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from comfy_harness import PREVIEW_IMAGE, preview_image
+
+    steps = 3
+    prompt = img2vid(width=128, height=64, steps=steps, prefix="svd_suite/preview")
+    prompt["5"]["inputs"]["seed"] = 11
+    prompt["8"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "svd_suite/preview"}}
+    previews, node_of_preview = [], []
+    current = {}
+
+    def on_message(msg):
+        if msg["type"] == "executing":
+            current["node"] = msg["data"].get("node")
+
+    def on_binary(event, payload):
+        if event == PREVIEW_IMAGE:
+            previews.append(preview_image(payload).convert("RGB"))
+            node_of_preview.append(current.get("node"))
+
+    ws = comfy.websocket()
+    try:
+        entry, _ = comfy.wait(comfy.queue(prompt), 180, ws=ws, on_message=on_message, on_binary=on_binary)
+    finally:
+        ws.close()
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    assert len(previews) == steps and set(node_of_preview) == {"5"}, (len(previews), node_of_preview)
+    assert all(p.size == (128 // 8, 64 // 8) for p in previews), [p.size for p in previews]
+    item = entry["outputs"]["8"]["latents"][0]
+    raw = load_file(str(comfy.output_file(item)))["latent_tensor"]  # the LATENT: the VAE's raw latent
+    factors = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721],
+                            [-0.2120, -0.2616, -0.7177]])  # comfy.latent_formats.SD15.latent_rgb_factors
+    rgb = torch.einsum("chw,cr->hwr", raw[0] * 0.18215, factors)  # scaled x0 of frame 0 -> RGB in [-1, 1]
+    expected = ((rgb + 1) / 2).clamp(0, 1).mul(255).numpy()
+    got = np.asarray(previews[-1], np.float64)
+    assert np.abs(got - expected).mean() < 6.0, np.abs(got - expected).mean()  # JPEG (quality 95) on 16x8 pixels
+    assert np.abs(np.asarray(previews[0], np.float64) - expected).mean() > 0.5  # early x0 differs from the result
+
+
 def test_sampler_steps_zero_follow_the_loaded_variant_and_encode_samples_the_posterior(comfy):
     """Reference simple_video_sample.py: num_steps per version when none is given (steps 0 = the loaded model's;
     the tiny model's 4); the reference first stage encodes by sampling the posterior (Encode sample_posterior)."""
