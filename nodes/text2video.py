@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ._comfy import PREFIX, SVDConditioning, SVDModel, bad_input, check_inputs
+from .conditioning import fps_output
 
 
 def _t2v():
@@ -49,7 +50,8 @@ class TextConditioning(io.ComfyNode):
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Videos generated for the prompt."),
             ],
             outputs=[SVDConditioning.Output(display_name="conditioning",
-                                            tooltip="Text conditioning (spatial and temporal) for the SVD Sampler.")],
+                                            tooltip="Text conditioning (spatial and temporal) for the SVD Sampler."),
+                     fps_output()],
         )
 
     @classmethod
@@ -74,7 +76,7 @@ class TextConditioning(io.ComfyNode):
         cond = _t2v().text_conditioning(model, prompt, temporal_prompt=temporal_prompt or None,
                                         negative_prompt=negative_prompt, batch=batch_size, num_frames=num_frames,
                                         width=width, height=height, fps=fps, motion_score=motion_score)
-        return io.NodeOutput(cond)
+        return io.NodeOutput(cond, float(fps))
 
 
 NODES = [TextConditioning]

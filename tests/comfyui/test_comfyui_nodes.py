@@ -92,6 +92,17 @@ def test_object_info_lists_every_node_with_tooltips(object_info):
     assert CKPT in object_info["SVDSuite_CheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"]
 
 
+def test_conditioning_nodes_output_their_fps_for_video_nodes(object_info):
+    """The conditioned fps leaves the conditioning node as a FLOAT, the type of Create Video's fps (and
+    VideoHelperSuite's frame_rate), so the video is written at the rate the motion was conditioned on; frames leave
+    SVD Decode as a plain IMAGE batch."""
+    for node in ("SVDSuite_ImageConditioning", "SVDSuite_TextConditioning"):
+        info = object_info[node]
+        assert info["output"] == ["SVDSUITE_CONDITIONING", "FLOAT"] and info["output_name"][1] == "fps", info["output"]
+    assert object_info["CreateVideo"]["input"]["required"]["fps"][0] == "FLOAT"
+    assert object_info["SVDSuite_Decode"]["output"] == ["IMAGE"]
+
+
 def test_node_docs_are_current(comfy):
     """docs/nodes/ is the schemas rendered (tests/comfyui/node_docs.py): a changed node needs its page regenerated.
     The node info is fetched now, with the names of the files other tests left in the server's folders, so file
