@@ -130,3 +130,25 @@ def test_native_vae_encode_latent_feeds_the_pack_like_its_own_encode(comfy, same
     print(f"\nnative VAEEncode LATENT vs SVD Encode: SVD Decode mean |pixel| difference {decoded:.4f} / 255, "
           f"after SVD Sampler (denoise 0.6) {v2v:.4f} / 255")
     assert decoded < TOLERANCE and v2v < TOLERANCE, (decoded, v2v)
+
+
+def test_a_latent_of_another_model_is_refused_by_name(comfy):
+    """A 16-channel LATENT (SD3's empty latent) is no SVD latent: SVD Decode says so, naming its input, before it
+    loads anything."""
+    prompt = {
+        "1": {"class_type": "SVDSuite_CheckpointLoader", "inputs": {"ckpt_name": "svd_suite_tiny.safetensors",
+                                                                    "dtype": "float32"}},
+        "2": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}},
+        "3": _decode(["2", 0]),
+        "4": _save(["3", 0], "refused"),
+    }
+    ws = comfy.websocket()
+    try:
+        entry, messages = comfy.wait(comfy.queue(prompt), 120, ws=ws)
+    finally:
+        ws.close()
+    assert entry["status"]["status_str"] == "error"
+    errors = [m["data"] for m in messages if m["type"] == "execution_error"]
+    assert errors and errors[0]["node_type"] == "SVDSuite_Decode", errors
+    message = errors[0]["exception_message"]
+    assert "SVDSuite_Decode: input 'latent'" in message and "(4, 16, 8, 8)" in message, message
