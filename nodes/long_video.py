@@ -11,6 +11,7 @@ from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
                      frames_to_image, image_to_bchw, latent_out)
+from .conditioning import fps_output
 from .sampling import STEPS_TOOLTIP
 
 
@@ -133,7 +134,8 @@ class ChainedVideo(io.ComfyNode):
                              tooltip="Frames decoded at once (reference 14); lower it if you run out of memory."),
             ],
             outputs=[io.Image.Output(display_name="frames",
-                                     tooltip="The whole video as an IMAGE batch [frames, H, W, 3] in 0..1.")],
+                                     tooltip="The whole video as an IMAGE batch [frames, H, W, 3] in 0..1."),
+                     fps_output()],
         )
 
     @classmethod
@@ -171,7 +173,7 @@ class ChainedVideo(io.ComfyNode):
             color_match=color_match, width=width, height=height, fps=fps, motion_bucket_id=motion_bucket_id,
             cond_aug=cond_aug, resize_mode=resize_mode, sampler=sampler, sigma_schedule=schedule, steps=steps,
             seed=seed, decode_t=decode_t, callback=callback)
-        return io.NodeOutput(frames_to_image(frames))
+        return io.NodeOutput(frames_to_image(frames), float(fps))
 
 
 NODES = [SlidingWindowSampler, ChainedVideo]

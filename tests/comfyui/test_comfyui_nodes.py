@@ -99,6 +99,9 @@ def test_conditioning_nodes_output_their_fps_for_video_nodes(object_info):
     for node in ("SVDSuite_ImageConditioning", "SVDSuite_TextConditioning"):
         info = object_info[node]
         assert info["output"] == ["SVDSUITE_CONDITIONING", "FLOAT"] and info["output_name"][1] == "fps", info["output"]
+    for node in ("SVDSuite_ChainedVideo", "SVDSuite_FrameInterpolation"):  # frames out, at their conditioned fps
+        info = object_info[node]
+        assert info["output"] == ["IMAGE", "FLOAT"] and info["output_name"][1] == "fps", info["output"]
     assert object_info["CreateVideo"]["input"]["required"]["fps"][0] == "FLOAT"
     assert object_info["SVDSuite_Decode"]["output"] == ["IMAGE"]
 
