@@ -325,7 +325,8 @@ def as_loaded(module: torch.nn.Module, name: str) -> LoadedSVD:
 
 class Progress:
     """ComfyUI's progress bar and Cancel button for one node run: the engine's `progress(done, total)` callback and
-    its `cancel()` hook. Raises ComfyUI's interrupt at once when Cancel was pressed before the run.
+    its `cancel()` hook. Raises ComfyUI's interrupt at once when Cancel was pressed before the run. With `preview`,
+    also live previews of each step's x0 prediction, as native samplers send them (`latent_preview.prepare_callback`).
 
     One cancel rule for the pack, ComfyUI's interrupt flag. An engine that stops cleanly (saving a resumable state,
     keeping finished files) polls `cancel()`; one with nothing to save is aborted at once: by the progress callback
@@ -333,12 +334,20 @@ class Progress:
     `with progress.stopping():` so whatever it raises after a Cancel reaches ComfyUI as its interrupt.
     """
 
-    def __init__(self, total: int = 1):
+    def __init__(self, total: int = 1, preview: bool = False):
         self.total = max(int(total), 1)
         self.bar = comfy.utils.ProgressBar(self.total)
         self.done = 0
         self.polled = False
+        self.previewer = _previewer() if preview else None
+        self._preview = None
         mm.throw_exception_if_processing_interrupted()
+
+    def denoised(self, x0: torch.Tensor) -> None:
+        """The engine's `on_denoised`: the step's x0 prediction "(b t) 4 h w" (scaled latent, as native samplers'
+        x0) becomes a preview image of the first frame, sent with the next progress update."""
+        if self.previewer is not None:
+            self._preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:1].float())
 
     def absolute(self, done: int, total: int | None = None, stage: str | None = None) -> None:
         """`done` of `total` units finished (the engine's `svd_core.progress` callback, any stage); raises
@@ -347,7 +356,9 @@ class Progress:
         if total is not None:
             self.total = max(int(total), 1)
         try:
-            self.bar.update_absolute(self.done, self.total)  # ComfyUI's progress hook raises its interrupt on Cancel
+            preview, self._preview = self._preview, None
+            # ComfyUI's progress hook sends the preview and raises its interrupt on Cancel
+            self.bar.update_absolute(self.done, self.total, preview)
             if not self.polled:
                 mm.throw_exception_if_processing_interrupted()
         except mm.InterruptProcessingException:
@@ -380,6 +391,15 @@ class Progress:
             raise
 
 
+def _previewer():
+    """ComfyUI's previewer for the user's --preview-method (None: no previews) on SVD's latent format: SD15's (the
+    VAE of SD 1.x, scale 0.18215, its latent2rgb factors; TAESD from models/vae_approx/taesd_decoder.* if chosen)."""
+    import comfy.latent_formats
+    import latent_preview
+
+    return latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15())
+
+
 def image_to_bchw(image: torch.Tensor) -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, 3) in 0..1 -> (B, 3, H, W) float32."""
     return rearrange(image[..., :3].float(), "b h w c -> b c h w")  # b h w c -> b c h w
@@ -391,9 +411,25 @@ def frames_to_image(frames: torch.Tensor) -> torch.Tensor:
     return out.to(device=mm.intermediate_device(), dtype=torch.float32).clamp(0, 1).contiguous()
 
 
-def latent_out(samples: torch.Tensor, num_frames: int) -> dict:
-    """Engine latent "(b t) 4 h w" -> ComfyUI LATENT dict (frames of one video contiguous)."""
-    return {"samples": samples.to(mm.intermediate_device()), FRAMES_KEY: int(num_frames)}
+def latent_out(samples: torch.Tensor, num_frames: int, spec) -> dict:
+    """Engine latent "(b t) 4 h w" -> ComfyUI LATENT dict (frames of one video contiguous).
+
+    ComfyUI's convention: a LATENT holds the VAE's raw latent (native VAEEncode / VAEDecode); the model samples it
+    multiplied by the VAE scale factor (`latent_format` SD15 process_in / process_out, 0.18215). The engine works in
+    the model's scaled space (reference `DiffusionEngine.encode_first_stage`), so the scale comes off here."""
+    raw = samples / spec.scale_factor  # latent_format.process_out
+    return {"samples": raw.to(mm.intermediate_device()), FRAMES_KEY: int(num_frames)}
+
+
+def latent_in(node_id: str, input_name: str, latent: dict, spec) -> torch.Tensor:
+    """ComfyUI LATENT (the VAE's raw latent, ours or native VAEEncode's) -> engine latent "(b t) 4 h w" multiplied
+    by the VAE scale factor (`latent_format` SD15 process_in), or NodeInputError for a latent of another model."""
+    samples = latent["samples"]
+    if samples.ndim != 4 or samples.shape[1] != spec.vae.z_channels:
+        raise bad_input(node_id, input_name, f"has shape {tuple(samples.shape)}; expected (frames, "
+                                             f"{spec.vae.z_channels}, height/8, width/8): an SVD / SD VAE latent "
+                                             f"(SVD Encode, SVD Sampler or native VAE Encode)")
+    return samples * spec.scale_factor  # latent_format.process_in
 
 
 def latent_frames(latent: dict) -> int:

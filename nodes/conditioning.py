@@ -14,6 +14,13 @@ from ._comfy import (PREFIX, SEED_MAX, SVDConditioning, SVDModel, SVDOrbit, bad_
 COND_TOOLTIP = "Conditioning for the SVD Sampler (image embedding, first-frame latent, per-frame vectors)."
 
 
+def fps_output() -> io.Float.Output:
+    """The conditioned frame rate as an output, so the video is written at the fps the motion was conditioned on
+    (Create Video's fps, VideoHelperSuite's frame_rate) without typing it twice."""
+    return io.Float.Output(display_name="fps", tooltip="The frame rate the motion is conditioned on: connect it to "
+                                                       "Create Video's fps (or Video Combine's frame_rate).")
+
+
 def _size_inputs(width: int, height: int, frames: int) -> list:
     return [
         io.Int.Input("width", default=width, min=64, max=4096, step=64,
@@ -59,7 +66,7 @@ class ImageConditioning(io.ComfyNode):
                                      "higher = more motion)."),
                 *_common_inputs(0.02),
             ],
-            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP)],
+            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP), fps_output()],
         )
 
     @classmethod
@@ -74,7 +81,7 @@ class ImageConditioning(io.ComfyNode):
         cond = pipeline.image_conditioning(
             model, image_to_bchw(image), num_frames=num_frames, width=width, height=height, fps=fps,
             motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed)
-        return io.NodeOutput(cond)
+        return io.NodeOutput(cond, float(fps))
 
 
 def parse_angles(node_id: str, name: str, text: str, num_frames: int | None, default=None) -> list[float] | None:

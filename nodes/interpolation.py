@@ -9,6 +9,7 @@ from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDGuidance, SVDModel, bad_input, check_inputs, frames_to_image,
                      image_to_bchw, size_error)
+from .conditioning import fps_output
 
 FRAMES_OUT_TOOLTIP = ("Interpolated video: every original frame followed by the 3 generated in-between frames "
                       "(the last original frame closes it); (n-1)*4+1 frames at the input size.")
@@ -52,7 +53,7 @@ class FrameInterpolation(io.ComfyNode):
                 SVDGuidance.Input("guidance", optional=True,
                                   tooltip="Optional guidance; default: the model's (vanilla 1.5 for svd_interp)."),
             ],
-            outputs=[io.Image.Output(display_name="frames", tooltip=FRAMES_OUT_TOOLTIP)],
+            outputs=[io.Image.Output(display_name="frames", tooltip=FRAMES_OUT_TOOLTIP), fps_output()],
         )
 
     @classmethod
@@ -78,7 +79,7 @@ class FrameInterpolation(io.ComfyNode):
             model, image_to_bchw(frames), batch_size=batch_size, width=width or None, height=height or None,
             fps=fps, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, guidance=guidance, sampler=sampler,
             schedule=schedule, steps=steps, seed=seed, callback=progress.absolute)
-        return io.NodeOutput(frames_to_image(out[None]))
+        return io.NodeOutput(frames_to_image(out[None]), float(fps))
 
 
 NODES = [FrameInterpolation]

@@ -7,7 +7,7 @@ from einops import rearrange
 from svd_core import pipeline
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDModel, bad_input, check_inputs, frames_to_image, latent_frames,
-                     latent_out)
+                     latent_in, latent_out)
 
 
 class Decode(io.ComfyNode):
@@ -24,7 +24,8 @@ class Decode(io.ComfyNode):
                          "Save Animated WEBP, Create Video, Video Combine..."),
             inputs=[
                 SVDModel.Input("svd_model", tooltip="The model whose VAE decodes the latent."),
-                io.Latent.Input("latent", tooltip="A video latent from the SVD Sampler."),
+                io.Latent.Input("latent", tooltip="A video latent (the VAE's raw latent, as ComfyUI's): from the SVD "
+                                                   "Sampler, SVD Encode or native VAE Encode."),
                 io.Int.Input("decode_t", default=14, min=1, max=256,
                              tooltip="Frames decoded at once (reference 14); lower it if you run out of memory."),
                 io.Int.Input("overlap", default=0, min=0, max=255,
@@ -47,8 +48,8 @@ class Decode(io.ComfyNode):
     @classmethod
     def execute(cls, svd_model, latent, decode_t, overlap, image_decoder) -> io.NodeOutput:
         num_frames = latent_frames(latent)
+        samples = latent_in(cls.ID, "latent", latent, svd_model.spec)
         model = svd_model.acquire()
-        samples = latent["samples"]
         progress = Progress(samples.shape[0])
         frames = pipeline.decode(model, samples, num_frames, decode_t=decode_t, overlap=overlap,
                                  image_decoder=image_decoder, callback=progress.absolute)
@@ -93,7 +94,7 @@ class Encode(io.ComfyNode):
         Progress(1)
         video = rearrange(frames[..., :3].float(), "(b t) h w c -> b t c h w", t=t)  # IMAGE batch -> videos
         samples = pipeline.encode(model, video, sample_posterior=sample_posterior, seed=seed)
-        return io.NodeOutput(latent_out(samples, t))
+        return io.NodeOutput(latent_out(samples, t, svd_model.spec))
 
 
 NODES = [Decode, Encode]

@@ -12,6 +12,7 @@ from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
                      frames_to_image, image_to_bchw, latent_out, size_error)
+from .conditioning import fps_output
 from .sampling import STEPS_TOOLTIP
 
 
@@ -74,12 +75,12 @@ class SlidingWindowSampler(io.ComfyNode):
             raise bad_input(cls.ID, "overlap", f"{overlap} must be smaller than the window ({win} frames)")
         steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
         model = svd_model.acquire()
-        progress = Progress(steps)
+        progress = Progress(steps, preview=True)
         samples = long_video.sample_windows(
             model, conditioning, guidance, window=win, overlap=overlap, schedule=window_schedule, blend=blend,
             sampler=sampler, sigma_schedule=schedule, steps=steps, seed=seed, callback=progress.absolute,
-            cancel=progress.interrupt)
-        return io.NodeOutput(latent_out(samples, conditioning.num_frames))
+            cancel=progress.interrupt, on_denoised=progress.denoised)
+        return io.NodeOutput(latent_out(samples, conditioning.num_frames, svd_model.spec))
 
 
 class ChainedVideo(io.ComfyNode):
@@ -122,7 +123,8 @@ class ChainedVideo(io.ComfyNode):
                              tooltip="Frames decoded at once (reference 14); lower it if you run out of memory."),
             ],
             outputs=[io.Image.Output(display_name="frames",
-                                     tooltip="The whole video as an IMAGE batch [frames, H, W, 3] in 0..1.")],
+                                     tooltip="The whole video as an IMAGE batch [frames, H, W, 3] in 0..1."),
+                     fps_output()],
         )
 
     @classmethod
@@ -160,7 +162,7 @@ class ChainedVideo(io.ComfyNode):
             color_match=color_match, width=width, height=height, fps=fps, motion_bucket_id=motion_bucket_id,
             cond_aug=cond_aug, resize_mode=resize_mode, sampler=sampler, sigma_schedule=schedule, steps=steps,
             seed=seed, decode_t=decode_t, callback=callback)
-        return io.NodeOutput(frames_to_image(frames))
+        return io.NodeOutput(frames_to_image(frames), float(fps))
 
 
 NODES = [SlidingWindowSampler, ChainedVideo]

@@ -9,7 +9,7 @@ from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
-                     latent_frames, latent_out)
+                     latent_frames, latent_in, latent_out)
 
 STEPS_TOOLTIP = ("Sampling steps; 0 = the loaded model's reference value (svd / svd_image_decoder 25, svd_xt / "
                  "svd_xt_1_1 / svd_xt_image_decoder 30, sv3d_u / sv3d_p 50).")
@@ -46,7 +46,8 @@ class Sampler(io.ComfyNode):
                 io.Combo.Input("noise_device", options=list(NOISE_DEVICES), default="cpu", optional=True,
                                tooltip=NOISE_DEVICE_TOOLTIP),
                 io.Latent.Input("latent", optional=True,
-                                tooltip="Optional start video latent (from SVD Encode) for video-to-video with denoise < 1."),
+                                tooltip="Optional start video latent (from SVD Encode or native VAE Encode) for "
+                                        "video-to-video with denoise < 1."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The sampled video latent; decode it with SVD Decode.")],
         )
@@ -63,18 +64,18 @@ class Sampler(io.ComfyNode):
                                                f"(connect SVD Encode), or set denoise to 1.0")
         init = None
         if latent is not None:
-            init = latent["samples"]
+            init = latent_in(cls.ID, "latent", latent, svd_model.spec)
             frames = latent_frames(latent)
             if frames != conditioning.num_frames:
                 raise bad_input(cls.ID, "latent", f"has {frames} frames per video but the conditioning has "
                                                   f"{conditioning.num_frames} (match num_frames)")
         steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
         model = svd_model.acquire()
-        progress = Progress(steps)
+        progress = Progress(steps, preview=True)
         samples = pipeline.sample(model, conditioning, guidance, sampler=sampler, schedule=schedule, steps=steps,
                                   seed=seed, init_latent=init, denoise=denoise, callback=progress.absolute,
-                                  noise_device=noise_device)
-        return io.NodeOutput(latent_out(samples, conditioning.num_frames))
+                                  noise_device=noise_device, on_denoised=progress.denoised)
+        return io.NodeOutput(latent_out(samples, conditioning.num_frames, svd_model.spec))
 
 
 NODES = [Sampler]

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from svd_core import text2video
 
 from ._comfy import PREFIX, SVDConditioning, SVDModel, bad_input, check_inputs, size_error
+from .conditioning import fps_output
 
 
 class TextConditioning(io.ComfyNode):
@@ -45,7 +46,8 @@ class TextConditioning(io.ComfyNode):
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Videos generated for the prompt."),
             ],
             outputs=[SVDConditioning.Output(display_name="conditioning",
-                                            tooltip="Text conditioning (spatial and temporal) for the SVD Sampler.")],
+                                            tooltip="Text conditioning (spatial and temporal) for the SVD Sampler."),
+                     fps_output()],
         )
 
     @classmethod
@@ -70,7 +72,7 @@ class TextConditioning(io.ComfyNode):
         cond = text2video.text_conditioning(model, prompt, temporal_prompt=temporal_prompt or None,
                                         negative_prompt=negative_prompt, batch=batch_size, num_frames=num_frames,
                                         width=width, height=height, fps=fps, motion_score=motion_score)
-        return io.NodeOutput(cond)
+        return io.NodeOutput(cond, float(fps))
 
 
 NODES = [TextConditioning]

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from einops import rearrange
@@ -176,8 +176,10 @@ def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, 
                    sampler: str = "euler", sigma_schedule: str = "karras", steps: int | None = None,
                    seed: int | None = None, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                    callback: ProgressFn | None = None, cancel: CancelFn | None = None,
-                   autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Guided EDM sampling of an N-frame conditioning with sliding windows -> latent (b N) 4 h w.
+                   autocast_dtype: torch.dtype | None = None,
+                   on_denoised: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Guided EDM sampling of an N-frame conditioning with sliding windows -> latent (b N) 4 h w; `on_denoised` gets
+    each step's blended x0 prediction (live previews).
 
     window defaults to the model's trained frame count, overlap to half of it; with N <= window this is exactly
     `pipeline.sample` (one window covering the video). steps / seed None: the variant's (reference script)."""
@@ -189,7 +191,7 @@ def sample_windows(model, cond: Conditioning, guidance: Guidance | None = None, 
                                 schedule=schedule, blend=blend, autocast_dtype=autocast_dtype, cancel=cancel)
     return drive(denoiser, spec, cond.latent_shape, device=denoiser.unet_device, sampler=sampler,
                  schedule=sigma_schedule, steps=steps, seed=seed, generator=generator, noise=noise, callback=callback,
-                 cancel=cancel)
+                 cancel=cancel, on_denoised=on_denoised)
 
 
 # --------------------------------------------------------------------------------------------- chaining

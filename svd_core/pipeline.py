@@ -217,8 +217,10 @@ def sample(model, cond: Conditioning, guidance: Guidance | None = None, *, sampl
            generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
            init_latent: torch.Tensor | None = None, denoise: float = 1.0, callback: ProgressFn | None = None,
            cancel: CancelFn | None = None, autocast_dtype: torch.dtype | None = None,
-           sampler_options: dict | None = None, noise_device: str = "cpu") -> torch.Tensor:
+           sampler_options: dict | None = None, noise_device: str = "cpu",
+           on_denoised: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Guided EDM sampling -> latent (b t) 4 h w. `init_latent` + `denoise < 1` is video-to-video.
+    `on_denoised` gets each step's x0 prediction (b t) 4 h w, scaled latent, before `callback` (live previews).
 
     `steps` / `seed` None: the variant's reference values (`ModelSpec.steps`, `.seed`). `noise_device` "device"
     draws the initial noise on the UNet's device from a generator seeded with `seed` (reference
@@ -231,7 +233,8 @@ def sample(model, cond: Conditioning, guidance: Guidance | None = None, *, sampl
     denoiser = GuidedDenoiser(model, cond, guidance or defaults_for(model.spec), autocast_dtype)
     return drive(denoiser, model.spec, shape, device=denoiser.unet_device, sampler=sampler, schedule=schedule,
                  steps=steps, seed=seed, generator=generator, noise=noise, init_latent=init_latent, denoise=denoise,
-                 noise_device=noise_device, callback=callback, cancel=cancel, sampler_options=sampler_options)
+                 noise_device=noise_device, callback=callback, cancel=cancel, sampler_options=sampler_options,
+                 on_denoised=on_denoised)
 
 
 # --------------------------------------------------------------------------------------------- decode / encode

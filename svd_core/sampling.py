@@ -51,13 +51,15 @@ def drive(denoiser: Denoiser, spec, shape: Sequence[int], *, device: torch.devic
           generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
           init_latent: torch.Tensor | None = None, denoise: float = 1.0, noise_device: str = "cpu",
           callback: ProgressFn | None = None, cancel: CancelFn | None = None,
-          sampler_options: dict | None = None) -> torch.Tensor:
+          sampler_options: dict | None = None,
+          on_denoised: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Sample a latent of `shape` with `denoiser` -> the final sample (on `device`, where the denoiser runs).
 
     `spec` (a `ModelSpec`) gives sigma_min / sigma_max and, for `steps` / `seed` None, the variant's reference values.
     `noise` None draws it seeded (`draw_noise`); `generator` (default: a CPU one seeded with `seed`) also feeds the
     stochastic samplers. `init_latent` with `denoise` < 1 starts part-way down the schedule (video-to-video).
-    After every step `cancel()` is polled (True raises `Cancelled`) and ``callback(i, steps, "sampling")`` called."""
+    After every step `cancel()` is polled (True raises `Cancelled`), `on_denoised(x0)` gets the step's x0 prediction
+    (live previews) and ``callback(i, steps, "sampling")`` is called."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
     if noise_device not in NOISE_DEVICES:
@@ -82,6 +84,8 @@ def drive(denoiser: Denoiser, spec, shape: Sequence[int], *, device: torch.devic
 
     def on_step(info: dict) -> None:
         done = info["i"] + 1
+        if on_denoised is not None:
+            on_denoised(info["denoised"])
         report(callback, cancel, done, total, "sampling", f"sampling cancelled at step {done}/{total}")
 
     return SAMPLERS[sampler](denoiser, x, sigmas, callback=on_step, disable=True, generator=generator,

@@ -158,6 +158,11 @@ def test_sliding_windows_on_tiny_model(model, schedule):
                             steps=1, seed=0, callback=lambda i, n, stage: steps.append((i, n, stage)))
     assert out.shape == (6, 4, 8, 8) and torch.isfinite(out).all()
     assert steps == [(1, 1, "sampling")]
+    x0s = []  # live previews: the blended x0 of the whole video per step; euler's last step lands on it
+    again = LV.sample_windows(model, cond, Guidance("linear", 1.0, 2.0), window=4, overlap=2, schedule=schedule,
+                              steps=1, seed=0, on_denoised=x0s.append)
+    assert len(x0s) == 1 and torch.allclose(x0s[0], out, atol=1e-3)  # x + (x0 - x) in fp32 at sigma 700
+    assert torch.equal(again, out)  # watching changes nothing
     with pytest.raises(LV.Cancelled):
         LV.sample_windows(model, cond, steps=2, window=4, cancel=lambda: True)
 

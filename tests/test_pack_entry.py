@@ -42,3 +42,27 @@ def test_an_engine_imported_before_the_pack_is_kept_and_reported(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert str(tmp_path / "site" / "svd_core") in proc.stdout  # not swapped under code that already holds it
     assert "svd_core was already imported from" in proc.stderr and "restart ComfyUI" in proc.stderr
+
+
+def test_comfy_registry_metadata():
+    """pyproject.toml carries what the Comfy Registry requires (docs.comfy.org/registry/specifications, parsed by
+    ComfyUI's comfy_config): a node id without "ComfyUI", an X.Y.Z version, the repository URL and [tool.comfy]
+    PublisherId / DisplayName / Icon. The repository, publisher and icon are placeholders until the pack is public:
+    they are marked so, and `comfy node publish` must not run before the maintainer fills them in."""
+    import re
+    import tomllib
+
+    text = (REPO / "pyproject.toml").read_text()
+    data = tomllib.loads(text)
+    project, comfy = data["project"], data["tool"]["comfy"]
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]*([-_.][A-Za-z0-9]+)*", project["name"]) and len(project["name"]) < 100
+    assert "comfyui" not in project["name"].lower()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert re.fullmatch(r"https://\S+", project["urls"]["Repository"])
+    for key in ("PublisherId", "DisplayName", "Icon"):
+        assert isinstance(comfy.get(key), str) and comfy[key].strip(), key
+    assert re.fullmatch(r"https://\S+\.(png|jpg|jpeg|svg|webp)", comfy["Icon"])
+    assert re.fullmatch(r">=\s*\d+\.\d+\.\d+", comfy["requires-comfyui"])
+    placeholders = [v for v in (project["urls"]["Repository"], comfy["PublisherId"], comfy["Icon"])
+                    if "fill-in" in v.lower()]
+    assert not placeholders or text.count("PLACEHOLDER") >= 2  # a placeholder is always marked for the maintainer

@@ -118,6 +118,20 @@ def test_cancel_stops_sampling_within_one_step(model):
     assert calls == [(1, 4, "sampling")]
 
 
+def test_on_denoised_gets_each_step_x0_before_progress(model):
+    """Live previews: `on_denoised` sees every step's x0 prediction, before that step's progress callback; with euler
+    the last step lands on its x0, so the last prediction is the sampled latent."""
+    cond = P.image_conditioning(model, torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3)), seed=0)
+    events = []
+    out = P.sample(model, cond, steps=3, seed=2, on_denoised=lambda x0: events.append(("x0", x0.clone())),
+                   callback=lambda done, total: events.append(("step", done)))
+    assert [e[0] for e in events] == ["x0", "step"] * 3 and [e[1] for e in events[1::2]] == [1, 2, 3]
+    x0s = [e[1] for e in events[::2]]
+    assert all(x.shape == out.shape for x in x0s)
+    assert torch.allclose(x0s[-1], out, atol=1e-5) and (x0s[0] - out).abs().max() > 1e-3
+    assert torch.equal(P.sample(model, cond, steps=3, seed=2), out)  # watching changes nothing
+
+
 def test_video_to_video_from_an_encoded_video(model):
     video = P.img2vid(model, torch.rand(1, 3, 128, 128), steps=2, seed=0)
     latent = P.encode(model, video)

@@ -297,7 +297,8 @@ class ComfyServer:
         self.log_path = self.base / "comfyui.log"
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch", "--disable-api-nodes", "--log-stdout"]
+               "--disable-auto-launch", "--disable-api-nodes", "--log-stdout",
+               "--preview-method", "latent2rgb"]  # live previews while sampling, as a user would see them
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                    DO_NOT_TRACK="1", COMFYUI_SKIP_UPDATE_CHECK="1")
         env.pop("PYTHONPATH", None)  # the pack must make svd_core importable on its own
@@ -364,12 +365,13 @@ class ComfyServer:
         return ws
 
     def wait(self, prompt_id: str, timeout: float, ws=None, on_message=None,
-             own_client: bool = True) -> tuple[dict, list[dict]]:
+             own_client: bool = True, on_binary=None) -> tuple[dict, list[dict]]:
         """Follow the websocket until the prompt finishes (or errors), then return (/history entry, messages).
 
         `own_client=False` for prompts queued by another client (the GUI): their messages never reach this socket, so
         only /history tells the end. Otherwise the final message (execution_success / _error / _interrupted) is
         awaited too (briefly), since the history entry can appear before the last messages arrive.
+        `on_binary(event_type, payload)` gets the binary frames (preview images: `preview_image`).
         """
         own_ws = ws is None
         ws = ws or self.websocket()
@@ -385,6 +387,8 @@ class ComfyServer:
                     if type(exc).__name__ not in ("WebSocketTimeoutException", "TimeoutError"):
                         raise
                     raw = None
+                if isinstance(raw, bytes) and on_binary is not None and len(raw) >= 4:
+                    on_binary(int.from_bytes(raw[:4], "big"), raw[4:])
                 if isinstance(raw, str):
                     msg = json.loads(raw)
                     data = msg.get("data", {})
@@ -418,6 +422,18 @@ class ComfyServer:
         return root / item.get("subfolder", "") / item["filename"]
 
 
+PREVIEW_IMAGE = 1  # ComfyUI protocol.BinaryEventTypes: the payload is a 4-byte image type (1 JPEG, 2 PNG) + image
+
+
+def preview_image(payload: bytes):
+    """The PIL image of a PREVIEW_IMAGE websocket frame's payload."""
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(payload[4:]))
+
+
 def media_info(path: Path) -> tuple[int, int, int]:
     """(frames, width, height) of an image, animated WEBP/GIF (Pillow) or video container (PyAV)."""
     suffix = path.suffix.lower()
@@ -432,6 +448,14 @@ def media_info(path: Path) -> tuple[int, int, int]:
         stream = container.streams.video[0]
         frames = sum(1 for _ in container.decode(stream))
         return frames, stream.codec_context.width, stream.codec_context.height
+
+
+def video_fps(path: Path) -> float:
+    """The frame rate a video container declares for its video stream (PyAV)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return float(container.streams.video[0].average_rate)
 
 
 def check_outputs(server: ComfyServer, wf: Workflow, entry: dict) -> list[str]:
@@ -454,6 +478,8 @@ def check_outputs(server: ComfyServer, wf: Workflow, entry: dict) -> list[str]:
             for name, got in (("frames", frames), ("width", width), ("height", height)):
                 if name in check and got != check[name]:
                     problems.append(f"{wf.name}: {path.name} has {name}={got}, expected {check[name]}")
+            if "fps" in check and abs(video_fps(path) - check["fps"]) > 1e-3:
+                problems.append(f"{wf.name}: {path.name} plays at {video_fps(path)} fps, expected {check['fps']}")
     return problems
 
 

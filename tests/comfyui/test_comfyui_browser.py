@@ -75,3 +75,36 @@ def test_gui_check_detects_missing_node_types(gui):
     report = gui.load_ui(wf, "broken.json")
     gui.screenshot(ARTIFACTS / "missing_node_detected.png")
     assert report["missing"] == ["SVDSuite_DoesNotExist"], report
+
+
+def test_gui_shows_live_previews_while_the_pack_samples(gui, comfy):
+    """Queued from the page with the server's --preview-method latent2rgb, the SVD Sampler's step previews reach the
+    GUI and are shown on the sampler node (the frontend's nodePreviewImages), as for native samplers. The screenshot
+    is taken while sampling is still running."""
+    wf = WORKFLOWS["svd_img2vid"]
+    gui.load_ui(wf.ui, "svd_img2vid.json")
+    overrides = json.loads(json.dumps(wf.meta.get("overrides", {})))
+    overrides.setdefault("3", {}).update(width=256, height=128)
+    overrides.setdefault("5", {})["steps"] = 24  # long enough to catch previews before the end
+    assert gui.set_widgets(overrides) == []
+    gui.evaluate("""() => {
+        window.__svdPreviews = 0;
+        window.__svdProgress = null;
+        const api = window.comfyAPI.api.api;
+        api.addEventListener("b_preview", () => { window.__svdPreviews += 1; });
+        api.addEventListener("progress", ({detail}) => { window.__svdProgress = detail; });
+    }""")
+    answer = gui.queue_from_page()
+    assert answer["status"] == 200 and not answer["body"].get("node_errors"), answer
+    sampler = "5"
+    gui.page.wait_for_function(
+        f"() => window.__svdPreviews >= 2 && (window.app.nodePreviewImages?.['{sampler}'] ?? []).length > 0",
+        timeout=240_000)
+    gui.page.wait_for_timeout(300)  # let the canvas draw the preview
+    shot = gui.screenshot(ARTIFACTS / "svd_sampler_live_preview.png")
+    progress = gui.evaluate("() => window.__svdProgress")
+    print(f"\nGUI screenshot with a live preview on the SVD Sampler during sampling: {shot}")
+    entry, _ = comfy.wait(answer["body"]["prompt_id"], 300, own_client=False)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    # the last progress the page had seen: the sampler, part-way (the screenshot shows sampling, not its result)
+    assert progress and progress["node"] == sampler and progress["value"] < progress["max"], progress

@@ -92,6 +92,20 @@ def test_object_info_lists_every_node_with_tooltips(object_info):
     assert CKPT in object_info["SVDSuite_CheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"]
 
 
+def test_conditioning_nodes_output_their_fps_for_video_nodes(object_info):
+    """The conditioned fps leaves the conditioning node as a FLOAT, the type of Create Video's fps (and
+    VideoHelperSuite's frame_rate), so the video is written at the rate the motion was conditioned on; frames leave
+    SVD Decode as a plain IMAGE batch."""
+    for node in ("SVDSuite_ImageConditioning", "SVDSuite_TextConditioning"):
+        info = object_info[node]
+        assert info["output"] == ["SVDSUITE_CONDITIONING", "FLOAT"] and info["output_name"][1] == "fps", info["output"]
+    for node in ("SVDSuite_ChainedVideo", "SVDSuite_FrameInterpolation"):  # frames out, at their conditioned fps
+        info = object_info[node]
+        assert info["output"] == ["IMAGE", "FLOAT"] and info["output_name"][1] == "fps", info["output"]
+    assert object_info["CreateVideo"]["input"]["required"]["fps"][0] == "FLOAT"
+    assert object_info["SVDSuite_Decode"]["output"] == ["IMAGE"]
+
+
 def test_node_docs_are_current(comfy):
     """docs/nodes/ is the schemas rendered (tests/comfyui/node_docs.py): a changed node needs its page regenerated.
     The node info is fetched now, with the names of the files other tests left in the server's folders, so file
@@ -267,6 +281,54 @@ def test_video_to_video_encode_then_partial_denoise(comfy):
         "method": "default"}}
     entry, _ = run_ok(comfy, prompt)
     assert media_info(saved(comfy, entry, node="13")) == (4, 64, 64)
+
+
+def test_sampler_sends_live_previews_of_each_step_x0(comfy):
+    """With the user's --preview-method (the session server runs latent2rgb), the SVD Sampler sends a preview image
+    per step over the websocket like native samplers (latent_preview, SD15's latent2rgb factors on the scaled x0 of
+    the first frame); the last step's x0 is the sampled latent, so the last preview is that latent's latent2rgb."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from comfy_harness import PREVIEW_IMAGE, preview_image
+
+    steps = 3
+    prompt = img2vid(width=128, height=64, steps=steps, prefix="svd_suite/preview")
+    prompt["5"]["inputs"]["seed"] = 11
+    prompt["8"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "svd_suite/preview"}}
+    previews, node_of_preview = [], []
+    current = {}
+
+    def on_message(msg):
+        if msg["type"] == "executing":
+            current["node"] = msg["data"].get("node")
+
+    def on_binary(event, payload):
+        if event == PREVIEW_IMAGE:
+            previews.append(preview_image(payload).convert("RGB"))
+            node_of_preview.append(current.get("node"))
+
+    ws = comfy.websocket()
+    try:
+        entry, _ = comfy.wait(comfy.queue(prompt), 180, ws=ws, on_message=on_message, on_binary=on_binary)
+    finally:
+        ws.close()
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    assert len(previews) == steps and set(node_of_preview) == {"5"}, (len(previews), node_of_preview)
+    # latent2rgb gives one pixel per latent pixel (16x8); the server enlarges it to --preview-size (512) wide
+    assert all(p.width == 2 * p.height and p.width >= 128 // 8 for p in previews), [p.size for p in previews]
+    item = entry["outputs"]["8"]["latents"][0]
+    raw = load_file(str(comfy.output_file(item)))["latent_tensor"]  # the LATENT: the VAE's raw latent
+    factors = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721],
+                            [-0.2120, -0.2616, -0.7177]])  # comfy.latent_formats.SD15.latent_rgb_factors
+    rgb = torch.einsum("chw,cr->hwr", raw[0] * 0.18215, factors)  # scaled x0 of frame 0 -> RGB in [-1, 1]
+    small = Image.fromarray(((rgb + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).numpy())
+    expected = np.asarray(small.resize(previews[-1].size, Image.BILINEAR), np.float64)  # as the server enlarges it
+    error = np.abs(np.asarray(previews[-1], np.float64) - expected).mean()
+    assert error < 4.0, error  # JPEG (quality 95) and uint8 rounding only
+    assert np.abs(np.asarray(previews[0], np.float64) - expected).mean() > 4 * error + 1  # early x0 is not the result
 
 
 def test_sampler_steps_zero_follow_the_loaded_variant_and_encode_samples_the_posterior(comfy):

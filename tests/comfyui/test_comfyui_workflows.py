@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 
 from comfy_harness import (PACK_NAME, WORKFLOWS, WORKFLOWS_API, Workflow, check_against_object_info, check_outputs,
                            diff_prompts, load_workflows, ui_to_api)
@@ -30,6 +31,20 @@ def test_every_shipped_workflow_has_twins_and_metadata():
         assert BY_NAME[name].run, f"{name} must execute in the real-ComfyUI test"
 
 
+def test_every_ui_workflow_has_a_jpg_thumbnail():
+    """The template browser shows NAME.jpg for NAME.json (the frontend's mediaSubtype "jpg" for custom-node
+    templates): every UI workflow has one, a real JPEG of a sensible size (scripts/make_workflow_thumbnails.py)."""
+    from PIL import Image
+
+    for name in BY_NAME:
+        path = WORKFLOWS / f"{name}.jpg"
+        assert path.is_file(), f"{path.name} missing: run scripts/make_workflow_thumbnails.py {name}"
+        assert path.stat().st_size < 200_000, f"{path.name} is {path.stat().st_size} bytes; keep thumbnails small"
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and 64 <= im.width <= 1024 and 32 <= im.height <= 1024, (name, im.size)
+    assert {p.stem for p in WORKFLOWS.glob("*.jpg")} == set(BY_NAME), "a thumbnail without its workflow"
+
+
 def test_template_browser_lists_only_ui_workflows(comfy):
     """ComfyUI lists every *.json directly in a pack's workflows/ folder as a template (app/custom_node_manager.py):
     exactly the UI workflows must be there, each one a LiteGraph graph the frontend can open."""
@@ -38,6 +53,8 @@ def test_template_browser_lists_only_ui_workflows(comfy):
     for name in BY_NAME:
         served = comfy.get(f"/api/workflow_templates/{PACK_NAME}/{name}.json", timeout=30)
         assert served.get("version") == 0.4 and served["nodes"] and "links" in served, name
+        thumb = requests.get(f"{comfy.url}/api/workflow_templates/{PACK_NAME}/{name}.jpg", timeout=30)
+        assert thumb.status_code == 200 and thumb.content[:3] == b"\xff\xd8\xff", (name, thumb.status_code)
 
 
 def with_new_optional_widget(object_info: dict, types: set[str]) -> dict:
