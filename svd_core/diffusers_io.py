@@ -82,7 +82,8 @@ def clip_hf_to_open_clip(sd: dict[str, torch.Tensor], layers: int) -> dict[str, 
     return out
 
 
-def load_diffusers(folder: "str | Path", device="cpu", dtype: torch.dtype | None = None) -> SVDModel:
+def load_diffusers(folder: "str | Path", device="cpu", dtype: torch.dtype | None = None,
+                   operations=None) -> SVDModel:
     """Map a diffusers SVD pipeline folder onto the released layout and load it (unused parts reported absent)."""
     folder = Path(folder)
     unet_cfg, unet_sd = _read_part(folder, "unet")
@@ -109,5 +110,5 @@ def load_diffusers(folder: "str | Path", device="cpu", dtype: torch.dtype | None
     source = TensorDict(tensors)
     report.file_dtypes = dict(source.dtypes())
     with torch.device("meta"):
-        model = SVDModel(spec)
+        model = SVDModel(spec, operations)
     return assign_weights(model, source, report, device=device, dtype=dtype)

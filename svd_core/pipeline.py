@@ -16,6 +16,7 @@ from .attention import DEFAULT_FF_CHUNK
 from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .object_image import object_input, replace_last_view
+from .ops import compute_dtype
 from .samplers import SAMPLERS
 from .schedules import get_sigmas
 from .validation import check_choice, check_request
@@ -108,7 +109,7 @@ def _frame_conditioning(model, image: torch.Tensor, num_frames: int, cond_aug: f
     """Shared by SVD and SV3D: CLIP token of the clean frame, VAE latent of the noised frame, vector per frame."""
     conditioner = model.conditioner
     device = _module_device(conditioner)
-    dtype = next(conditioner.parameters()).dtype
+    dtype = compute_dtype(conditioner)
     b, _, height, width = image.shape
     # cond_frames = image + cond_aug * noise, in [-1, 1] space (reference); noise drawn first, from the generator
     noise = torch.randn(image.shape, generator=generator, device=generator.device if generator else "cpu")
@@ -221,7 +222,7 @@ class GuidedDenoiser:
 
     def __init__(self, model, cond: Conditioning, guidance: Guidance, autocast_dtype: torch.dtype | None = None):
         self.unet_device = _module_device(model.unet)
-        self.dtype = next(model.unet.parameters()).dtype
+        self.dtype = compute_dtype(model.unet)  # fp8-stored weights compute in their recorded dtype
         self.model, self.guidance, self.num_frames = model, guidance, cond.num_frames
         self.scales = guidance.scales(cond.num_frames)
         self.cfg = bool((self.scales != 1.0).any())  # all scales 1: the conditional branch alone is exact
@@ -307,7 +308,7 @@ def decode(model, latent: torch.Tensor, num_frames: int, *, decode_t: int | None
            cancel: CancelFn | None = None) -> torch.Tensor:
     """Latent (b t) 4 h w -> frames b t 3 H W in [0, 1], `decode_t` frames per chunk (never from free memory)."""
     fs = model.first_stage_model
-    device, dtype = _module_device(fs), next(fs.parameters()).dtype
+    device, dtype = _module_device(fs), compute_dtype(fs)
     decode_t = model.spec.decode_t if decode_t is None else decode_t
 
     def progress(done, total):
@@ -332,7 +333,7 @@ def encode(model, frames: torch.Tensor, *, sample_posterior: bool = False, seed:
     if frames.ndim != 5 or frames.shape[2] != 3:
         raise ValueError(f"frames must be (batch, frames, 3, H, W) in [0, 1]; got {tuple(frames.shape)}")
     fs = model.first_stage_model
-    device, dtype = _module_device(fs), next(fs.parameters()).dtype
+    device, dtype = _module_device(fs), compute_dtype(fs)
     x = frames.flatten(0, 1).to(device, dtype) * 2.0 - 1.0  # b t c h w -> (b t) c h w in [-1, 1]
     if sample_posterior:
         generator = generator or torch.Generator().manual_seed(model.spec.seed if seed is None else seed)

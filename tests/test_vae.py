@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from svd_core.convert import state_dict_diffusers_to_sgm, state_dict_sgm_to_diffusers, vae_layout
 from svd_core.vae import CondEncoder, FirstStage
-from svd_core.vae_decode import _blend_weights, chunk_windows, decode_video, encode_video
+from svd_core.vae_decode import (_blend_weights, chunk_windows, decode_video, encode_video, spatial_weights,
+                                 tile_windows)
 from svd_core.variants import SV3D_U, SVD, SVD_IMAGE_DECODER, VAESpec
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -327,3 +330,49 @@ def test_bad_arguments_give_clear_errors(temporal_pair, image_pair):
     decoder_only = FirstStage(replace(SMALL, decoder="image", first_stage_encoder=False))
     with pytest.raises(ValueError, match=r"this first stage has no encoder \(decoder-only layout"):
         decoder_only.encode(torch.zeros(1, 3, 32, 32))
+
+
+# ------------------------------------------------------------------------------------------ spatial tiles (issue 13)
+TILE_REL_TOL = 0.1  # relative L2 of a tiled decode vs the whole frame, tile 16 / overlap 6 on 24x24 latents (0.077)
+
+
+@given(size=st.integers(1, 80), tile=st.integers(4, 40), overlap=st.integers(0, 19), scale=st.sampled_from([1, 8]),
+       ramp=st.sampled_from(["linear", "cosine"]))
+@settings(max_examples=60, deadline=2000)
+def test_spatial_tile_weights_sum_to_one(size, tile, overlap, scale, ramp):
+    if 2 * overlap >= tile:
+        overlap = (tile - 1) // 2
+    windows = tile_windows(size, tile, overlap)
+    assert windows[0][0] == 0 and windows[-1][1] == size
+    cover = torch.zeros(size, dtype=torch.int64)
+    total = torch.zeros(size * scale, dtype=torch.float64)
+    for i, (s, e) in enumerate(windows):
+        cover[s:e] += 1
+        total[s * scale:e * scale] += spatial_weights(windows, i, scale, ramp)
+    assert cover.max() <= 2 and cover.min() >= 1
+    assert torch.allclose(total, torch.ones_like(total))  # the 2-D weights are products: they sum to one too
+
+
+@torch.no_grad()
+def test_spatially_tiled_decode(temporal_pair):
+    ours, _ = temporal_pair
+    z = torch.randn(4, 4, 24, 24, generator=torch.Generator().manual_seed(8))
+    full = decode_video(ours, z, 4, clamp=False)
+    assert torch.equal(decode_video(ours, z, 4, clamp=False, tile=24), full)  # one tile: the whole frame
+    errors = {}
+    for overlap in (2, 4, 6):
+        tiled = decode_video(ours, z, 4, clamp=False, tile=16, tile_overlap=overlap)
+        assert tiled.shape == full.shape
+        errors[overlap] = ((tiled - full).norm() / full.norm()).item()
+    assert 0 < errors[6] < errors[4] < errors[2]  # more overlap, closer to the whole-frame decode
+    assert errors[6] < TILE_REL_TOL
+    # away from every seam a pixel is its tile's own decode: rows/cols 0..9 latents lie in tile (0, 16) only
+    tiled = decode_video(ours, z, 4, clamp=False, tile=16, tile_overlap=6)
+    own = decode_video(ours, z[..., :16, :16], 4, clamp=False)
+    assert _maxdiff(tiled[..., :80, :80], own[..., :80, :80]) < 1e-5
+    cosine = decode_video(ours, z, 4, clamp=False, tile=16, tile_overlap=6, tile_ramp="cosine")
+    assert ((cosine - full).norm() / full.norm()).item() < TILE_REL_TOL and _maxdiff(cosine, tiled) > 1e-4
+    with pytest.raises(ValueError, match="tile_overlap must be less than half the tile"):
+        decode_video(ours, z, 4, tile=8, tile_overlap=4)
+    with pytest.raises(ValueError, match="tile_ramp='box'"):
+        decode_video(ours, z, 4, tile=8, tile_ramp="box")
