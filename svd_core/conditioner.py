@@ -28,7 +28,7 @@ class OpenCLIPModel(nn.Module):
     """open_clip CLIP with the text transformer deleted, as the released files keep it (`visual` + leftovers).
 
     The vision tower is open_clip's own (`_build_vision_tower` takes no operations: a host keeps it whole on its
-    device, 0.6 GiB at fp16); the leftovers built here take `operations`."""
+    device, 1.2 GiB at fp16); the leftovers built here take `operations`."""
 
     def __init__(self, spec: CLIPSpec, operations=None):
         super().__init__()

@@ -57,13 +57,15 @@ class SVDModel(nn.Module):
 
     def __init__(self, spec: ModelSpec, operations=None):
         """`operations`: the namespace the weight layers are built from (`svd_core.ops`: default torch.nn; a host's
-        casting ops, e.g. ComfyUI's comfy.ops.manual_cast; `svd_core.ops.cast` for fp8 weight storage)."""
+        casting ops, e.g. ComfyUI's comfy.ops.manual_cast; `svd_core.ops.cast` for fp8 weight storage), or a dict
+        of them per part ("unet", "vae", "conditioner"; absent parts: torch.nn)."""
         super().__init__()
         _check_spec(spec)
         self.spec = spec
-        self.model = DiffusionWrapper(VideoUNet(spec.unet, operations))
-        self.first_stage_model = FirstStage(spec.vae, operations)
-        self.conditioner = Conditioner(spec, operations)
+        part = (lambda name: operations.get(name)) if isinstance(operations, dict) else (lambda name: operations)
+        self.model = DiffusionWrapper(VideoUNet(spec.unet, part("unet")))
+        self.first_stage_model = FirstStage(spec.vae, part("vae"))
+        self.conditioner = Conditioner(spec, part("conditioner"))
         self.load_report: LoadReport | None = None
 
     @property

@@ -16,7 +16,7 @@ from torch import nn
 
 from .layers import (GroupNorm32, ResBlock, add_into, add_to, like_weight, memory_format_of, records,
                      silu_after_norm, upsample_conv)
-from .ops import layer, resolve
+from .ops import casts_weights, layer, resolve
 from .variants import VAESpec
 
 __all__ = [
@@ -175,11 +175,70 @@ class VideoResBlock(ResnetBlock):
         """The temporal half on the spatial half's output. Without autograd `x` is updated in place: callers
         that run the halves separately (the decoder) free the block's input before this half."""
         x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)  # frames onto a conv3d depth axis
-        h_t = self.time_stack.residual(x)
         # a (x + h_t) + (1 - a) x = x + a h_t: the blend and the time_stack's identity skip in one kernel
         alpha = torch.sigmoid(self.mix_factor).to(x.dtype)
-        x = add_to(x, h_t, alpha)
+        if _by_rows(self.time_stack, x):
+            _add_time_stack_by_rows(self.time_stack, x, alpha)
+        else:
+            x = add_to(x, self.time_stack.residual(x), alpha)
         return rearrange(x, "b c t h w -> (b t) c h w")
+
+
+# Without autograd, the temporal half of a decoder block on more than this many frame-pixels (t x h x w) runs on
+# slices of rows: its (3, 1, 1) convolutions mix frames, never pixels, so only the group norms need the whole map,
+# and their statistics are gathered first (`_group_norm_stats`). The block's input and one more map stay alive
+# instead of three (SVD-XT decode_t 14 at 1024x576: the decoder's peak goes from 3.2 to about 2 full-size maps).
+TEMPORAL_ROWS_PIXELS = 14 * 32 * 1024
+
+
+def _by_rows(time_stack: ResBlock, x: torch.Tensor) -> bool:
+    norms = (time_stack.in_layers[0], time_stack.out_layers[0])
+    return (x.ndim == 5 and x.shape[2] * x.shape[3] * x.shape[4] > TEMPORAL_ROWS_PIXELS and x.shape[3] > 1
+            and not records(x, *time_stack.parameters()) and not any(casts_weights(n) for n in norms)
+            and time_stack.emb_layers is None and isinstance(time_stack.skip_connection, nn.Identity))
+
+
+def _group_norm_stats(x: torch.Tensor, norm: nn.GroupNorm, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) with norm(x) = x * scale + shift for x "b c t h w", the group statistics summed
+    in float64 over slices of `rows` rows (no full-size temporary). Shapes b c 1 1 1."""
+    b, c = x.shape[:2]
+    g = norm.num_groups
+    s1 = torch.zeros(b, g, dtype=torch.float64, device=x.device)
+    s2 = torch.zeros_like(s1)
+    for r in range(0, x.shape[3], rows):
+        piece = x[:, :, :, r:r + rows].float().reshape(b, g, -1)  # b c t rh w -> b g (c/g t rh w)
+        s1 += piece.sum(-1, dtype=torch.float64)
+        s2 += piece.square().sum(-1, dtype=torch.float64)
+    count = x.numel() // (b * g)
+    mean = s1 / count
+    rstd = torch.rsqrt((s2 / count - mean * mean).clamp_min(0) + norm.eps)  # b g
+    per_channel = lambda t: t.repeat_interleave(c // g, dim=1)  # noqa: E731 - b g -> b c
+    scale = per_channel(rstd) * norm.weight.double()
+    shift = norm.bias.double() - per_channel(mean) * scale
+    return scale.float()[:, :, None, None, None], shift.float()[:, :, None, None, None]
+
+
+def _add_time_stack_by_rows(time_stack: ResBlock, x: torch.Tensor, alpha: torch.Tensor) -> None:
+    """x += alpha * time_stack.residual(x), in place, slice of rows by slice of rows (see TEMPORAL_ROWS_PIXELS):
+    the group norms with whole-map statistics, normalised in float32 like `GroupNorm32`; then SiLU and the
+    (3, 1, 1) convolution on each slice. The intermediate map between the two convolutions is the only other
+    full-size tensor."""
+    norm1, _, conv1 = time_stack.in_layers
+    norm2, conv2 = time_stack.out_layers[0], time_stack.out_layers[-1]
+    rows = max(1, TEMPORAL_ROWS_PIXELS // (x.shape[2] * x.shape[4]))
+    scale, shift = _group_norm_stats(x, norm1, rows)
+    mid = None
+    for r in range(0, x.shape[3], rows):
+        h = F.silu((x[:, :, :, r:r + rows].float() * scale + shift).to(x.dtype), inplace=True)
+        h = conv1(h)  # b c t rh w: mixes frames only
+        if mid is None:
+            mid = torch.empty(x.shape, dtype=h.dtype, device=h.device)
+        mid[:, :, :, r:r + rows] = h
+        del h
+    scale, shift = _group_norm_stats(mid, norm2, rows)
+    for r in range(0, x.shape[3], rows):
+        h = F.silu((mid[:, :, :, r:r + rows].float() * scale + shift).to(x.dtype), inplace=True)
+        x[:, :, :, r:r + rows].addcmul_(conv2(h), alpha)  # b c t rh w: this slice of x + a h_t
 
 
 class AE3DConv(nn.Conv2d):
@@ -292,13 +351,30 @@ class Decoder(nn.Module):
         for level in reversed(range(self.num_resolutions)):
             layers += list(self.up[level].block) + ([self.up[level].upsample] if level != 0 else [])
         h = self.conv_in(z)
+        pending = None  # an upsampling folded into the next block's frame slices
         for layer in layers:
+            if isinstance(layer, Upsample) and not records(h, *layer.parameters()):
+                pending = layer
+                continue
+            if pending is not None and isinstance(layer, ResnetBlock):
+                # nearest 2x + conv, then the block's spatial half, slice of frames by slice: the upsampled
+                # (wider) map never exists whole
+                up = pending
+                h = per_frame(lambda s, out=None: layer._forward(up._forward(s), out=out), h, layer, scale=2)
+                pending = None
+                if isinstance(layer, VideoResBlock) and not skip_video:
+                    h = layer.temporal(h, num_frames)
+                continue
+            if pending is not None:
+                h, pending = pending(h), None
             if isinstance(layer, VideoResBlock):
                 h = layer.spatial(h)  # rebinding h frees the block's input before the temporal half runs
                 if not skip_video:
                     h = layer.temporal(h, num_frames)
             else:
                 h = layer(h)
+        if pending is not None:
+            h = pending(h)
         h = self.norm_out(h)
         h = silu_after_norm(h)
         return self.conv_out(h, num_frames, skip_video) if self.temporal else self.conv_out(h)

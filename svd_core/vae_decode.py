@@ -21,7 +21,8 @@ from einops import rearrange
 
 from .vae import FirstStage
 
-__all__ = ["decode_video", "encode_video", "chunk_windows", "tile_windows", "spatial_weights", "RAMPS"]
+__all__ = ["decode_video", "encode_video", "chunk_windows", "tile_windows", "spatial_weights", "check_tiling",
+           "RAMPS"]
 
 RAMPS = ("linear", "cosine")
 
@@ -98,6 +99,24 @@ def _decode_tiled(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
     return out
 
 
+def check_tiling(tile: int | None, overlap: int | None = None, ramp: str = "linear",
+                 labels: dict[str, str] | None = None) -> tuple[int | None, int | None]:
+    """(tile, overlap) checked: tile None or 0 (whole frames) or an int >= 4 latent pixels; overlap (default
+    tile // 4) an int with 2 overlap < tile; ramp one of RAMPS. `labels` name the options in errors."""
+    labels = {"tile": "tile", "tile_overlap": "tile_overlap", "tile_ramp": "tile_ramp", **(labels or {})}
+    if tile is None or (tile == 0 and not isinstance(tile, bool)):
+        return None, None
+    _check_int(labels["tile"], tile, 4)
+    overlap = tile // 4 if overlap is None else overlap
+    _check_int(labels["tile_overlap"], overlap, 0)
+    if 2 * overlap >= tile:
+        raise ValueError(f"{labels['tile_overlap']} must be less than half the tile (2 * overlap < tile), got "
+                         f"{labels['tile_overlap']}={overlap}, {labels['tile']}={tile}")
+    if ramp not in RAMPS:
+        raise ValueError(f"{labels['tile_ramp']}={ramp!r}; expected one of {RAMPS}")
+    return tile, overlap
+
+
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -127,15 +146,7 @@ def decode_video(
     _check_int("num_frames", num_frames, 1)
     _check_int("decode_t", decode_t, 1)
     _check_int("overlap", overlap, 0)
-    if tile is not None:
-        _check_int("tile", tile, 4)
-        tile_overlap = tile // 4 if tile_overlap is None else tile_overlap
-        _check_int("tile_overlap", tile_overlap, 0)
-        if 2 * tile_overlap >= tile:
-            raise ValueError(f"tile_overlap must be less than half the tile (2 * tile_overlap < tile), got "
-                             f"tile_overlap={tile_overlap}, tile={tile}")
-        if tile_ramp not in RAMPS:
-            raise ValueError(f"tile_ramp={tile_ramp!r}; expected one of {RAMPS}")
+    tile, tile_overlap = check_tiling(tile, tile_overlap, tile_ramp)
     if overlap >= decode_t:
         raise ValueError(
             f"overlap must be smaller than decode_t (0 <= overlap < decode_t), got overlap={overlap}, decode_t={decode_t}"

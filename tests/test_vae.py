@@ -376,3 +376,23 @@ def test_spatially_tiled_decode(temporal_pair):
         decode_video(ours, z, 4, tile=8, tile_overlap=4)
     with pytest.raises(ValueError, match="tile_ramp='box'"):
         decode_video(ours, z, 4, tile=8, tile_ramp="box")
+
+
+@torch.no_grad()
+def test_temporal_half_by_rows_matches_whole_map(temporal_pair, monkeypatch):
+    """The decoder blocks' temporal half on slices of rows (group-norm statistics gathered first) is the
+    whole-map computation up to float rounding; so is the upsampling folded into the next block's frame slices
+    (checked against diffusers by test_temporal_decode_matches_diffusers)."""
+    import svd_core.vae as vae
+
+    ours, _ = temporal_pair
+    z = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    monkeypatch.setattr(vae, "TEMPORAL_ROWS_PIXELS", 10 ** 12)  # never by rows
+    whole = decode_video(ours, z, FRAMES, clamp=False)
+    calls = []
+    original = vae._add_time_stack_by_rows
+    monkeypatch.setattr(vae, "_add_time_stack_by_rows", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(vae, "TEMPORAL_ROWS_PIXELS", 1)  # one row per slice
+    rows = decode_video(ours, z, FRAMES, clamp=False)
+    assert len(calls) == 9  # every VideoResBlock of the decoder (mid 2 + 4 levels x 3 ... at > 1 row)
+    assert _maxdiff(rows, whole) < 1e-4 * whole.abs().max().item()
