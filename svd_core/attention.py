@@ -7,7 +7,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .layers import AlphaBlender, GroupNorm32, add_into, add_to, records, reusable, timestep_embedding
-from .ops import layer, resolve
+from .ops import layer_class, resolve
 
 
 # Feed-forwards run this many token rows at a time by default (inference): the GEGLU's 8x-wide intermediate is
@@ -176,7 +176,7 @@ class SpatialVideoTransformer(nn.Module):
         super().__init__()
         ops = resolve(operations)
         inner = n_heads * d_head
-        self.norm = layer(GroupNorm32, operations)(groups, channels, eps=1e-6)
+        self.norm = layer_class(GroupNorm32, operations)(groups, channels, eps=1e-6)
         self.proj_in = ops.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, n_heads, d_head, context_dim,
                                                                        operations)])

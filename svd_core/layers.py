@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .ops import casts_weights, layer, resolve
+from .ops import casts_weights, layer_class, resolve
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -24,7 +24,7 @@ class GroupNorm32(nn.GroupNorm):
     PyTorch's CPU and CUDA group-norm kernels accumulate mean and variance of half / bfloat16 inputs in float32
     and normalise in float32 before rounding, which is what the reference's `x.float()` round trip achieves; calling
     the kernel directly gives the same statistics without two full-size dtype copies per norm.
-    Built on a host's operations (`ops.layer`), the host's forward (its weight cast) runs instead.
+    Built on a host's operations (`ops.layer_class`), the host's forward (its weight cast) runs instead.
     """
 
     _cast_by_ops = False
@@ -108,13 +108,15 @@ class TemporalConv3d(nn.Conv3d):
     """Conv3d with a (k, 1, 1) kernel (mixes frames only), computed as a (k, 1) Conv2d over "b c t (h w)".
 
     Same weights and keys as the reference Conv3d. Channels-last-3d inputs stay channels-last: the flattening of
-    (h w) is a view in both memory formats. Built on a host's operations (`ops.layer`), the host's Conv3d runs."""
+    (h w) is a view in both memory formats. Built on a host's operations (`ops.layer_class`), the host's Conv3d
+    runs."""
 
     _cast_by_ops = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._cast_by_ops or self.kernel_size[1:] != (1, 1) or self.stride != (1, 1, 1) or self.dilation != (1, 1, 1) \
-                or self.groups != 1 or self.padding_mode != "zeros" or self.padding[1:] != (0, 0) or x.ndim != 5:
+        if self._cast_by_ops or self.kernel_size[1:] != (1, 1) or self.stride != (1, 1, 1) \
+                or self.dilation != (1, 1, 1) or self.groups != 1 or self.padding_mode != "zeros" \
+                or self.padding[1:] != (0, 0) or x.ndim != 5:
             return super().forward(x)
         h, w = x.shape[-2:]
         weight = self.weight.squeeze(-1)  # o i k 1 1 -> o i k 1 (channels-last-3d stays channels-last)
@@ -153,7 +155,7 @@ class AlphaBlender(nn.Module):
 
 
 def _conv(dims: int, *args, operations=None, **kwargs) -> nn.Module:
-    return {2: resolve(operations).Conv2d, 3: layer(TemporalConv3d, operations)}[dims](*args, **kwargs)
+    return {2: resolve(operations).Conv2d, 3: layer_class(TemporalConv3d, operations)}[dims](*args, **kwargs)
 
 
 class ResBlock(nn.Module):
@@ -165,7 +167,7 @@ class ResBlock(nn.Module):
         """`emb_channels=None`: no timestep embedding (`skip_t_emb`, the VAE's temporal `time_stack`).
         `operations`: the layer namespace (`svd_core.ops`; default torch.nn)."""
         super().__init__()
-        ops, norm = resolve(operations), layer(GroupNorm32, operations)
+        ops, norm = resolve(operations), layer_class(GroupNorm32, operations)
         out_channels = out_channels or channels
         padding = [k // 2 for k in kernel_size] if isinstance(kernel_size, Sequence) else kernel_size // 2
         self.in_layers = nn.Sequential(norm(groups, channels), NormSiLU(), _conv(
@@ -254,9 +256,9 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = N
     # half-precision kernels are so fast that the four phase copies only pay off on large images (measured on
     # CPU: 15-20% faster from 64x64 sources, slower at 16x16); float32 gains 1.6-1.7x at every size
     small_half = x.dtype != torch.float32 and x.shape[-2] * x.shape[-1] < 64 * 64
-    if records(x, conv.weight, conv.bias) or casts_weights(conv) or small_half or conv.kernel_size != (3, 3) or conv.stride != (1, 1) \
-            or conv.padding != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros" \
-            or x.ndim != 4:
+    if records(x, conv.weight, conv.bias) or casts_weights(conv) or small_half or conv.kernel_size != (3, 3) \
+            or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 \
+            or conv.padding_mode != "zeros" or x.ndim != 4:
         y = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return y if out is None else out.copy_(y)
     n, _, h, w = x.shape

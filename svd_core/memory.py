@@ -432,5 +432,6 @@ def check_request_fits(model, *, frames: int, height: int, width: int, decode_t:
 
 
 __all__ = ["STAGES", "MemoryOptions", "StagePlan", "plan_stages", "memory_required", "stage_weights", "meta_model",
-           "stage_activations", "LiveBytes", "activation_peak", "MemoryPlan", "full_size_plan", "RequestEstimate", "estimate_request",
-           "available_bytes", "MemoryBudgetError", "check_request_fits", "largest_that_fits", "ff_chunk_of"]
+           "stage_activations", "LiveBytes", "activation_peak", "MemoryPlan", "full_size_plan", "RequestEstimate",
+           "estimate_request", "available_bytes", "MemoryBudgetError", "check_request_fits", "largest_that_fits",
+           "ff_chunk_of"]

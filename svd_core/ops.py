@@ -12,9 +12,9 @@ The engine's own namespace `cast` does the same for the CLI (`store_fp8`: weight
 upcast layer by layer to the activation dtype at compute, as ComfyUI's `--fp8_e4m3fn-unet` does).
 
 Layers with their own forward fast paths (`GroupNorm32`, `TemporalConv3d`, the VAE's `AE3DConv`, the folded
-upsampling conv) read their weights directly; `layer(cls, operations)` rebuilds such a class on the namespace's
-layer of the same kind, and the fast paths step aside (`casts_weights`) so the namespace's own forward, with its
-weight casting, runs. The state-dict keys are the same whatever the namespace.
+upsampling conv) read their weights directly; `layer_class(cls, operations)` rebuilds such a class on the
+namespace's layer of the same kind, and the fast paths step aside (`casts_weights`) so the namespace's own
+forward, with its weight casting, runs. The state-dict keys are the same whatever the namespace.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _torch_base(cls: type) -> type:
     return next(c for c in cls.__mro__ if c.__module__.startswith("torch.nn") and c.__name__ in LAYER_NAMES)
 
 
-def layer(cls: type, operations=None) -> type:
+def layer_class(cls: type, operations=None) -> type:
     """`cls` (a subclass of a torch layer with its own forward) built on the namespace's layer of that kind.
 
     The derived class puts `cls` first in the method order, then the namespace's layer (whose forward casts the
@@ -151,5 +151,5 @@ def weight_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-__all__ = ["LAYER_NAMES", "FP8_DTYPES", "resolve", "is_native", "layer", "casts_weights", "CastWeights", "cast",
-           "store_fp8", "compute_dtype", "weight_bytes"]
+__all__ = ["LAYER_NAMES", "FP8_DTYPES", "resolve", "is_native", "layer_class", "casts_weights", "CastWeights",
+           "cast", "store_fp8", "compute_dtype", "weight_bytes"]

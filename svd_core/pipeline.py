@@ -437,7 +437,8 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
     """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant (steps and
     seed None: the variant's `steps` and `seed`). `decode_tile` (latent pixels; None/0: whole frames) decodes in
     spatial tiles sharing `decode_tile_overlap` latent pixels (default a quarter tile)."""
-    check_tiling(decode_tile, decode_tile_overlap, labels={"tile": "decode_tile", "tile_overlap": "decode_tile_overlap"})
+    check_tiling(decode_tile, decode_tile_overlap,
+                 labels={"tile": "decode_tile", "tile_overlap": "decode_tile_overlap"})
     check_run(model, image, dict(num_frames=num_frames, width=width, height=height, fps=fps,
                                  motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, steps=steps, seed=seed,
                                  decode_t=decode_t, overlap=overlap, ff_chunk_size=ff_chunk_size),

@@ -7,7 +7,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import SpatialVideoTransformer, attention_heads
 from .layers import Downsample, GroupNorm32, Upsample, VideoResBlock, add_to, like_weight, timestep_embedding
-from .ops import layer, resolve
+from .ops import layer_class, resolve
 from .variants import UNetSpec
 
 
@@ -72,7 +72,7 @@ class VideoUNet(nn.Module):
                     layers.append(Upsample(ch, operations))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(layers))
-        self.out = nn.Sequential(layer(GroupNorm32, operations)(groups, ch), nn.SiLU(),
+        self.out = nn.Sequential(layer_class(GroupNorm32, operations)(groups, ch), nn.SiLU(),
                                  ops.Conv2d(mc, spec.out_channels, 3, padding=1))
         self.gradient_checkpointing = False
         self.video_chunk: int | None = None

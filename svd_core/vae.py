@@ -16,7 +16,7 @@ from torch import nn
 
 from .layers import (GroupNorm32, ResBlock, add_into, add_to, like_weight, memory_format_of, records,
                      silu_after_norm, upsample_conv)
-from .ops import casts_weights, layer, resolve
+from .ops import casts_weights, layer_class, resolve
 from .variants import VAESpec
 
 __all__ = [
@@ -64,7 +64,7 @@ def per_frame(fn, x: torch.Tensor, module: nn.Module, scale: int = 1) -> torch.T
 
 def normalize(channels: int, groups: int, operations=None) -> nn.GroupNorm:
     """Encoder/Decoder `Normalize`: GroupNorm with eps 1e-6 (reference `model.py`; same keys as nn.GroupNorm)."""
-    return layer(GroupNorm32, operations)(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+    return layer_class(GroupNorm32, operations)(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
@@ -252,7 +252,8 @@ class AE3DConv(nn.Conv2d):
     ):
         super().__init__(in_channels, out_channels, **kwargs)
         padding = tuple(k // 2 for k in video_kernel_size)
-        self.time_mix_conv = resolve(operations).Conv3d(out_channels, out_channels, tuple(video_kernel_size), padding=padding)
+        self.time_mix_conv = resolve(operations).Conv3d(out_channels, out_channels, tuple(video_kernel_size),
+                                                        padding=padding)
 
     def forward(self, x: torch.Tensor, num_frames: int, skip_video: bool = False) -> torch.Tensor:  # type: ignore[override]
         x = super().forward(x)
@@ -340,7 +341,7 @@ class Decoder(nn.Module):
         self.up = nn.ModuleList(up)
         self.norm_out = normalize(block_in, g, operations)
         if temporal:
-            self.conv_out = layer(AE3DConv, operations)(block_in, spec.out_channels, kernel, operations,
+            self.conv_out = layer_class(AE3DConv, operations)(block_in, spec.out_channels, kernel, operations,
                                                         kernel_size=3, stride=1, padding=1)
         else:
             self.conv_out = ops.Conv2d(block_in, spec.out_channels, kernel_size=3, stride=1, padding=1)
