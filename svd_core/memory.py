@@ -239,12 +239,36 @@ def plan_stages(variant="svd_xt", frames: int | None = None, height: int = 576, 
     return StagePlan(dict(resident), acts)
 
 
-def memory_required(spec, frames: int, height: int, width: int, dtype: torch.dtype,
+ENCODE_MAPS = 3.2  # VAE encode of one image: about 3 full-resolution 128-channel maps (svd_xt 1024x576: 2.9)
+CLIP_ACTIVATIONS = 64 * 2 ** 20  # ViT-H/14 at 224 px, one image (svd_xt: 26 MiB)
+
+
+def memory_required(model, frames: int, height: int, width: int, dtype: torch.dtype | None = None,
                     options: MemoryOptions = MemoryOptions()) -> dict[str, int]:
-    """Bytes each stage of a request needs on its device (weights + activation peak), keyed by `STAGES`: what a
-    host passes to its memory manager before loading the stage (ComfyUI's `load_models_gpu(memory_required=)`).
-    Measured on the meta device: nothing allocated, about a second per stage at full size."""
-    return plan_stages(spec, frames, height, width, dtype, options).as_dict()
+    """Bytes each stage of an img2vid request needs on its device, keyed by `STAGES`: the stage's weights as
+    stored (all stages' without `options.offload`) plus an upper bound of its activations, in closed form (no
+    forward run): what a host passes to its memory manager before running the stage (ComfyUI's
+    `load_models_gpu(memory_required=)`). `model`: the loaded model or one on the meta device; `dtype`: the
+    compute dtype (default the model's). The bounds are the request-check constants above, checked against the
+    meta-device accounting (`plan_stages`) in tests/test_memory.py."""
+    from .ops import compute_dtype
+
+    dtype = dtype or compute_dtype(model.unet)
+    elem = torch.tensor([], dtype=dtype).element_size()
+    spec = model.spec
+    own = stage_weights(model)
+    resident = own if options.offload else {s: sum(own.values()) for s in STAGES}
+    latents = LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
+    both = not options.unet_videos or options.unet_videos >= 2  # the CFG batch's two videos in one forward
+    unet = _unet_peak(spec, frames, height, width, elem, options.ff_chunk, cfg=both)
+    tile_h, tile_w = height, width
+    if options.decode_tile:
+        tile_h, tile_w = min(height, 8 * options.decode_tile), min(width, 8 * options.decode_tile)
+    video = frames * 3 * height * width * (2 * elem + 4 * VIDEO_COPIES_F32)
+    decode = _decode_peak(spec, frames, tile_h, tile_w, elem, options.decode_t) + video + latents
+    encode = int(ENCODE_MAPS * spec.vae.ch * height * width * elem)
+    acts = {"clip": CLIP_ACTIVATIONS, "vae_encode": encode, "unet": unet + latents, "vae_decode": decode}
+    return {s: resident[s] + acts[s] + SLACK for s in STAGES}
 
 
 # ------------------------------------------------------------------------------------ request bounds (issue 12)
