@@ -333,7 +333,7 @@ def test_bad_arguments_give_clear_errors(temporal_pair, image_pair):
 
 
 # ------------------------------------------------------------------------------------------ spatial tiles (issue 13)
-TILE_REL_TOL = 0.1  # relative L2 of a tiled decode vs the whole frame, tile 16 / overlap 6 on 24x24 latents (0.077)
+TILE_REL_TOL = 0.12  # relative L2 of a tiled decode vs the whole frame: tile 12 / overlap 5 on 16x16 latents (0.09)
 
 
 @given(size=st.integers(1, 80), tile=st.integers(4, 40), overlap=st.integers(0, 19), scale=st.sampled_from([1, 8]),
@@ -356,26 +356,22 @@ def test_spatial_tile_weights_sum_to_one(size, tile, overlap, scale, ramp):
 @torch.no_grad()
 def test_spatially_tiled_decode(temporal_pair):
     ours, _ = temporal_pair
-    z = torch.randn(4, 4, 24, 24, generator=torch.Generator().manual_seed(8))
-    full = decode_video(ours, z, 4, clamp=False)
-    assert torch.equal(decode_video(ours, z, 4, clamp=False, tile=24), full)  # one tile: the whole frame
-    errors = {}
-    for overlap in (2, 4, 6):
-        tiled = decode_video(ours, z, 4, clamp=False, tile=16, tile_overlap=overlap)
-        assert tiled.shape == full.shape
-        errors[overlap] = ((tiled - full).norm() / full.norm()).item()
-    assert 0 < errors[6] < errors[4] < errors[2]  # more overlap, closer to the whole-frame decode
-    assert errors[6] < TILE_REL_TOL
-    # away from every seam a pixel is its tile's own decode: rows/cols 0..9 latents lie in tile (0, 16) only
-    tiled = decode_video(ours, z, 4, clamp=False, tile=16, tile_overlap=6)
-    own = decode_video(ours, z[..., :16, :16], 4, clamp=False)
-    assert _maxdiff(tiled[..., :80, :80], own[..., :80, :80]) < 1e-5
-    cosine = decode_video(ours, z, 4, clamp=False, tile=16, tile_overlap=6, tile_ramp="cosine")
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(8))
+    full = decode_video(ours, z, 2, clamp=False)
+    assert torch.equal(decode_video(ours, z, 2, clamp=False, tile=16), full)  # one tile: the whole frame
+    narrow = decode_video(ours, z, 2, clamp=False, tile=12, tile_overlap=2)
+    tiled = decode_video(ours, z, 2, clamp=False, tile=12, tile_overlap=5)  # tiles (0, 12) and (7, 16)
+    errors = [((t - full).norm() / full.norm()).item() for t in (narrow, tiled)]
+    assert 0 < errors[1] < TILE_REL_TOL < errors[0]  # more overlap, closer to the whole-frame decode
+    # away from every seam a pixel is its tile's own decode: latent rows / columns 0..6 lie in tile (0, 12) only
+    own = decode_video(ours, z[..., :12, :12], 2, clamp=False)
+    assert _maxdiff(tiled[..., :56, :56], own[..., :56, :56]) < 1e-5
+    cosine = decode_video(ours, z, 2, clamp=False, tile=12, tile_overlap=5, tile_ramp="cosine")
     assert ((cosine - full).norm() / full.norm()).item() < TILE_REL_TOL and _maxdiff(cosine, tiled) > 1e-4
     with pytest.raises(ValueError, match="tile_overlap must be less than half the tile"):
-        decode_video(ours, z, 4, tile=8, tile_overlap=4)
+        decode_video(ours, z, 2, tile=8, tile_overlap=4)
     with pytest.raises(ValueError, match="tile_ramp='box'"):
-        decode_video(ours, z, 4, tile=8, tile_ramp="box")
+        decode_video(ours, z, 2, tile=8, tile_ramp="box")
 
 
 @torch.no_grad()
@@ -394,5 +390,5 @@ def test_temporal_half_by_rows_matches_whole_map(temporal_pair, monkeypatch):
     monkeypatch.setattr(vae, "_add_time_stack_by_rows", lambda *a: calls.append(1) or original(*a))
     monkeypatch.setattr(vae, "TEMPORAL_ROWS_PIXELS", 1)  # one row per slice
     rows = decode_video(ours, z, FRAMES, clamp=False)
-    assert len(calls) == 9  # every VideoResBlock of the decoder (mid 2 + 4 levels x 3 ... at > 1 row)
+    assert len(calls) == sum(isinstance(m, vae.VideoResBlock) for m in ours.decoder.modules())  # all 14
     assert _maxdiff(rows, whole) < 1e-4 * whole.abs().max().item()
