@@ -1,6 +1,7 @@
 """Meta-device memory accounting (svd_core.memory) and the activation budgets it guards at full size."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from svd_core.memory import GiB, LiveBytes, activation_peak, full_size_plan
@@ -38,6 +39,7 @@ def test_full_size_svd_xt_plan_stays_within_its_budget():
     assert any("activation peak" in line for line in plan.lines())
 
 
+@pytest.mark.slow  # the engine's nine configurations, diffusers' and ComfyUI's models: ~60 s of CPU
 def test_memory_plan_bench_at_reduced_size(tmp_path, capsys):
     """bench/memory_plan.py on the tiny model (no timing): the tables print and the figures are consistent."""
     import importlib.util
@@ -49,7 +51,7 @@ def test_memory_plan_bench_at_reduced_size(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "plan.json"
-    bench.main(["--tiny", "--height", "128", "--width", "128", "--tile", "8", "--tile-overlap", "2",
+    bench.main(["--tiny", "--height", "64", "--width", "128", "--tile", "4", "--tile-overlap", "1",
                 "--short-t", "3", "--peers", "diffusers,comfyui", "--json", str(out)])
     text = capsys.readouterr().out
     assert "| configuration | CLIP image encoder | VAE encode | UNet step (CFG) | VAE decode | whole run |" in text
@@ -77,8 +79,8 @@ def test_memory_required_per_stage_bounds_the_accounting():
     from svd_core.testing import TINY_XT
 
     cache, models = {}, {}
-    for options in (MemoryOptions(), MemoryOptions(offload=True), MemoryOptions(offload=True, unet_videos=1),
-                    MemoryOptions(offload=True, fp8=True), MemoryOptions(offload=True, decode_tile=4, decode_t=3)):
+    for options in (MemoryOptions(), MemoryOptions(offload=True, unet_videos=1), MemoryOptions(offload=True, fp8=True),
+                    MemoryOptions(offload=True, decode_tile=4, decode_t=3)):
         model = models.setdefault(options.fp8, meta_model(TINY_XT, torch.float16, options.fp8))
         measured = plan_stages(TINY_XT, 6, 64, 128, torch.float16, options, model, cache)
         required = memory_required(model, 6, 64, 128, torch.float16, options)
