@@ -121,6 +121,7 @@ def test_info_reports_variant(files, capsys):
     assert "variant tiny_sv3d_p" in out and "defaults: 4 steps, seed 23" in out  # the spec's (tiny: 4 steps)
 
 
+@pytest.mark.slow  # four tiny img2vid runs
 def test_memory_options_fp8_cfg_in_turn_and_decode_tiles(files):
     """--cfg-in-turn gives the same video (float32); --decode-tile and --fp8-weights (bf16 compute) run and stay
     close to it."""
