@@ -72,6 +72,7 @@ def test_memory_plan_bench_at_reduced_size(tmp_path, capsys):
     assert fp8_turn["activations"]["unet"] < fp8["activations"]["unet"]
 
 
+@pytest.mark.slow  # four meta-device plans of the tiny model (~25 s of CPU)
 def test_memory_required_per_stage_bounds_the_accounting():
     """The closed-form per-stage request (what ComfyUI's memory manager is given) stays above the meta-device
     accounting of each stage and within a few times it, for every memory option."""
