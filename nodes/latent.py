@@ -32,27 +32,39 @@ class Decode(io.ComfyNode):
                              tooltip="Frames shared by neighbouring decode chunks, blended to hide seams (0 = reference)."),
                 io.Boolean.Input("image_decoder", default=False,
                                  tooltip="Decode every frame on its own (per-frame decoder), ignoring the temporal layers."),
+                io.Int.Input("tile", default=0, min=0, max=512, optional=True,
+                             tooltip="Decode in spatial tiles of this many latent pixels (8x in pixels, at least 4), "
+                                     "blended where they overlap: less memory, small changes near the seams. "
+                                     "0 decodes whole frames (reference)."),
+                io.Int.Input("tile_overlap", default=8, min=0, max=255, optional=True,
+                             tooltip="Latent pixels shared by neighbouring tiles (below half the tile)."),
             ],
             outputs=[io.Image.Output(display_name="frames", tooltip="Video frames as an IMAGE batch [frames, H, W, 3] in 0..1.")],
         )
 
     @classmethod
-    def validate_inputs(cls, decode_t: int, overlap: int) -> bool | str:
-        ok = check_inputs(cls, decode_t=decode_t, overlap=overlap)
+    def validate_inputs(cls, decode_t: int, overlap: int, tile: int = 0, tile_overlap: int = 8) -> bool | str:
+        ok = check_inputs(cls, decode_t=decode_t, overlap=overlap, tile=tile, tile_overlap=tile_overlap)
         if ok is not True:
             return ok
         if decode_t is not None and overlap is not None and overlap >= decode_t:
             return f"{cls.ID}: input 'overlap' = {overlap} must be smaller than decode_t = {decode_t}"
+        if tile and tile < 4:
+            return f"{cls.ID}: input 'tile' = {tile} is too small: 0 (whole frames) or at least 4 latent pixels"
+        if tile and tile_overlap is not None and 2 * tile_overlap >= tile:
+            return (f"{cls.ID}: input 'tile_overlap' = {tile_overlap} must be below half the tile ({tile}): lower "
+                    f"tile_overlap or raise tile")
         return True
 
     @classmethod
-    def execute(cls, svd_model, latent, decode_t, overlap, image_decoder) -> io.NodeOutput:
+    def execute(cls, svd_model, latent, decode_t, overlap, image_decoder, tile=0, tile_overlap=8) -> io.NodeOutput:
         num_frames = latent_frames(latent)
         samples = latent_in(cls.ID, "latent", latent, svd_model.spec)
         model = svd_model.acquire()
         progress = Progress(samples.shape[0])
         frames = pipeline.decode(model, samples, num_frames, decode_t=decode_t, overlap=overlap,
-                                 image_decoder=image_decoder, callback=progress.absolute)
+                                 image_decoder=image_decoder, callback=progress.absolute,
+                                 tile=tile or None, tile_overlap=tile_overlap if tile else None)
         return io.NodeOutput(frames_to_image(frames))
 
 

@@ -7,6 +7,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .layers import AlphaBlender, GroupNorm32, add_into, add_to, records, reusable, timestep_embedding
+from .ops import layer_class, resolve
 
 
 # Feed-forwards run this many token rows at a time by default (inference): the GEGLU's 8x-wide intermediate is
@@ -35,15 +36,17 @@ def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None, module: nn.Module 
 class CrossAttention(nn.Module):
     """Multi-head (cross-)attention through `scaled_dot_product_attention`; keys match the reference."""
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64):
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
+                 operations=None):
         super().__init__()
+        ops = resolve(operations)
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
+        self.to_q = ops.Linear(query_dim, inner, bias=False)
+        self.to_k = ops.Linear(context_dim, inner, bias=False)
+        self.to_v = ops.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(ops.Linear(inner, query_dim), nn.Dropout(0.0))
 
     def single_key(self, context: torch.Tensor) -> torch.Tensor:
         """Attention to one key: softmax over a single logit is exactly 1, so every query receives
@@ -71,9 +74,9 @@ class CrossAttention(nn.Module):
 class GEGLU(nn.Module):
     """Gated GELU projection (Shazeer 2020), `proj` key as in the reference."""
 
-    def __init__(self, dim_in: int, dim_out: int):
+    def __init__(self, dim_in: int, dim_out: int, operations=None):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = resolve(operations).Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
@@ -88,10 +91,11 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     """`net = [GEGLU, Dropout, Linear]` with inner width 4 x dim."""
 
-    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4):
+    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, operations=None):
         super().__init__()
         inner = int(dim * mult)
-        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(0.0), nn.Linear(inner, dim_out or dim))
+        self.net = nn.Sequential(GEGLU(dim, inner, operations), nn.Dropout(0.0),
+                                 resolve(operations).Linear(inner, dim_out or dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -100,12 +104,14 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Spatial block: self-attention over (h w), cross-attention to the context, feed-forward."""
 
-    def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int):
+    def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int, operations=None):
         super().__init__()
-        self.attn1 = CrossAttention(dim, heads=n_heads, dim_head=d_head)
-        self.ff = FeedForward(dim)
-        self.attn2 = CrossAttention(dim, context_dim=context_dim, heads=n_heads, dim_head=d_head)
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        ops = resolve(operations)
+        self.attn1 = CrossAttention(dim, heads=n_heads, dim_head=d_head, operations=operations)
+        self.ff = FeedForward(dim, operations=operations)
+        self.attn2 = CrossAttention(dim, context_dim=context_dim, heads=n_heads, dim_head=d_head,
+                                    operations=operations)
+        self.norm1, self.norm2, self.norm3 = ops.LayerNorm(dim), ops.LayerNorm(dim), ops.LayerNorm(dim)
         self.ff_chunk_size: int | None = DEFAULT_FF_CHUNK
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,16 +128,18 @@ class BasicTransformerBlock(nn.Module):
 class VideoTransformerBlock(nn.Module):
     """Temporal block: attention along t for every spatial location (paper Sec. 3, `time_stack`)."""
 
-    def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int):
+    def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int, operations=None):
         super().__init__()
+        ops = resolve(operations)
         inner = n_heads * d_head
-        self.norm_in = nn.LayerNorm(dim)
-        self.ff_in = FeedForward(dim, dim_out=inner)
-        self.attn1 = CrossAttention(inner, heads=n_heads, dim_head=d_head)
-        self.ff = FeedForward(inner, dim_out=dim)
-        self.norm2 = nn.LayerNorm(inner)
-        self.attn2 = CrossAttention(inner, context_dim=context_dim, heads=n_heads, dim_head=d_head)
-        self.norm1, self.norm3 = nn.LayerNorm(inner), nn.LayerNorm(inner)
+        self.norm_in = ops.LayerNorm(dim)
+        self.ff_in = FeedForward(dim, dim_out=inner, operations=operations)
+        self.attn1 = CrossAttention(inner, heads=n_heads, dim_head=d_head, operations=operations)
+        self.ff = FeedForward(inner, dim_out=dim, operations=operations)
+        self.norm2 = ops.LayerNorm(inner)
+        self.attn2 = CrossAttention(inner, context_dim=context_dim, heads=n_heads, dim_head=d_head,
+                                    operations=operations)
+        self.norm1, self.norm3 = ops.LayerNorm(inner), ops.LayerNorm(inner)
         self.is_res = inner == dim
         self.ff_chunk_size: int | None = DEFAULT_FF_CHUNK
 
@@ -163,15 +171,19 @@ class VideoTransformerBlock(nn.Module):
 class SpatialVideoTransformer(nn.Module):
     """Spatial transformer followed by a temporal one, blended by a learned `time_mixer` (reference)."""
 
-    def __init__(self, channels: int, n_heads: int, d_head: int, context_dim: int, groups: int = 32):
+    def __init__(self, channels: int, n_heads: int, d_head: int, context_dim: int, groups: int = 32,
+                 operations=None):
         super().__init__()
+        ops = resolve(operations)
         inner = n_heads * d_head
-        self.norm = GroupNorm32(groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, inner)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, n_heads, d_head, context_dim)])
-        self.time_stack = nn.ModuleList([VideoTransformerBlock(inner, n_heads, d_head, context_dim)])
-        self.proj_out = nn.Linear(inner, channels)
-        self.time_pos_embed = nn.Sequential(nn.Linear(channels, channels * 4), nn.SiLU(), nn.Linear(channels * 4, channels))
+        self.norm = layer_class(GroupNorm32, operations)(groups, channels, eps=1e-6)
+        self.proj_in = ops.Linear(channels, inner)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, n_heads, d_head, context_dim,
+                                                                       operations)])
+        self.time_stack = nn.ModuleList([VideoTransformerBlock(inner, n_heads, d_head, context_dim, operations)])
+        self.proj_out = ops.Linear(inner, channels)
+        self.time_pos_embed = nn.Sequential(ops.Linear(channels, channels * 4), nn.SiLU(),
+                                            ops.Linear(channels * 4, channels))
         self.time_mixer = AlphaBlender("b t -> (b t) 1 1")
         self.channels = channels
 

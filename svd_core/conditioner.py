@@ -15,6 +15,7 @@ from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from torch import nn
 
 from .layers import timestep_embedding
+from .ops import resolve
 from .vae import CondEncoder
 from .variants import CLIPSpec, ModelSpec
 
@@ -30,17 +31,21 @@ def clip_preprocess(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class OpenCLIPModel(nn.Module):
-    """open_clip CLIP with the text transformer deleted, as the released files keep it (`visual` + leftovers)."""
+    """open_clip CLIP with the text transformer deleted, as the released files keep it (`visual` + leftovers).
 
-    def __init__(self, spec: CLIPSpec):
+    The vision tower is open_clip's own (`_build_vision_tower` takes no operations: a host keeps it whole on its
+    device, 1.2 GiB at fp16); the leftovers built here take `operations`."""
+
+    def __init__(self, spec: CLIPSpec, operations=None):
         super().__init__()
+        ops = resolve(operations)
         self.visual = _build_vision_tower(spec.embed_dim, CLIPVisionCfg(
             image_size=spec.image_size, layers=spec.layers, width=spec.width, head_width=spec.head_width,
             patch_size=spec.patch_size, mlp_ratio=spec.mlp_ratio))
         # text-tower leftovers: never used for image conditioning, kept so files round-trip key for key
-        self.token_embedding = nn.Embedding(spec.text_vocab_size, spec.text_width)
+        self.token_embedding = ops.Embedding(spec.text_vocab_size, spec.text_width)
         self.positional_embedding = nn.Parameter(torch.empty(spec.text_context_length, spec.text_width))
-        self.ln_final = nn.LayerNorm(spec.text_width)
+        self.ln_final = ops.LayerNorm(spec.text_width)
         self.text_projection = nn.Parameter(torch.empty(spec.text_width, spec.embed_dim))
         self.logit_scale = nn.Parameter(torch.ones([]))
 
@@ -51,10 +56,10 @@ class OpenCLIPImageEmbedder(nn.Module):
     TEXT_LEFTOVERS = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias",
                       "text_projection", "logit_scale")
 
-    def __init__(self, spec: CLIPSpec):
+    def __init__(self, spec: CLIPSpec, operations=None):
         super().__init__()
         self.open_clip = nn.Module()
-        self.open_clip.model = OpenCLIPModel(spec)
+        self.open_clip.model = OpenCLIPModel(spec, operations)
         self.image_size = spec.image_size
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -166,9 +171,9 @@ class EncoderEmbedder(nn.Module):
     """`VideoPredictionEmbedderWithEncoder`: the conditioning frame's VAE latent (mode, unscaled: the reference
     config leaves its scale_factor at 1.0, and so does diffusers' pipeline)."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, operations=None):
         super().__init__()
-        self.encoder = CondEncoder(spec.vae)
+        self.encoder = CondEncoder(spec.vae, operations)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.encoder.encode(image)
@@ -181,8 +186,8 @@ class InterpolationEncoderEmbedder(EncoderEmbedder):
     e.g. 4 x 72 x 128 for 576 x 1024; zero-initialised). Other sizes use the map resized bilinearly
     (`svd_core.interpolation.mask_embedding_at`)."""
 
-    def __init__(self, spec: ModelSpec):
-        super().__init__(spec)
+    def __init__(self, spec: ModelSpec, operations=None):
+        super().__init__(spec, operations)
         f = 2 ** (len(spec.vae.ch_mult) - 1)  # VAE downsampling factor (8)
         self.mask_embedding = nn.Parameter(torch.zeros(spec.vae.z_channels, spec.height // f, spec.width // f))
 
@@ -193,7 +198,8 @@ class Conditioner(nn.Module):
     cond_mode "image"/"interpolation": 0 = CLIP image tower, `cond_encoder_index` = VAE encoder, the rest vectors;
     cond_mode "text": 0 = open_clip text tower (`embedders.0.model.`), then one embedder per vector input."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, operations=None):
+        """`operations`: the layer namespace of the layers built here (`svd_core.ops`; default torch.nn)."""
         super().__init__()
         self.mode = spec.cond_mode
         if spec.cond_mode not in ("image", "interpolation", "text"):
@@ -209,9 +215,9 @@ class Conditioner(nn.Module):
             encoder = InterpolationEncoderEmbedder if spec.cond_mode == "interpolation" else EncoderEmbedder
             for i in range(2 + len(spec.vector_inputs)):
                 if i == 0:
-                    embedders.append(OpenCLIPImageEmbedder(spec.clip))
+                    embedders.append(OpenCLIPImageEmbedder(spec.clip, operations))
                 elif i == spec.cond_encoder_index:
-                    embedders.append(encoder(spec))
+                    embedders.append(encoder(spec, operations))
                 else:
                     embedders.append(VectorEmbedder(*next(vectors)))
         self.embedders = nn.ModuleList(embedders)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .ops import casts_weights, layer_class, resolve
+
 
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm with float32 statistics (reference `normalization`, stable under fp16/bf16).
@@ -22,9 +24,14 @@ class GroupNorm32(nn.GroupNorm):
     PyTorch's CPU and CUDA group-norm kernels accumulate mean and variance of half / bfloat16 inputs in float32
     and normalise in float32 before rounding, which is what the reference's `x.float()` round trip achieves; calling
     the kernel directly gives the same statistics without two full-size dtype copies per norm.
+    Built on a host's operations (`ops.layer_class`), the host's forward (its weight cast) runs instead.
     """
 
+    _cast_by_ops = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._cast_by_ops:
+            return super().forward(canonical_strides(x))
         weight = None if self.weight is None else self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.group_norm(canonical_strides(x), self.num_groups, weight, bias, self.eps)
@@ -101,11 +108,15 @@ class TemporalConv3d(nn.Conv3d):
     """Conv3d with a (k, 1, 1) kernel (mixes frames only), computed as a (k, 1) Conv2d over "b c t (h w)".
 
     Same weights and keys as the reference Conv3d. Channels-last-3d inputs stay channels-last: the flattening of
-    (h w) is a view in both memory formats."""
+    (h w) is a view in both memory formats. Built on a host's operations (`ops.layer_class`), the host's Conv3d
+    runs."""
+
+    _cast_by_ops = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel_size[1:] != (1, 1) or self.stride != (1, 1, 1) or self.dilation != (1, 1, 1) \
-                or self.groups != 1 or self.padding_mode != "zeros" or self.padding[1:] != (0, 0) or x.ndim != 5:
+        if self._cast_by_ops or self.kernel_size[1:] != (1, 1) or self.stride != (1, 1, 1) \
+                or self.dilation != (1, 1, 1) or self.groups != 1 or self.padding_mode != "zeros" \
+                or self.padding[1:] != (0, 0) or x.ndim != 5:
             return super().forward(x)
         h, w = x.shape[-2:]
         weight = self.weight.squeeze(-1)  # o i k 1 1 -> o i k 1 (channels-last-3d stays channels-last)
@@ -143,26 +154,30 @@ class AlphaBlender(nn.Module):
         return torch.lerp(x_temporal, x_spatial, self.alpha(image_only_indicator).to(x_spatial.dtype))
 
 
-def _conv(dims: int, *args, **kwargs) -> nn.Module:
-    return {2: nn.Conv2d, 3: TemporalConv3d}[dims](*args, **kwargs)
+def _conv(dims: int, *args, operations=None, **kwargs) -> nn.Module:
+    return {2: resolve(operations).Conv2d, 3: layer_class(TemporalConv3d, operations)}[dims](*args, **kwargs)
 
 
 class ResBlock(nn.Module):
     """openaimodel ResBlock: `in_layers`, `emb_layers`, `out_layers`, `skip_connection` (2-D or 3-D)."""
 
     def __init__(self, channels: int, emb_channels: int | None, out_channels: int | None = None, dims: int = 2,
-                 kernel_size: int | Sequence[int] = 3, exchange_temb_dims: bool = False, groups: int = 32):
-        """`emb_channels=None`: no timestep embedding (`skip_t_emb`, the VAE's temporal `time_stack`)."""
+                 kernel_size: int | Sequence[int] = 3, exchange_temb_dims: bool = False, groups: int = 32,
+                 operations=None):
+        """`emb_channels=None`: no timestep embedding (`skip_t_emb`, the VAE's temporal `time_stack`).
+        `operations`: the layer namespace (`svd_core.ops`; default torch.nn)."""
         super().__init__()
+        ops, norm = resolve(operations), layer_class(GroupNorm32, operations)
         out_channels = out_channels or channels
         padding = [k // 2 for k in kernel_size] if isinstance(kernel_size, Sequence) else kernel_size // 2
-        self.in_layers = nn.Sequential(GroupNorm32(groups, channels), NormSiLU(),
-                                       _conv(dims, channels, out_channels, kernel_size, padding=padding))
-        self.emb_layers = None if emb_channels is None else nn.Sequential(nn.SiLU(), nn.Linear(emb_channels,
-                                                                                                   out_channels))
-        self.out_layers = nn.Sequential(GroupNorm32(groups, out_channels), NormSiLU(), nn.Dropout(0.0),
-                                        _conv(dims, out_channels, out_channels, kernel_size, padding=padding))
-        self.skip_connection = nn.Identity() if out_channels == channels else _conv(dims, channels, out_channels, 1)
+        self.in_layers = nn.Sequential(norm(groups, channels), NormSiLU(), _conv(
+            dims, channels, out_channels, kernel_size, padding=padding, operations=operations))
+        self.emb_layers = None if emb_channels is None else nn.Sequential(nn.SiLU(), ops.Linear(emb_channels,
+                                                                                                    out_channels))
+        self.out_layers = nn.Sequential(norm(groups, out_channels), NormSiLU(), nn.Dropout(0.0), _conv(
+            dims, out_channels, out_channels, kernel_size, padding=padding, operations=operations))
+        self.skip_connection = nn.Identity() if out_channels == channels else _conv(
+            dims, channels, out_channels, 1, operations=operations)
         self.exchange_temb_dims = exchange_temb_dims
 
     def residual(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
@@ -193,11 +208,12 @@ class VideoResBlock(ResBlock):
     """Spatial ResBlock + temporal `time_stack` (kernel 3x1x1) blended by `time_mixer` (paper Sec. 3)."""
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None,
-                 video_kernel_size: Sequence[int] = (3, 1, 1), groups: int = 32):
-        super().__init__(channels, emb_channels, out_channels, groups=groups)
+                 video_kernel_size: Sequence[int] = (3, 1, 1), groups: int = 32, operations=None):
+        super().__init__(channels, emb_channels, out_channels, groups=groups, operations=operations)
         out_channels = out_channels or channels
         self.time_stack = ResBlock(out_channels, emb_channels, out_channels, dims=3,
-                                   kernel_size=tuple(video_kernel_size), exchange_temb_dims=True, groups=groups)
+                                   kernel_size=tuple(video_kernel_size), exchange_temb_dims=True, groups=groups,
+                                   operations=operations)
         self.time_mixer = AlphaBlender("b t -> b 1 t 1 1")
 
     def forward(self, x, emb, num_frames: int, image_only_indicator: torch.Tensor) -> torch.Tensor:
@@ -213,9 +229,9 @@ class VideoResBlock(ResBlock):
 class Downsample(nn.Module):
     """Stride-2 3x3 conv (`op` key)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=None):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = resolve(operations).Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -235,13 +251,14 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = N
     folded kernels run as one conv with 4x the output channels and padding 1, and phase (a, b) is its (h, w)
     window at offset (a, b), written to out[..., a::2, b::2]. 16 instead of 36 multiply-adds per source pixel and
     channel pair, and the 4x-size upsampled input never exists. Same sums in another order. `out`: write the
-    result there (a slice of a larger output)."""
+    result there (a slice of a larger output). A conv of a host's operations (`ops.casts_weights`) runs as
+    itself on the upsampled input (its weights are read through its own forward)."""
     # half-precision kernels are so fast that the four phase copies only pay off on large images (measured on
     # CPU: 15-20% faster from 64x64 sources, slower at 16x16); float32 gains 1.6-1.7x at every size
     small_half = x.dtype != torch.float32 and x.shape[-2] * x.shape[-1] < 64 * 64
-    if records(x, conv.weight, conv.bias) or small_half or conv.kernel_size != (3, 3) or conv.stride != (1, 1) \
-            or conv.padding != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros" \
-            or x.ndim != 4:
+    if records(x, conv.weight, conv.bias) or casts_weights(conv) or small_half or conv.kernel_size != (3, 3) \
+            or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 \
+            or conv.padding_mode != "zeros" or x.ndim != 4:
         y = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return y if out is None else out.copy_(y)
     n, _, h, w = x.shape
@@ -261,9 +278,9 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = N
 class Upsample(nn.Module):
     """Nearest 2x upsampling then a 3x3 conv (`conv` key)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=None):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = resolve(operations).Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return upsample_conv(x, self.conv)

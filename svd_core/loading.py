@@ -302,7 +302,7 @@ def min_tensors(spec: ModelSpec) -> int:
     return 20 * unet_res + 30 * unet_attn + 8 * vae_res + 12 * towers
 
 
-def build_on_meta(spec: ModelSpec, source, filename: str, untrusted: bool = False) -> SVDModel:
+def build_on_meta(spec: ModelSpec, source, filename: str, untrusted: bool = False, operations=None) -> SVDModel:
     """The model on the meta device (nothing allocated), checked against the file before any weight is read: its
     parameter count is bounded (`MAX_PARAMETERS`) and the file must hold at least the required values. With
     `untrusted` (a spec from the file's metadata), a spec that cannot be built is a CheckpointError too."""
@@ -316,7 +316,7 @@ def build_on_meta(spec: ModelSpec, source, filename: str, untrusted: bool = Fals
             f"match the weights")
     try:
         with torch.device("meta"):
-            model = SVDModel(spec)
+            model = SVDModel(spec, operations)
     except Exception as exc:  # noqa: BLE001 - any failure to build a file's own spec is that file's error
         if not untrusted:
             raise
@@ -416,11 +416,13 @@ def assign_weights(model: SVDModel, source, report: LoadReport, device="cpu", dt
 
 
 def load(path: "str | os.PathLike", *, device="cpu", dtype: torch.dtype | None = None,
-         variant: "str | ModelSpec | None" = None, allow_pickle: bool = False, strict: bool = False) -> SVDModel:
-    """Load a released or self-trained checkpoint (`.safetensors`, or a diffusers folder) into an `SVDModel`."""
+         variant: "str | ModelSpec | None" = None, allow_pickle: bool = False, strict: bool = False,
+         operations=None) -> SVDModel:
+    """Load a released or self-trained checkpoint (`.safetensors`, or a diffusers folder) into an `SVDModel`.
+    `operations`: the layer namespace (`SVDModel`; e.g. `svd_core.ops.cast` before `ops.store_fp8`)."""
     path = Path(path)
     if path.is_dir():
-        return load_diffusers(path, device=device, dtype=dtype)
+        return load_diffusers(path, device=device, dtype=dtype, operations=operations)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} (put SVD files in ComfyUI's models/checkpoints or "
                                 f"pass the full path)")
@@ -435,7 +437,7 @@ def load(path: "str | os.PathLike", *, device="cpu", dtype: torch.dtype | None =
         source = SafetensorsFile(path)
     spec, how = detect_spec(source.shapes(), source.metadata, path.name, variant)
     report = LoadReport(source=str(path), variant=spec.name, detected_from=how, file_dtypes=dict(source.dtypes()))
-    model = build_on_meta(spec, source, path.name, untrusted=how == SPEC_FROM_METADATA)
+    model = build_on_meta(spec, source, path.name, untrusted=how == SPEC_FROM_METADATA, operations=operations)
     return assign_weights(model, source, report, device=device, dtype=dtype, strict=strict)
 
 
@@ -460,9 +462,10 @@ def _diffusers_part(folder: Path, part: str) -> tuple[dict, dict[str, torch.Tens
     return config, {k: reader.tensor(k) for k in reader.entries}
 
 
-def load_diffusers(folder: "str | os.PathLike", device="cpu", dtype: torch.dtype | None = None) -> SVDModel:
+def load_diffusers(folder: "str | os.PathLike", device="cpu", dtype: torch.dtype | None = None,
+                   operations=None) -> SVDModel:
     """Map a diffusers SVD pipeline folder onto the released layout and load it (`svd_core.diffusers_io`; unused
-    parts reported absent)."""
+    parts reported absent); `operations` as in `load`."""
     folder = Path(folder)
     (unet_cfg, unet_sd), (vae_cfg, vae_sd), (clip_cfg, clip_sd) = (_diffusers_part(folder, p) for p in PARTS)
     try:
@@ -474,7 +477,7 @@ def load_diffusers(folder: "str | os.PathLike", device="cpu", dtype: torch.dtype
     report = LoadReport(source=str(folder), variant=spec.name, detected_from="diffusers folder configs",
                         file_dtypes=dict(source.dtypes()))
     with torch.device("meta"):
-        model = SVDModel(spec)
+        model = SVDModel(spec, operations)
     return assign_weights(model, source, report, device=device, dtype=dtype)
 
 

@@ -107,6 +107,170 @@ def full_size_plan(variant: str = "svd_xt", frames: int | None = None, height: i
     return MemoryPlan(variant, frames, height, width, dtype, weights, unet_peak, decode_peak, decode_t)
 
 
+# ------------------------------------------------------------------------------------ per-stage plan (issue 13, 16)
+# One generation runs four stages one after the other; each needs its weights on the device and its own activation
+# peak, measured on the meta device. Everything resident (the default) keeps all weights through every stage;
+# per-stage offload keeps only the running stage's (ComfyUI's per-stage patchers; `pipeline` offload=True).
+STAGES = ("clip", "vae_encode", "unet", "vae_decode")
+STAGE_LABELS = {"clip": "CLIP image encoder", "vae_encode": "VAE encode", "unet": "UNet step (CFG)",
+                "vae_decode": "VAE decode"}
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """What changes a run's memory: per-stage offload, fp8 UNet weights (`ops.store_fp8`), the feed-forward chunk
+    (rows; None: whole), the UNet's videos per forward (`VideoUNet.set_video_chunk`; 1: the CFG branches in turn),
+    the temporal decode window `decode_t` and spatial decode tiles (latent pixels; None: whole frames). Only `fp8`
+    and the decode window / tiles change the result."""
+
+    offload: bool = False
+    fp8: bool = False
+    ff_chunk: int | None = 8192
+    unet_videos: int | None = None
+    decode_t: int = 14
+    decode_tile: int | None = None
+    decode_tile_overlap: int | None = None
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Resident weights and activation peak (bytes) of each stage of one run (`STAGES`)."""
+
+    weights: dict[str, int]  # bytes on the device while the stage runs
+    activations: dict[str, int]
+
+    def peak(self, stage: str) -> int:
+        return self.weights[stage] + self.activations[stage]
+
+    @property
+    def total(self) -> int:
+        """The whole run's peak: the largest stage."""
+        return max(self.peak(s) for s in STAGES)
+
+    def as_dict(self) -> dict[str, int]:
+        return {s: self.peak(s) for s in STAGES}
+
+
+def stage_weights(model) -> dict[str, int]:
+    """Bytes of the weights each stage reads, as stored (fp8 weights count one byte each)."""
+    from .ops import weight_bytes
+
+    cond = model.conditioner
+    enc = cond.vae_encoder.encoder
+    used_enc = weight_bytes(enc.encoder) + weight_bytes(enc.quant_conv)  # its decoder copy is never run
+    fs = model.first_stage_model
+    used_dec = weight_bytes(fs.decoder) + (weight_bytes(fs.post_quant_conv) if fs.post_quant_conv is not None else 0)
+    return {"clip": weight_bytes(cond.clip), "vae_encode": used_enc, "unet": weight_bytes(model.unet),
+            "vae_decode": used_dec}
+
+
+def meta_model(variant, dtype: torch.dtype, fp8: bool = False):
+    """`variant` built on the meta device in `dtype` (nothing allocated), its UNet in fp8 storage with `fp8`."""
+    from . import ops
+    from .model import build
+
+    model = build(variant, device="meta", operations={"unet": ops.cast} if fp8 else None).to(dtype)
+    if fp8:
+        ops.store_fp8(model.unet, dtype)
+    return model.set_channels_last(True)
+
+
+def _stage_key(stage: str, options: MemoryOptions) -> tuple:
+    """The options a stage's activation peak depends on."""
+    if stage == "unet":
+        return stage, options.fp8, options.ff_chunk, options.unet_videos
+    if stage == "vae_decode":
+        return stage, options.decode_t, options.decode_tile, options.decode_tile_overlap
+    return (stage,)
+
+
+def stage_activations(model, frames: int, height: int, width: int, dtype: torch.dtype, options: MemoryOptions,
+                      cache: dict | None = None) -> dict[str, int]:
+    """Activation peak of each stage of an img2vid run on a meta-device `model` (`activation_peak`): CLIP of the
+    input image, VAE encode of the conditioning frame, one guided UNet forward (2 x frames), and the decode of all
+    frames in `decode_t` windows (the decoded video included). `cache`: a dict reused across calls on the same
+    model and size (stages whose options did not change are not measured again)."""
+    from .vae_decode import decode_video
+
+    spec = model.spec
+    u = spec.unet
+    cond = model.conditioner
+    b, h, w = 2 * frames, height // 8, width // 8  # conditional and unconditional branches in one forward
+    image = torch.empty(1, 3, height, width, device="meta", dtype=dtype)
+
+    def unet():
+        x = torch.empty(b, u.in_channels, h, w, device="meta", dtype=dtype)
+        t = torch.empty(b, device="meta")
+        ctx = torch.empty(b, 1, u.context_dim, device="meta", dtype=dtype)
+        y = torch.empty(b, u.adm_in_channels, device="meta", dtype=dtype)
+        model.unet.set_ff_chunk_size(options.ff_chunk)
+        model.unet.set_video_chunk(options.unet_videos)
+        return model.unet(x, t, context=ctx, y=y, num_video_frames=frames)
+
+    def vae_decode():
+        z = torch.empty(frames, spec.vae.z_channels, h, w, device="meta", dtype=dtype)
+        return decode_video(model.first_stage_model, z, frames, decode_t=options.decode_t, tile=options.decode_tile,
+                            tile_overlap=options.decode_tile_overlap, clamp=False)
+
+    runs = {"clip": lambda: cond.clip(image), "vae_encode": lambda: cond.vae_encoder(image), "unet": unet,
+            "vae_decode": vae_decode}
+    cache = {} if cache is None else cache
+    out = {}
+    for stage in STAGES:
+        key = _stage_key(stage, options)
+        if key not in cache:
+            cache[key] = activation_peak(runs[stage])
+        out[stage] = cache[key]
+    return out
+
+
+def plan_stages(variant="svd_xt", frames: int | None = None, height: int = 576, width: int = 1024,
+                dtype: torch.dtype = torch.float16, options: MemoryOptions = MemoryOptions(),
+                model=None, cache: dict | None = None) -> StagePlan:
+    """Weights + activation peak per stage for one img2vid run of `variant` at full size, on the meta device.
+    `model`: a meta-device model to reuse (built with `meta_model(variant, dtype, options.fp8)`); `cache`: see
+    `stage_activations`."""
+    model = model if model is not None else meta_model(variant, dtype, options.fp8)
+    frames = frames or model.spec.num_frames
+    own = stage_weights(model)
+    acts = stage_activations(model, frames, height, width, dtype, options, cache)
+    everything = sum(own.values())
+    resident = own if options.offload else {s: everything for s in STAGES}
+    return StagePlan(dict(resident), acts)
+
+
+ENCODE_MAPS = 3.2  # VAE encode of one image: about 3 full-resolution 128-channel maps (svd_xt 1024x576: 2.9)
+CLIP_ACTIVATIONS = 64 * 2 ** 20  # ViT-H/14 at 224 px, one image (svd_xt: 26 MiB)
+
+
+def memory_required(model, frames: int, height: int, width: int, dtype: torch.dtype | None = None,
+                    options: MemoryOptions = MemoryOptions()) -> dict[str, int]:
+    """Bytes each stage of an img2vid request needs on its device, keyed by `STAGES`: the stage's weights as
+    stored (all stages' without `options.offload`) plus an upper bound of its activations, in closed form (no
+    forward run): what a host passes to its memory manager before running the stage (ComfyUI's
+    `load_models_gpu(memory_required=)`). `model`: the loaded model or one on the meta device; `dtype`: the
+    compute dtype (default the model's). The bounds are the request-check constants above, checked against the
+    meta-device accounting (`plan_stages`) in tests/test_memory.py."""
+    from .ops import compute_dtype
+
+    dtype = dtype or compute_dtype(model.unet)
+    elem = torch.tensor([], dtype=dtype).element_size()
+    spec = model.spec
+    own = stage_weights(model)
+    resident = own if options.offload else {s: sum(own.values()) for s in STAGES}
+    latents = LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
+    both = not options.unet_videos or options.unet_videos >= 2  # the CFG batch's two videos in one forward
+    unet = _unet_peak(spec, frames, height, width, elem, options.ff_chunk, cfg=both)
+    tile_h, tile_w = height, width
+    if options.decode_tile:
+        tile_h, tile_w = min(height, 8 * options.decode_tile), min(width, 8 * options.decode_tile)
+    video = frames * 3 * height * width * (2 * elem + 4 * VIDEO_COPIES_F32)
+    decode = _decode_peak(spec, frames, tile_h, tile_w, elem, options.decode_t) + video + latents
+    encode = int(ENCODE_MAPS * spec.vae.ch * height * width * elem)
+    acts = {"clip": CLIP_ACTIVATIONS, "vae_encode": encode, "unet": unet + latents, "vae_decode": decode}
+    return {s: resident[s] + acts[s] + SLACK for s in STAGES}
+
+
 # ------------------------------------------------------------------------------------ request bounds (issue 12)
 # A closed-form upper bound of one generation's memory, calibrated against the meta-device accounting above
 # (tests/test_cli_safety.py checks it stays above `activation_peak` and near it). With C the UNet's first-level
@@ -291,5 +455,7 @@ def check_request_fits(model, *, frames: int, height: int, width: int, decode_t:
         f"a smaller dtype / offloading")
 
 
-__all__ = ["LiveBytes", "activation_peak", "MemoryPlan", "full_size_plan", "RequestEstimate", "estimate_request",
-           "available_bytes", "MemoryBudgetError", "check_request_fits", "largest_that_fits", "ff_chunk_of"]
+__all__ = ["STAGES", "MemoryOptions", "StagePlan", "plan_stages", "memory_required", "stage_weights", "meta_model",
+           "stage_activations", "LiveBytes", "activation_peak", "MemoryPlan", "full_size_plan", "RequestEstimate",
+           "estimate_request", "available_bytes", "MemoryBudgetError", "check_request_fits", "largest_that_fits",
+           "ff_chunk_of"]

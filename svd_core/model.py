@@ -55,13 +55,17 @@ def _group_names(keys: list[str]) -> list[str]:
 class SVDModel(nn.Module):
     """UNet (`model.diffusion_model`), VAE (`first_stage_model`), embedders (`conditioner`) and the denoiser."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, operations=None):
+        """`operations`: the namespace the weight layers are built from (`svd_core.ops`: default torch.nn; a host's
+        casting ops, e.g. ComfyUI's comfy.ops.manual_cast; `svd_core.ops.cast` for fp8 weight storage), or a dict
+        of them per part ("unet", "vae", "conditioner"; absent parts: torch.nn)."""
         super().__init__()
         _check_spec(spec)
         self.spec = spec
-        self.model = DiffusionWrapper(VideoUNet(spec.unet))
-        self.first_stage_model = FirstStage(spec.vae)
-        self.conditioner = Conditioner(spec)
+        part = (lambda name: operations.get(name)) if isinstance(operations, dict) else (lambda name: operations)
+        self.model = DiffusionWrapper(VideoUNet(spec.unet, part("unet")))
+        self.first_stage_model = FirstStage(spec.vae, part("vae"))
+        self.conditioner = Conditioner(spec, part("conditioner"))
         self.load_report: LoadReport | None = None
 
     @property
@@ -98,11 +102,12 @@ def _check_spec(spec: ModelSpec) -> None:
 
 
 def build(variant: "str | ModelSpec" = "svd_xt", device: "str | torch.device" = "cpu",
-          dtype: torch.dtype | None = None) -> SVDModel:
-    """Build a variant (name or spec). On `device="meta"` nothing is allocated: the full layout, no memory."""
+          dtype: torch.dtype | None = None, operations=None) -> SVDModel:
+    """Build a variant (name or spec). On `device="meta"` nothing is allocated: the full layout, no memory.
+    `operations`: the layer namespace (see `SVDModel`)."""
     spec = get_variant(variant)
     with torch.device(device):
-        model = SVDModel(spec)
+        model = SVDModel(spec, operations)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval().requires_grad_(False)

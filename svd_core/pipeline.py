@@ -17,10 +17,11 @@ from .denoiser import VideoCond
 from .guidance import Guidance, defaults_for
 from .object_image import object_input, replace_last_view
 from .progress import CancelFn, Cancelled, ProgressFn, report  # noqa: F401 (Cancelled: re-exported)
+from .ops import compute_dtype
 from .samplers import SAMPLERS
 from .sampling import NOISE_DEVICES, drive  # noqa: F401 (NOISE_DEVICES: re-exported for the nodes and CLI)
 from .validation import check_choice, check_request
-from .vae_decode import decode_video, encode_video
+from .vae_decode import check_tiling, decode_video, encode_video
 
 RESIZE_MODES = ("crop", "pad", "stretch")
 
@@ -101,7 +102,7 @@ def _frame_conditioning(model, image: torch.Tensor, num_frames: int, cond_aug: f
     the user-facing `micro` values (`Conditioner.micro_vector`)."""
     conditioner = model.conditioner
     device = _module_device(conditioner)
-    dtype = next(conditioner.parameters()).dtype
+    dtype = compute_dtype(conditioner)
     b, _, height, width = image.shape
     # cond_frames = image + cond_aug * noise, in [-1, 1] space (reference); noise drawn first, from the generator
     noise = torch.randn(image.shape, generator=generator, device=generator.device if generator else "cpu")
@@ -189,7 +190,7 @@ class GuidedDenoiser:
 
     def __init__(self, model, cond: Conditioning, guidance: Guidance, autocast_dtype: torch.dtype | None = None):
         self.unet_device = _module_device(model.unet)
-        self.dtype = next(model.unet.parameters()).dtype
+        self.dtype = compute_dtype(model.unet)  # fp8-stored weights compute in their recorded dtype
         self.model, self.guidance, self.num_frames = model, guidance, cond.num_frames
         self.scales = guidance.scales(cond.num_frames)
         self.cfg = bool((self.scales != 1.0).any())  # all scales 1: the conditional branch alone is exact
@@ -243,10 +244,11 @@ def sample(model, cond: Conditioning, guidance: Guidance | None = None, *, sampl
 @torch.inference_mode()
 def decode(model, latent: torch.Tensor, num_frames: int, *, decode_t: int | None = None, overlap: int = 0,
            image_decoder: bool = False, callback: ProgressFn | None = None,
-           cancel: CancelFn | None = None) -> torch.Tensor:
-    """Latent (b t) 4 h w -> frames b t 3 H W in [0, 1], `decode_t` frames per chunk (never from free memory)."""
+           cancel: CancelFn | None = None, tile: int | None = None, tile_overlap: int | None = None) -> torch.Tensor:
+    """Latent (b t) 4 h w -> frames b t 3 H W in [0, 1], `decode_t` frames per chunk (never from free memory);
+    `tile` latent pixels: spatial tiles sharing `tile_overlap` (`vae_decode.decode_video`; None/0: whole frames)."""
     fs = model.first_stage_model
-    device, dtype = _module_device(fs), next(fs.parameters()).dtype
+    device, dtype = _module_device(fs), compute_dtype(fs)
     decode_t = model.spec.decode_t if decode_t is None else decode_t
 
     def progress(done, total):
@@ -254,7 +256,8 @@ def decode(model, latent: torch.Tensor, num_frames: int, *, decode_t: int | None
 
     frames = decode_video(fs, latent.to(device, dtype), num_frames, decode_t=decode_t, overlap=overlap,
                           scale_factor=model.spec.scale_factor,
-                          image_decoder=image_decoder and model.spec.vae.decoder == "temporal", callback=progress)
+                          image_decoder=image_decoder and model.spec.vae.decoder == "temporal", callback=progress,
+                          tile=tile or None, tile_overlap=tile_overlap)
     frames = (frames.float() + 1.0) / 2.0  # [-1, 1] -> [0, 1]
     return frames.reshape(-1, num_frames, *frames.shape[1:]).clamp(0, 1).cpu()  # (b t) c h w -> b t c h w
 
@@ -268,7 +271,7 @@ def encode(model, frames: torch.Tensor, *, sample_posterior: bool = False, seed:
     if frames.ndim != 5 or frames.shape[2] != 3:
         raise ValueError(f"frames must be (batch, frames, 3, H, W) in [0, 1]; got {tuple(frames.shape)}")
     fs = model.first_stage_model
-    device, dtype = _module_device(fs), next(fs.parameters()).dtype
+    device, dtype = _module_device(fs), compute_dtype(fs)
     x = frames.flatten(0, 1).to(device, dtype) * 2.0 - 1.0  # b t c h w -> (b t) c h w in [-1, 1]
     if sample_posterior:
         generator = generator or torch.Generator().manual_seed(model.spec.seed if seed is None else seed)
@@ -294,7 +297,8 @@ def _placed(module: torch.nn.Module, device: torch.device, offload: bool):
 
 def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t, overlap, image_decoder,
          callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None,
-         ff_chunk_size=DEFAULT_FF_CHUNK, channels_last=True, noise_device="cpu"):
+         ff_chunk_size=DEFAULT_FF_CHUNK, channels_last=True, noise_device="cpu", decode_tile=None,
+         decode_tile_overlap=None):
     device = torch.device(device) if device is not None else _module_device(model.unet)
     seed = model.spec.seed if seed is None else seed
     model.unet.set_ff_chunk_size(ff_chunk_size)  # bounded feed-forward memory; identical results
@@ -310,7 +314,8 @@ def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t
                         sampler_options=sampler_options, noise_device=noise_device)
     with _placed(model.first_stage_model, device, offload):
         return decode(model, latent, cond.num_frames, decode_t=decode_t, overlap=overlap,
-                      image_decoder=image_decoder, cancel=cancel, callback=callback)
+                      image_decoder=image_decoder, cancel=cancel, tile=decode_tile, tile_overlap=decode_tile_overlap,
+                      callback=callback)
 
 
 def check_run(model, image: torch.Tensor | None, values: dict, *, guidance: Guidance | None, sampler: str,
@@ -359,9 +364,13 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
             device=None, offload: bool = False, autocast_dtype: torch.dtype | None = None,
             sampler_options: dict | None = None, noise: torch.Tensor | None = None,
             ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True,
-            noise_device: str = "cpu") -> torch.Tensor:
+            noise_device: str = "cpu", decode_tile: int | None = None,
+            decode_tile_overlap: int | None = None) -> torch.Tensor:
     """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant (steps and
-    seed None: the variant's `steps` and `seed`)."""
+    seed None: the variant's `steps` and `seed`). `decode_tile` (latent pixels; None/0: whole frames) decodes in
+    spatial tiles sharing `decode_tile_overlap` latent pixels (default a quarter tile)."""
+    check_tiling(decode_tile, decode_tile_overlap,
+                 labels={"tile": "decode_tile", "tile_overlap": "decode_tile_overlap"})
     check_run(model, image, dict(num_frames=num_frames, width=width, height=height, fps=fps,
                                  motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, steps=steps, seed=seed,
                                  decode_t=decode_t, overlap=overlap, ff_chunk_size=ff_chunk_size),
@@ -375,7 +384,8 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
     return _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
                 decode_t=decode_t, overlap=overlap, image_decoder=image_decoder, callback=callback, cancel=cancel,
                 device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=sampler_options,
-                noise=noise, ff_chunk_size=ff_chunk_size, channels_last=channels_last, noise_device=noise_device)
+                noise=noise, ff_chunk_size=ff_chunk_size, channels_last=channels_last, noise_device=noise_device,
+                decode_tile=decode_tile, decode_tile_overlap=decode_tile_overlap)
 
 
 def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 10.0,

@@ -16,6 +16,7 @@ from torch import nn
 
 from .layers import (GroupNorm32, ResBlock, add_into, add_to, like_weight, memory_format_of, records,
                      silu_after_norm, upsample_conv)
+from .ops import casts_weights, layer_class, resolve
 from .variants import VAESpec
 
 __all__ = [
@@ -61,23 +62,24 @@ def per_frame(fn, x: torch.Tensor, module: nn.Module, scale: int = 1) -> torch.T
     return out
 
 
-def normalize(channels: int, groups: int) -> nn.GroupNorm:
+def normalize(channels: int, groups: int, operations=None) -> nn.GroupNorm:
     """Encoder/Decoder `Normalize`: GroupNorm with eps 1e-6 (reference `model.py`; same keys as nn.GroupNorm)."""
-    return GroupNorm32(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+    return layer_class(GroupNorm32, operations)(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """Pre-activation residual block without timestep embedding: GN-SiLU-conv twice, 1x1 `nin_shortcut` if widths differ."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int = 32):
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 32, operations=None):
         super().__init__()
+        ops = resolve(operations)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = normalize(in_channels, groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
-        self.norm2 = normalize(out_channels, groups)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.norm1 = normalize(in_channels, groups, operations)
+        self.conv1 = ops.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.norm2 = normalize(out_channels, groups, operations)
+        self.conv2 = ops.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
+            self.nin_shortcut = ops.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return per_frame(self._forward, x, self)
@@ -97,13 +99,14 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with 1x1-conv q/k/v/proj_out, residual (reference `AttnBlock`)."""
 
-    def __init__(self, channels: int, groups: int = 32):
+    def __init__(self, channels: int, groups: int = 32, operations=None):
         super().__init__()
-        self.norm = normalize(channels, groups)
-        self.q = nn.Conv2d(channels, channels, kernel_size=1)
-        self.k = nn.Conv2d(channels, channels, kernel_size=1)
-        self.v = nn.Conv2d(channels, channels, kernel_size=1)
-        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+        ops = resolve(operations)
+        self.norm = normalize(channels, groups, operations)
+        self.q = ops.Conv2d(channels, channels, kernel_size=1)
+        self.k = ops.Conv2d(channels, channels, kernel_size=1)
+        self.v = ops.Conv2d(channels, channels, kernel_size=1)
+        self.proj_out = ops.Conv2d(channels, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h_ = self.norm(x)
@@ -118,9 +121,9 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
     """Stride-2 3x3 conv after asymmetric zero padding (0, 1, 0, 1) (reference `Downsample`, with_conv)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=None):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
+        self.conv = resolve(operations).Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
@@ -129,9 +132,9 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Nearest-neighbour x2 then 3x3 conv (reference `Upsample`, with_conv)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=None):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
+        self.conv = resolve(operations).Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return per_frame(self._forward, x, self, scale=2)
@@ -150,10 +153,12 @@ class VideoResBlock(ResnetBlock):
         groups: int = 32,
         video_kernel_size: tuple[int, int, int] = (3, 1, 1),
         alpha: float = 0.0,
+        operations=None,
     ):
-        super().__init__(in_channels, out_channels, groups)
+        super().__init__(in_channels, out_channels, groups, operations)
         # openaimodel 3-D ResBlock with skip_t_emb: GN32-SiLU-Conv3d twice over "b c t h w", identity skip
-        self.time_stack = ResBlock(out_channels, None, dims=3, kernel_size=tuple(video_kernel_size), groups=groups)
+        self.time_stack = ResBlock(out_channels, None, dims=3, kernel_size=tuple(video_kernel_size), groups=groups,
+                                   operations=operations)
         self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))  # merge_strategy "learned"
 
     def spatial(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,22 +175,85 @@ class VideoResBlock(ResnetBlock):
         """The temporal half on the spatial half's output. Without autograd `x` is updated in place: callers
         that run the halves separately (the decoder) free the block's input before this half."""
         x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)  # frames onto a conv3d depth axis
-        h_t = self.time_stack.residual(x)
         # a (x + h_t) + (1 - a) x = x + a h_t: the blend and the time_stack's identity skip in one kernel
         alpha = torch.sigmoid(self.mix_factor).to(x.dtype)
-        x = add_to(x, h_t, alpha)
+        if _by_rows(self.time_stack, x):
+            _add_time_stack_by_rows(self.time_stack, x, alpha)
+        else:
+            x = add_to(x, self.time_stack.residual(x), alpha)
         return rearrange(x, "b c t h w -> (b t) c h w")
+
+
+# Without autograd, the temporal half of a decoder block on more than this many frame-pixels (t x h x w) runs on
+# slices of rows: its (3, 1, 1) convolutions mix frames, never pixels, so only the group norms need the whole map,
+# and their statistics are gathered first (`_group_norm_stats`). The block's input and one more map stay alive
+# instead of three (SVD-XT decode_t 14 at 1024x576: the decoder's peak goes from 3.2 to about 2 full-size maps).
+TEMPORAL_ROWS_PIXELS = 14 * 32 * 1024
+
+
+def _by_rows(time_stack: ResBlock, x: torch.Tensor) -> bool:
+    norms = (time_stack.in_layers[0], time_stack.out_layers[0])
+    return (x.ndim == 5 and x.shape[2] * x.shape[3] * x.shape[4] > TEMPORAL_ROWS_PIXELS and x.shape[3] > 1
+            and not records(x, *time_stack.parameters()) and not any(casts_weights(n) for n in norms)
+            and time_stack.emb_layers is None and isinstance(time_stack.skip_connection, nn.Identity))
+
+
+def _group_norm_stats(x: torch.Tensor, norm: nn.GroupNorm, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) with norm(x) = x * scale + shift for x "b c t h w", the group statistics summed
+    in float64 over slices of `rows` rows (no full-size temporary). Shapes b c 1 1 1."""
+    b, c = x.shape[:2]
+    g = norm.num_groups
+    s1 = torch.zeros(b, g, dtype=torch.float64, device=x.device)
+    s2 = torch.zeros_like(s1)
+    for r in range(0, x.shape[3], rows):
+        piece = x[:, :, :, r:r + rows].float().reshape(b, g, -1)  # b c t rh w -> b g (c/g t rh w)
+        s1 += piece.sum(-1, dtype=torch.float64)
+        s2 += piece.square().sum(-1, dtype=torch.float64)
+    count = x.numel() // (b * g)
+    mean = s1 / count
+    rstd = torch.rsqrt((s2 / count - mean * mean).clamp_min(0) + norm.eps)  # b g
+    per_channel = lambda t: t.repeat_interleave(c // g, dim=1)  # noqa: E731 - b g -> b c
+    scale = per_channel(rstd) * norm.weight.double()
+    shift = norm.bias.double() - per_channel(mean) * scale
+    return scale.float()[:, :, None, None, None], shift.float()[:, :, None, None, None]
+
+
+def _add_time_stack_by_rows(time_stack: ResBlock, x: torch.Tensor, alpha: torch.Tensor) -> None:
+    """x += alpha * time_stack.residual(x), in place, slice of rows by slice of rows (see TEMPORAL_ROWS_PIXELS):
+    the group norms with whole-map statistics, normalised in float32 like `GroupNorm32`; then SiLU and the
+    (3, 1, 1) convolution on each slice. The intermediate map between the two convolutions is the only other
+    full-size tensor."""
+    norm1, _, conv1 = time_stack.in_layers
+    norm2, conv2 = time_stack.out_layers[0], time_stack.out_layers[-1]
+    rows = max(1, TEMPORAL_ROWS_PIXELS // (x.shape[2] * x.shape[4]))
+    scale, shift = _group_norm_stats(x, norm1, rows)
+    mid = None
+    for r in range(0, x.shape[3], rows):
+        h = F.silu((x[:, :, :, r:r + rows].float() * scale + shift).to(x.dtype), inplace=True)
+        h = conv1(h)  # b c t rh w: mixes frames only
+        if mid is None:
+            mid = torch.empty(x.shape, dtype=h.dtype, device=h.device)
+        mid[:, :, :, r:r + rows] = h
+        del h
+    scale, shift = _group_norm_stats(mid, norm2, rows)
+    for r in range(0, x.shape[3], rows):
+        h = F.silu((mid[:, :, :, r:r + rows].float() * scale + shift).to(x.dtype), inplace=True)
+        x[:, :, :, r:r + rows].addcmul_(conv2(h), alpha)  # b c t rh w: this slice of x + a h_t
 
 
 class AE3DConv(nn.Conv2d):
     """Decoder `conv_out`: a 3x3 Conv2d per frame followed by `time_mix_conv`, a Conv3d over "b c t h w"."""
 
+    _cast_by_ops = False
+
     def __init__(
-        self, in_channels: int, out_channels: int, video_kernel_size: tuple[int, int, int] = (3, 1, 1), **kwargs
+        self, in_channels: int, out_channels: int, video_kernel_size: tuple[int, int, int] = (3, 1, 1),
+        operations=None, **kwargs
     ):
         super().__init__(in_channels, out_channels, **kwargs)
         padding = tuple(k // 2 for k in video_kernel_size)
-        self.time_mix_conv = nn.Conv3d(out_channels, out_channels, tuple(video_kernel_size), padding=padding)
+        self.time_mix_conv = resolve(operations).Conv3d(out_channels, out_channels, tuple(video_kernel_size),
+                                                        padding=padding)
 
     def forward(self, x: torch.Tensor, num_frames: int, skip_video: bool = False) -> torch.Tensor:  # type: ignore[override]
         x = super().forward(x)
@@ -199,11 +267,12 @@ class AE3DConv(nn.Conv2d):
 class Encoder(nn.Module):
     """Image encoder to the 2*z_channels Gaussian moments (reference `Encoder`, double_z, no attn_resolutions)."""
 
-    def __init__(self, spec: VAESpec):
+    def __init__(self, spec: VAESpec, operations=None):
         super().__init__()
+        ops = resolve(operations)
         ch, mult, g = spec.ch, tuple(spec.ch_mult), spec.norm_groups
         self.num_resolutions, self.num_res_blocks = len(mult), spec.num_res_blocks
-        self.conv_in = nn.Conv2d(spec.in_channels, ch, kernel_size=3, stride=1, padding=1)
+        self.conv_in = ops.Conv2d(spec.in_channels, ch, kernel_size=3, stride=1, padding=1)
         in_mult = (1,) + mult
         self.down = nn.ModuleList()
         block_in = ch
@@ -212,17 +281,17 @@ class Encoder(nn.Module):
             stage = nn.Module()
             stage.block = nn.ModuleList()
             for _ in range(self.num_res_blocks):
-                stage.block.append(ResnetBlock(block_in, block_out, g))
+                stage.block.append(ResnetBlock(block_in, block_out, g, operations))
                 block_in = block_out
             if level != self.num_resolutions - 1:
-                stage.downsample = Downsample(block_in)
+                stage.downsample = Downsample(block_in, operations)
             self.down.append(stage)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, g)
-        self.mid.attn_1 = AttnBlock(block_in, g)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, g)
-        self.norm_out = normalize(block_in, g)
-        self.conv_out = nn.Conv2d(block_in, 2 * spec.z_channels, kernel_size=3, stride=1, padding=1)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, g, operations)
+        self.mid.attn_1 = AttnBlock(block_in, g, operations)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, g, operations)
+        self.norm_out = normalize(block_in, g, operations)
+        self.conv_out = ops.Conv2d(block_in, 2 * spec.z_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -239,21 +308,24 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Latent to image decoder; `temporal=True` builds the `VideoDecoder` ("conv-only": VideoResBlock + AE3DConv)."""
 
-    def __init__(self, spec: VAESpec, temporal: bool):
+    def __init__(self, spec: VAESpec, temporal: bool, operations=None):
         super().__init__()
+        ops = resolve(operations)
         ch, mult, g = spec.ch, tuple(spec.ch_mult), spec.norm_groups
         self.temporal = temporal
         self.num_resolutions, self.num_res_blocks = len(mult), spec.num_res_blocks
         kernel = tuple(spec.video_kernel_size)
 
         def resblock(cin: int, cout: int) -> nn.Module:
-            return VideoResBlock(cin, cout, g, kernel) if temporal else ResnetBlock(cin, cout, g)
+            if temporal:
+                return VideoResBlock(cin, cout, g, kernel, operations=operations)
+            return ResnetBlock(cin, cout, g, operations)
 
         block_in = ch * mult[-1]
-        self.conv_in = nn.Conv2d(spec.z_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.conv_in = ops.Conv2d(spec.z_channels, block_in, kernel_size=3, stride=1, padding=1)
         self.mid = nn.Module()
         self.mid.block_1 = resblock(block_in, block_in)
-        self.mid.attn_1 = AttnBlock(block_in, g)  # "conv-only": the mid attention stays spatial
+        self.mid.attn_1 = AttnBlock(block_in, g, operations)  # "conv-only": the mid attention stays spatial
         self.mid.block_2 = resblock(block_in, block_in)
         up: list[nn.Module] = []
         for level in reversed(range(self.num_resolutions)):
@@ -264,14 +336,15 @@ class Decoder(nn.Module):
                 stage.block.append(resblock(block_in, block_out))
                 block_in = block_out
             if level != 0:
-                stage.upsample = Upsample(block_in)
+                stage.upsample = Upsample(block_in, operations)
             up.insert(0, stage)  # up[0] is the full-resolution stage, as in the reference
         self.up = nn.ModuleList(up)
-        self.norm_out = normalize(block_in, g)
+        self.norm_out = normalize(block_in, g, operations)
         if temporal:
-            self.conv_out = AE3DConv(block_in, spec.out_channels, kernel, kernel_size=3, stride=1, padding=1)
+            self.conv_out = layer_class(AE3DConv, operations)(block_in, spec.out_channels, kernel, operations,
+                                                        kernel_size=3, stride=1, padding=1)
         else:
-            self.conv_out = nn.Conv2d(block_in, spec.out_channels, kernel_size=3, stride=1, padding=1)
+            self.conv_out = ops.Conv2d(block_in, spec.out_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z: torch.Tensor, num_frames: int = 1, skip_video: bool = False) -> torch.Tensor:
         """`skip_video`: a temporal decoder decodes each frame on its own through its spatial layers."""
@@ -279,13 +352,30 @@ class Decoder(nn.Module):
         for level in reversed(range(self.num_resolutions)):
             layers += list(self.up[level].block) + ([self.up[level].upsample] if level != 0 else [])
         h = self.conv_in(z)
+        pending = None  # an upsampling folded into the next block's frame slices
         for layer in layers:
+            if isinstance(layer, Upsample) and not records(h, *layer.parameters()):
+                pending = layer
+                continue
+            if pending is not None and isinstance(layer, ResnetBlock):
+                # nearest 2x + conv, then the block's spatial half, slice of frames by slice: the upsampled
+                # (wider) map never exists whole
+                up = pending
+                h = per_frame(lambda s, out=None: layer._forward(up._forward(s), out=out), h, layer, scale=2)
+                pending = None
+                if isinstance(layer, VideoResBlock) and not skip_video:
+                    h = layer.temporal(h, num_frames)
+                continue
+            if pending is not None:
+                h, pending = pending(h), None
             if isinstance(layer, VideoResBlock):
                 h = layer.spatial(h)  # rebinding h frees the block's input before the temporal half runs
                 if not skip_video:
                     h = layer.temporal(h, num_frames)
             else:
                 h = layer(h)
+        if pending is not None:
+            h = pending(h)
         h = self.norm_out(h)
         h = silu_after_norm(h)
         return self.conv_out(h, num_frames, skip_video) if self.temporal else self.conv_out(h)
@@ -313,18 +403,19 @@ def _split_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class FirstStage(nn.Module):
     """`first_stage_model`: encoder (optional), quant convs (image-AE layout only), temporal or image decoder."""
 
-    def __init__(self, spec: VAESpec):
+    def __init__(self, spec: VAESpec, operations=None):
         super().__init__()
         if spec.decoder not in ("temporal", "image"):
             raise ValueError(f"VAESpec.decoder must be 'temporal' or 'image', got {spec.decoder!r}")
+        ops = resolve(operations)
         self.spec = spec
-        self.encoder = Encoder(spec) if spec.first_stage_encoder else None
+        self.encoder = Encoder(spec, operations) if spec.first_stage_encoder else None
         if spec.first_stage_quant:
-            self.quant_conv = nn.Conv2d(2 * spec.z_channels, 2 * spec.z_channels, kernel_size=1)
-            self.post_quant_conv = nn.Conv2d(spec.z_channels, spec.z_channels, kernel_size=1)
+            self.quant_conv = ops.Conv2d(2 * spec.z_channels, 2 * spec.z_channels, kernel_size=1)
+            self.post_quant_conv = ops.Conv2d(spec.z_channels, spec.z_channels, kernel_size=1)
         else:
             self.quant_conv = self.post_quant_conv = None
-        self.decoder = Decoder(spec, temporal=spec.decoder == "temporal")
+        self.decoder = Decoder(spec, temporal=spec.decoder == "temporal", operations=operations)
 
     @property
     def temporal(self) -> bool:
@@ -374,13 +465,14 @@ class FirstStage(nn.Module):
 class CondEncoder(nn.Module):
     """Conditioner's `AutoencoderKLModeOnly` copy (`conditioner.embedders.N.encoder.`): encode = quant_conv(encoder(x)) mode."""
 
-    def __init__(self, spec: VAESpec):
+    def __init__(self, spec: VAESpec, operations=None):
         super().__init__()
+        ops = resolve(operations)
         self.spec = spec
-        self.encoder = Encoder(spec)
-        self.decoder = Decoder(spec, temporal=False)  # carried by the files, never used at inference
-        self.quant_conv = nn.Conv2d(2 * spec.z_channels, 2 * spec.z_channels, kernel_size=1)
-        self.post_quant_conv = nn.Conv2d(spec.z_channels, spec.z_channels, kernel_size=1)
+        self.encoder = Encoder(spec, operations)
+        self.decoder = Decoder(spec, temporal=False, operations=operations)  # in the files, never used at inference
+        self.quant_conv = ops.Conv2d(2 * spec.z_channels, 2 * spec.z_channels, kernel_size=1)
+        self.post_quant_conv = ops.Conv2d(spec.z_channels, spec.z_channels, kernel_size=1)
 
     def drop_decoder(self, include_post_quant_conv: bool = True) -> "CondEncoder":
         """Remove the unused decoder (and by default post_quant_conv): released files may omit them; returns self."""

@@ -79,6 +79,8 @@ RULES: dict[str, Rule] = {
     "seed": Rule(int, 0, MAX_SEED),
     "decode_t": Rule(int, 1, None, None, "frames decoded at a time"),
     "overlap": Rule(int, 0),
+    "decode_tile": Rule(int, 0, MAX_SIDE // 8, None, "latent pixels per spatial decode tile (>= 4); 0: whole frames"),
+    "decode_tile_overlap": Rule(int, 0, MAX_SIDE // 16, None, "latent pixels shared by neighbouring decode tiles"),
     "window": Rule(int, 1, MAX_FRAMES, None, "frames per sliding window"),
     "clip_frames": Rule(int, 2, MAX_FRAMES, None, "each chained clip adds clip_frames - 1 new frames"),
     "batch_size": Rule(int, 1, MAX_FRAMES, None, "frame pairs sampled together"),

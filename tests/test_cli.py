@@ -98,6 +98,8 @@ def test_help_states_the_per_variant_defaults(capsys):
     ({"--width": "100"}, "argument --width: 100 is impossible: expected an integer in [64, 1048576], a multiple of 64"),
     ({"--frames": "0"}, "argument --frames: 0 is impossible"),
     ({"--checkpoint": "tiny_sv3d_p.safetensors"}, "use `python -m svd_core orbit`"),
+    ({"--decode-tile": "2"}, "--decode-tile must be an int >= 4, got 2"),
+    ({"--decode-tile": "8", "--decode-tile-overlap": "4"}, "--decode-tile-overlap must be less than half the tile"),
 ])
 def test_clear_errors(files, change, message, capsys):
     (files["dir"] / "in.txt").write_text("not an image")
@@ -117,3 +119,21 @@ def test_info_reports_variant(files, capsys):
     assert main(["info", str(files["sv3d"])]) == 0
     out = capsys.readouterr().out
     assert "variant tiny_sv3d_p" in out and "defaults: 4 steps, seed 23" in out  # the spec's (tiny: 4 steps)
+
+
+@pytest.mark.slow  # four tiny img2vid runs
+def test_memory_options_fp8_cfg_in_turn_and_decode_tiles(files):
+    """--cfg-in-turn gives the same video (float32); --decode-tile and --fp8-weights (bf16 compute) run and stay
+    close to it."""
+    def frames(name, *extra):
+        out = files["dir"] / name
+        assert main(["img2vid", "--checkpoint", str(files["svd"]), "--image", str(files["image"]), "--out", str(out),
+                     "--steps", "2", "--frames", "3", *extra]) == 0
+        return np.stack([np.asarray(Image.open(p), dtype=np.float32) / 255 for p in sorted(out.glob("*.png"))])
+
+    plain = frames("plain", "--dtype", "float32")
+    assert np.abs(frames("in_turn", "--dtype", "float32", "--cfg-in-turn") - plain).max() <= 2 / 255
+    tiled = frames("tiled", "--dtype", "float32", "--decode-tile", "8", "--decode-tile-overlap", "2")
+    assert tiled.shape == plain.shape and 0 < np.abs(tiled - plain).mean() < 0.1
+    fp8 = frames("fp8", "--dtype", "bfloat16", "--fp8-weights", "--cfg-in-turn")
+    assert fp8.shape == plain.shape and np.abs(fp8 - plain).mean() < 0.2

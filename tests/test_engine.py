@@ -400,3 +400,36 @@ def test_every_path_embeds_the_same_micro_vector():
         values = dict(fps=fps, motion_bucket_id=motion, cond_aug=drawn, elevation=extra.get("elevation"))
         assert torch.equal(got, model.conditioner.micro_vector(1, n, **values)), model.spec.name
         assert not torch.equal(got, model.conditioner.micro_vector(1, n, **{**values, "fps": fps - 1}))
+
+
+def test_unet_video_chunk_gives_the_same_output():
+    """`set_video_chunk(1)`: the guided batch's videos one after the other (control residuals sliced with them)
+    give the whole batch's output; in grad mode (training) the batch runs whole."""
+    model = tiny_model(TINY, seed=0)
+    u, frames = TINY.unet, TINY.num_frames
+    g = torch.Generator().manual_seed(5)
+    b = 3 * frames
+    x = torch.randn(b, u.in_channels, 8, 8, generator=g)
+    args = dict(timesteps=torch.rand(b, generator=g), context=torch.randn(b, 1, u.context_dim, generator=g),
+                y=torch.randn(b, u.adm_in_channels, generator=g), num_video_frames=frames,
+                image_only_indicator=(torch.rand(3, frames, generator=g) > 0.7).float())
+    shapes = []
+    hook = model.unet.middle_block.register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+    with torch.inference_mode():
+        whole = model.unet(x, **args)
+    hook.remove()
+    control = {"middle": [torch.randn(shapes[0], generator=g)], "output": [None, torch.randn(shapes[0], generator=g)]}
+    with torch.inference_mode():
+        whole_ctrl = model.unet(x, **args, control=control)
+        for videos in (1, 2):
+            model.unet.set_video_chunk(videos)
+            torch.testing.assert_close(model.unet(x, **args), whole, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model.unet(x, **args, control=control), whole_ctrl, rtol=1e-5, atol=1e-5)
+    assert (whole_ctrl - whole).abs().max() > 1e-2
+    calls = []
+    model.unet._forward_by_videos = lambda *a: calls.append(1)
+    model.unet(x[:frames * 2], **{k: v[:frames * 2] if k in ("timesteps", "context", "y") else v
+                                  for k, v in args.items() if k != "image_only_indicator"})
+    assert not calls  # grad mode: whole batch
+    with pytest.raises(ValueError, match="video chunk must be None or an int >= 0"):
+        model.unet.set_video_chunk(-1)

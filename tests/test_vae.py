@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from svd_core.convert import state_dict_diffusers_to_sgm, state_dict_sgm_to_diffusers, vae_layout
 from svd_core.vae import CondEncoder, FirstStage
-from svd_core.vae_decode import _blend_weights, chunk_windows, decode_video, encode_video
+from svd_core.vae_decode import (_blend_weights, chunk_windows, decode_video, encode_video, spatial_weights,
+                                 tile_windows)
 from svd_core.variants import SV3D_U, SVD, SVD_IMAGE_DECODER, VAESpec
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -327,3 +330,65 @@ def test_bad_arguments_give_clear_errors(temporal_pair, image_pair):
     decoder_only = FirstStage(replace(SMALL, decoder="image", first_stage_encoder=False))
     with pytest.raises(ValueError, match=r"this first stage has no encoder \(decoder-only layout"):
         decoder_only.encode(torch.zeros(1, 3, 32, 32))
+
+
+# ------------------------------------------------------------------------------------------ spatial tiles (issue 13)
+TILE_REL_TOL = 0.12  # relative L2 of a tiled decode vs the whole frame: tile 12 / overlap 5 on 16x16 latents (0.09)
+
+
+@given(size=st.integers(1, 80), tile=st.integers(4, 40), overlap=st.integers(0, 19), scale=st.sampled_from([1, 8]),
+       ramp=st.sampled_from(["linear", "cosine"]))
+@settings(max_examples=60, deadline=2000)
+def test_spatial_tile_weights_sum_to_one(size, tile, overlap, scale, ramp):
+    if 2 * overlap >= tile:
+        overlap = (tile - 1) // 2
+    windows = tile_windows(size, tile, overlap)
+    assert windows[0][0] == 0 and windows[-1][1] == size
+    cover = torch.zeros(size, dtype=torch.int64)
+    total = torch.zeros(size * scale, dtype=torch.float64)
+    for i, (s, e) in enumerate(windows):
+        cover[s:e] += 1
+        total[s * scale:e * scale] += spatial_weights(windows, i, scale, ramp)
+    assert cover.max() <= 2 and cover.min() >= 1
+    assert torch.allclose(total, torch.ones_like(total))  # the 2-D weights are products: they sum to one too
+
+
+@torch.no_grad()
+def test_spatially_tiled_decode(temporal_pair):
+    ours, _ = temporal_pair
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(8))
+    full = decode_video(ours, z, 2, clamp=False)
+    assert torch.equal(decode_video(ours, z, 2, clamp=False, tile=16), full)  # one tile: the whole frame
+    narrow = decode_video(ours, z, 2, clamp=False, tile=12, tile_overlap=2)
+    tiled = decode_video(ours, z, 2, clamp=False, tile=12, tile_overlap=5)  # tiles (0, 12) and (7, 16)
+    errors = [((t - full).norm() / full.norm()).item() for t in (narrow, tiled)]
+    assert 0 < errors[1] < TILE_REL_TOL < errors[0]  # more overlap, closer to the whole-frame decode
+    # away from every seam a pixel is its tile's own decode: latent rows / columns 0..6 lie in tile (0, 12) only
+    own = decode_video(ours, z[..., :12, :12], 2, clamp=False)
+    assert _maxdiff(tiled[..., :56, :56], own[..., :56, :56]) < 1e-5
+    cosine = decode_video(ours, z, 2, clamp=False, tile=12, tile_overlap=5, tile_ramp="cosine")
+    assert ((cosine - full).norm() / full.norm()).item() < TILE_REL_TOL and _maxdiff(cosine, tiled) > 1e-4
+    with pytest.raises(ValueError, match="tile_overlap must be less than half the tile"):
+        decode_video(ours, z, 2, tile=8, tile_overlap=4)
+    with pytest.raises(ValueError, match="tile_ramp='box'"):
+        decode_video(ours, z, 2, tile=8, tile_ramp="box")
+
+
+@torch.no_grad()
+def test_temporal_half_by_rows_matches_whole_map(temporal_pair, monkeypatch):
+    """The decoder blocks' temporal half on slices of rows (group-norm statistics gathered first) is the
+    whole-map computation up to float rounding; so is the upsampling folded into the next block's frame slices
+    (checked against diffusers by test_temporal_decode_matches_diffusers)."""
+    import svd_core.vae as vae
+
+    ours, _ = temporal_pair
+    z = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    monkeypatch.setattr(vae, "TEMPORAL_ROWS_PIXELS", 10 ** 12)  # never by rows
+    whole = decode_video(ours, z, FRAMES, clamp=False)
+    calls = []
+    original = vae._add_time_stack_by_rows
+    monkeypatch.setattr(vae, "_add_time_stack_by_rows", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(vae, "TEMPORAL_ROWS_PIXELS", 1)  # one row per slice
+    rows = decode_video(ours, z, FRAMES, clamp=False)
+    assert len(calls) == sum(isinstance(m, vae.VideoResBlock) for m in ours.decoder.modules())  # all 14
+    assert _maxdiff(rows, whole) < 1e-4 * whole.abs().max().item()

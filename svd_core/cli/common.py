@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..attention import DEFAULT_FF_CHUNK
 from ..validation import MAX_STEPS, arg_type
+from ..vae_decode import check_tiling
 from ..video_io import MAX_FPS, MIN_FPS
 from . import CLIError
 
@@ -87,6 +88,18 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                         help="weights dtype (auto: float16 on GPU, float32 on CPU)")
     parser.add_argument("--offload", action="store_true", help="keep CLIP / VAE on the CPU while the UNet samples")
+    parser.add_argument("--fp8-weights", action="store_true",
+                        help="store the UNet's Linear/Conv weights in float8_e4m3fn (half of fp16), upcast per layer "
+                             "to --dtype at compute")
+    parser.add_argument("--cfg-in-turn", action="store_true",
+                        help="run the guided UNet step's unconditional and conditional branches one after the other "
+                             "(same result, about half the UNet's activation memory)")
+    parser.add_argument("--decode-tile", type=arg_type("decode_tile", "--decode-tile"), default=0,
+                        help="decode in spatial tiles of N latent pixels (8N pixels; >= 4), blended where they "
+                             "overlap; 0 decodes whole frames")
+    parser.add_argument("--decode-tile-overlap", type=arg_type("decode_tile_overlap", "--decode-tile-overlap"),
+                        default=None, help="latent pixels shared by neighbouring decode tiles (default a quarter "
+                                           "tile; below half the tile)")
     parser.add_argument("--ff-chunk", type=arg_type("ff_chunk_size", "--ff-chunk"), default=DEFAULT_FF_CHUNK,
                         help="run transformer feed-forwards N token rows at a time (lower peak memory, same result; "
                              f"0 runs them whole; default {DEFAULT_FF_CHUNK})")
@@ -101,6 +114,11 @@ def check_options(args) -> None:
 
     if args.decode_t is not None and args.overlap >= args.decode_t:
         raise CLIError(f"--overlap {args.overlap} must be smaller than --decode-t {args.decode_t}")
+    try:
+        check_tiling(getattr(args, "decode_tile", 0), getattr(args, "decode_tile_overlap", None),
+                     labels={"tile": "--decode-tile", "tile_overlap": "--decode-tile-overlap"})
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     try:
         check_output(args.out, "--out")
         fps_option = "--out-fps" if args.out_fps else "--fps" if getattr(args, "fps", None) else None
@@ -151,11 +169,17 @@ def plan_model(args, require=None):
 def load_model(args):
     import svd_core
 
+    from .. import ops
+
     device, dtype = _device_and_dtype(args)
     try:
-        model = svd_core.load(Path(args.checkpoint), device="cpu" if args.offload else device, dtype=dtype)
+        model = svd_core.load(Path(args.checkpoint), device="cpu" if args.offload else device, dtype=dtype,
+                              operations={"unet": ops.cast} if getattr(args, "fp8_weights", False) else None)
     except (ValueError, OSError) as exc:  # CheckpointError: unsupported or broken file
         raise CLIError(f"--checkpoint: {exc}") from None
+    if getattr(args, "fp8_weights", False):
+        ops.store_fp8(model.unet, compute_dtype=dtype)
+    model.unet.set_video_chunk(1 if getattr(args, "cfg_in_turn", False) else None)
     print(model.load_report.summary(), file=sys.stderr)
     return model, device
 

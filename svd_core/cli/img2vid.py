@@ -45,7 +45,8 @@ def run(args) -> int:
                          guidance=guidance, sampler=args.sampler, schedule=args.schedule, steps=args.steps,
                          seed=args.seed, decode_t=args.decode_t, overlap=args.overlap,
                          image_decoder=args.image_decoder, callback=progress_printer(), device=device,
-                         offload=args.offload, ff_chunk_size=args.ff_chunk, noise_device=args.noise_device)
+                         offload=args.offload, ff_chunk_size=args.ff_chunk, noise_device=args.noise_device,
+                         decode_tile=args.decode_tile, decode_tile_overlap=args.decode_tile_overlap)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     fps = args.out_fps or args.fps or model.spec.fps
