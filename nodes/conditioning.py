@@ -64,7 +64,18 @@ class ImageConditioning(io.ComfyNode):
                                      "higher = more motion)."),
                 *_common_inputs(0.02),
             ],
-            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP)],
+            outputs=[
+                SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP),
+                io.Conditioning.Output(display_name="positive", tooltip=(
+                    "The same conditioning as native CONDITIONING for the loader's native MODEL (KSampler, "
+                    "SamplerCustomAdvanced, guiders): CLIP token, noised first-frame latent, fps / motion bucket / "
+                    "cond_aug. First image of a batch only (native sampling treats a batch as one video).")),
+                io.Conditioning.Output(display_name="negative", tooltip=(
+                    "The reference's unconditional branch as native CONDITIONING: zero CLIP token and zero "
+                    "first-frame latent, same fps / motion bucket / cond_aug.")),
+                io.Latent.Output(display_name="latent", tooltip=(
+                    "An empty latent of num_frames frames at width x height, the start of native KSampler.")),
+            ],
         )
 
     @classmethod
@@ -75,11 +86,13 @@ class ImageConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, svd_model, image, width, height, num_frames, fps, motion_bucket_id, cond_aug, resize_mode,
                 seed) -> io.NodeOutput:
-        model = svd_model.acquire()
+        from .native import native_conditioning
+
+        model = svd_model.acquire("conditioner")
         cond = engine().image_conditioning(
             model, image_to_bchw(image), num_frames=num_frames, width=width, height=height, fps=fps,
             motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed)
-        return io.NodeOutput(cond)
+        return io.NodeOutput(cond, *native_conditioning(cond, fps, motion_bucket_id, cond_aug))
 
 
 def parse_angles(node_id: str, name: str, text: str, num_frames: int | None, default=None) -> list[float] | None:
@@ -171,7 +184,7 @@ class OrbitConditioning(io.ComfyNode):
         from .multiview import object_alpha
 
         alpha = object_alpha(cls.ID, image, mask, mask_is)
-        model = svd_model.acquire()
+        model = svd_model.acquire("conditioner")
         cond = engine().orbit_conditioning(
             model, image_to_bchw(image), elevations=elev, azimuths=azim, num_frames=num_frames, width=width,
             height=height, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed, mask=alpha,

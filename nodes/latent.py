@@ -5,7 +5,7 @@ from comfy_api.latest import io
 from einops import rearrange
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDModel, bad_input, check_inputs, engine, frames_to_image,
-                     latent_frames, latent_out)
+                     latent_frames, latent_out, stage_memory)
 
 
 class Decode(io.ComfyNode):
@@ -45,8 +45,10 @@ class Decode(io.ComfyNode):
     @classmethod
     def execute(cls, svd_model, latent, decode_t, overlap, image_decoder) -> io.NodeOutput:
         num_frames = latent_frames(latent)
-        model = svd_model.acquire()
         samples = latent["samples"]
+        need = stage_memory(svd_model.model, "vae", samples.shape[0], samples.shape[-2] * 8, samples.shape[-1] * 8,
+                            decode_t)
+        model = svd_model.acquire("vae", memory_required=need)
         progress = Progress(samples.shape[0])
         frames = engine().decode(model, samples, num_frames, decode_t=decode_t, overlap=overlap,
                                  image_decoder=image_decoder, callback=progress.absolute)
@@ -87,7 +89,7 @@ class Encode(io.ComfyNode):
         if frames.shape[1] % 64 or frames.shape[2] % 64:
             raise bad_input(cls.ID, "frames", f"size {frames.shape[2]}x{frames.shape[1]} must be a multiple of 64 "
                                               f"(resize the frames first)")
-        model = svd_model.acquire()
+        model = svd_model.acquire("vae")
         Progress(1)
         video = rearrange(frames[..., :3].float(), "(b t) h w c -> b t c h w", t=t)  # IMAGE batch -> videos
         samples = engine().encode(model, video, sample_posterior=sample_posterior, seed=seed)

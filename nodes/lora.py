@@ -26,10 +26,10 @@ class LoRAModel(LoadedSVD):
     stack: list = field(default_factory=list)  # [(svd_core.lora.LoRA, strength)]
     merged: bool = False
 
-    def acquire(self):
+    def acquire(self, *stages: str, memory_required: int = 0):
         from svd_core.lora import LoRAView
 
-        return LoRAView(self.base.acquire(), self.stack, merged=self.merged)
+        return LoRAView(self.base.acquire(*stages, memory_required=memory_required), self.stack, merged=self.merged)
 
 
 def _lora_files() -> list[str]:

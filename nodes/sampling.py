@@ -8,7 +8,7 @@ from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
-                     engine, latent_frames, latent_out)
+                     engine, latent_frames, latent_out, stage_memory)
 
 STEPS_TOOLTIP = ("Sampling steps; 0 = the loaded model's reference value (svd / svd_image_decoder 25, svd_xt / "
                  "svd_xt_1_1 / svd_xt_image_decoder 30, sv3d_u / sv3d_p 50).")
@@ -68,7 +68,9 @@ class Sampler(io.ComfyNode):
                 raise bad_input(cls.ID, "latent", f"has {frames} frames per video but the conditioning has "
                                                   f"{conditioning.num_frames} (match num_frames)")
         steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
-        model = svd_model.acquire()
+        need = stage_memory(svd_model.model, "unet", conditioning.batch * conditioning.num_frames,
+                            conditioning.height, conditioning.width)
+        model = svd_model.acquire("unet", memory_required=need)
         progress = Progress(steps)
         samples = engine().sample(model, conditioning, guidance, sampler=sampler, schedule=schedule, steps=steps,
                                   seed=seed, init_latent=init, denoise=denoise, callback=progress.absolute,
