@@ -203,3 +203,35 @@ def native_conditioning(cond, fps: float, motion_bucket_id: float, cond_aug: flo
     negative = [[torch.zeros_like(token), {**keys, "concat_latent_image": torch.zeros_like(latent)}]]
     empty = {"samples": torch.zeros((t, latent.shape[1], *latent.shape[-2:]))}
     return positive, negative, empty
+
+
+def lora_reference(patcher) -> nn.Module:
+    """A module with the names `svd_core.lora.load_lora` reads a LoRA file against (`model.diffusion_model.*`),
+    over a native MODEL of the pack (no weights moved or copied), or None for another pack's model."""
+    native = getattr(patcher, "model", None)
+    if not isinstance(native, NativeSVD):
+        return None
+    holder = nn.Module()
+    holder.spec = native.spec
+    holder.model = nn.Module()
+    holder.model.diffusion_model = native.diffusion_model.unet
+    return holder
+
+
+def lora_patched(patcher, adapter, strength: float):
+    """`patcher` cloned with `adapter` (an `svd_core.lora.LoRA`) as ComfyUI weight patches at `strength`: keys
+    `diffusion_model.<reference path>.weight`, the LoRA in ComfyUI's generic format (lora_up / lora_down / alpha,
+    delta = strength * alpha / rank * up @ down as `svd_core.lora`), so it stacks with other LoRAs and ComfyUI
+    unpatches it. Returns the clone and the layer paths the model lacks (none applied then)."""
+    import comfy.lora
+    from svd_core.lora import UNET_PREFIX, lora_state_dict
+
+    tensors = {"diffusion_model." + k[len(UNET_PREFIX):]: v for k, v in lora_state_dict(adapter, "native").items()}
+    key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
+    wanted = {k.rsplit(".lora_up.weight", 1)[0] for k in tensors if k.endswith(".lora_up.weight")}
+    missing = sorted(k for k in wanted if k not in key_map)
+    if missing:
+        return None, missing
+    clone = patcher.clone()
+    clone.add_patches(comfy.lora.load_lora(tensors, key_map, log_missing=False), float(strength))
+    return clone, []
