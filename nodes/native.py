@@ -235,3 +235,56 @@ def lora_patched(patcher, adapter, strength: float):
     clone = patcher.clone()
     clone.add_patches(comfy.lora.load_lora(tensors, key_map, log_missing=False), float(strength))
     return clone, []
+
+
+class NativeUNetView:
+    """The svd_core model with its UNet run through a native MODEL (`patcher`): what the pack's sampler hands the
+    engine when a MODEL is connected, so that MODEL's ComfyUI weight patches (LoRAs of any pack) and wrappers
+    apply. `denoise` is the native model's `apply_model` (EDM v-prediction, the same D(x; sigma) as
+    `svd_core.denoiser.denoise`); everything else (spec, conditioner, VAE) is the svd_core model's."""
+
+    def __init__(self, svd_model, patcher):
+        self.base, self.patcher = svd_model, patcher
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    @property
+    def unet(self) -> nn.Module:
+        return self.patcher.model.diffusion_model
+
+    def denoise(self, x, sigma, cond, num_frames: int):
+        options = self.patcher.model_options.get("transformer_options", {})
+        return self.patcher.model.apply_model(x, sigma, c_concat=cond.concat, c_crossattn=cond.crossattn,
+                                              y=cond.vector, num_video_frames=int(num_frames),
+                                              transformer_options=dict(options)).to(x.dtype)
+
+
+def is_svd_model(patcher) -> bool:
+    """A native MODEL with ComfyUI's SVD call convention (ours, or ComfyUI's own SVD / SV3D models)."""
+    return isinstance(getattr(patcher, "model", None), comfy.model_base.SVD_img2vid)
+
+
+def pack_conditioning(positive, negative, num_frames: int, native_model):
+    """Native positive / negative CONDITIONING (first entry of each) -> the engine's `Conditioning` of one video of
+    `num_frames` frames: the CLIP token (cross-attention), `concat_latent_image` (raw VAE latent, zeros if absent)
+    and the micro-conditioning vector `native_model.encode_adm` builds from the entry's keys, each per frame."""
+    from svd_core.denoiser import VideoCond
+    from svd_core.pipeline import Conditioning
+
+    def branch(entries, shape=None):
+        token, options = entries[0]
+        concat = options.get("concat_latent_image")
+        if concat is None:
+            if shape is None:
+                raise ValueError("the positive conditioning has no concat_latent_image (the conditioning frame's "
+                                 "latent): make it with SVD Image Conditioning or SVD_img2vid_Conditioning")
+            concat = torch.zeros(shape)
+        y = native_model.encode_adm(**options).float()
+        rep = (lambda t: t.float().expand(num_frames, *t.shape[1:]).contiguous()
+               if t.shape[0] == 1 else t.float())  # 1 ... -> t ... (one video)
+        return VideoCond(rep(token), rep(concat[:1]), rep(y)), concat.shape
+
+    cond, shape = branch(positive)
+    uncond, _ = branch(negative, (1, *shape[1:]))
+    return Conditioning(cond, uncond, num_frames, 1, shape[-2] * 8, shape[-1] * 8, shape[1])

@@ -522,8 +522,8 @@ def test_native_ksampler_on_our_model_and_conditioning_matches_the_pack_sampler(
 
 def test_native_model_takes_the_camera_lora_as_comfyui_patches(comfy):
     """SVD LoRA Loader on the native MODEL: KSampler on the patched model equals the pack's sampler with the same
-    LoRA (unmerged hooks) and differs from the base model; the unpatched MODEL in the same prompt (sampled after the
-    patched one) is back to the base result."""
+    LoRA (unmerged hooks) and differs from the base model; the pack's sampler on native inputs (the patched MODEL,
+    positive, negative, latent) gives the same; the unpatched MODEL in a later prompt is back to the base result."""
     from comfy_harness import make_files
 
     make_files([{"folder": "loras", "name": "svd_suite_native_test.safetensors",
@@ -545,12 +545,17 @@ def test_native_model_takes_the_camera_lora_as_comfyui_patches(comfy):
     prompt["34"] = {"class_type": "SaveLatent", "inputs": {"samples": ["31", 0], "filename_prefix": "svd_suite/lp"}}
     prompt["35"] = {"class_type": "SaveLatent", "inputs": {"samples": ["32", 0], "filename_prefix": "svd_suite/ln"}}
     prompt["36"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "svd_suite/lb"}}
+    native_in = {k: v for k, v in prompt["5"]["inputs"].items() if k != "conditioning"}
+    prompt["37"] = {"class_type": "SVDSuite_Sampler", "inputs": {
+        **native_in, "model": ["30", 1], "positive": ["3", 1], "negative": ["3", 2], "latent": ["3", 3]}}
+    prompt["38"] = {"class_type": "SaveLatent", "inputs": {"samples": ["37", 0], "filename_prefix": "svd_suite/lm"}}
     entry, _ = run_ok(comfy, prompt, timeout=300)
     lora_pack, lora_native = _latent(comfy, entry, "34"), _latent(comfy, entry, "35") * PACK_LATENT_SCALE
     base = _latent(comfy, entry, "36")
     scale = max(1.0, lora_pack.abs().max().item())
     assert (lora_pack - lora_native).abs().max().item() < 1e-3 * scale
     assert (lora_native - base).abs().max().item() > 1e-2  # the LoRA changes the video
+    assert (_latent(comfy, entry, "38") - lora_pack).abs().max().item() < 1e-3 * scale
     # then the unpatched native MODEL alone (a new prompt: ComfyUI unpatches the LoRA'd clone's weights)
     plain = {k: prompt[k] for k in ("1", "2", "3")}
     plain["40"] = ksampler(["1", 1])
