@@ -34,6 +34,21 @@ def _common_inputs(cond_aug: float) -> list:
     ]
 
 
+def _native_outputs() -> list:
+    return [
+        io.Conditioning.Output(display_name="positive", tooltip=(
+            "The same conditioning as native CONDITIONING for the loader's native MODEL (KSampler, "
+            "SamplerCustomAdvanced, guiders): CLIP token, noised first-frame latent, micro-conditioning (fps / "
+            "motion bucket / cond_aug, or the camera orbit). First image of a batch only (native sampling treats a "
+            "batch as one video).")),
+        io.Conditioning.Output(display_name="negative", tooltip=(
+            "The reference's unconditional branch as native CONDITIONING: zero CLIP token and zero first-frame "
+            "latent, the same micro-conditioning.")),
+        io.Latent.Output(display_name="latent", tooltip=(
+            "An empty latent of num_frames frames at width x height, the start of native KSampler.")),
+    ]
+
+
 def _check_size(node_id: str, width: int, height: int) -> bool | str:
     for name, value in (("width", width), ("height", height)):
         if value is not None and value % 64:
@@ -64,18 +79,7 @@ class ImageConditioning(io.ComfyNode):
                                      "higher = more motion)."),
                 *_common_inputs(0.02),
             ],
-            outputs=[
-                SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP),
-                io.Conditioning.Output(display_name="positive", tooltip=(
-                    "The same conditioning as native CONDITIONING for the loader's native MODEL (KSampler, "
-                    "SamplerCustomAdvanced, guiders): CLIP token, noised first-frame latent, fps / motion bucket / "
-                    "cond_aug. First image of a batch only (native sampling treats a batch as one video).")),
-                io.Conditioning.Output(display_name="negative", tooltip=(
-                    "The reference's unconditional branch as native CONDITIONING: zero CLIP token and zero "
-                    "first-frame latent, same fps / motion bucket / cond_aug.")),
-                io.Latent.Output(display_name="latent", tooltip=(
-                    "An empty latent of num_frames frames at width x height, the start of native KSampler.")),
-            ],
+            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP), *_native_outputs()],
         )
 
     @classmethod
@@ -152,7 +156,7 @@ class OrbitConditioning(io.ComfyNode):
                                tooltip="Share of the frame side the object's longer side takes after recentring; "
                                        "0 = keep the input's framing (the reference script's default None)."),
             ],
-            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP)],
+            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP), *_native_outputs()],
         )
 
     @classmethod
@@ -189,7 +193,9 @@ class OrbitConditioning(io.ComfyNode):
             model, image_to_bchw(image), elevations=elev, azimuths=azim, num_frames=num_frames, width=width,
             height=height, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed, mask=alpha,
             image_frame_ratio=image_frame_ratio or None)
-        return io.NodeOutput(cond)
+        from .native import native_conditioning
+
+        return io.NodeOutput(cond, *native_conditioning(cond, None, None, cond_aug))
 
 
 class OrbitKeyframes(io.ComfyNode):

@@ -189,16 +189,19 @@ def stage_patchers(svd_model, load_device, offload_device) -> dict[str, comfy.mo
                                                             offload_device=offload_device)}
 
 
-def native_conditioning(cond, fps: float, motion_bucket_id: float, cond_aug: float):
+def native_conditioning(cond, fps: float | None, motion_bucket_id: float | None, cond_aug: float):
     """svd_core image conditioning -> native (positive, negative) CONDITIONING of its first video.
 
     positive: the clean image's CLIP token and the latent of the frame noised once in [-1, 1] image space
     (`svd_core.pipeline`, reference), with fps / motion_bucket_id / augmentation_level for `NativeSVD.encode_adm`;
-    negative: zero token and zero latent with the same vector (reference `force_uc_zero_embeddings`)."""
+    negative: zero token and zero latent with the same vector (reference `force_uc_zero_embeddings`). `fps` None
+    (SV3D orbits): the per-frame vector itself under "svd_vector"."""
     t = cond.num_frames
     token = cond.cond.crossattn[:1].float().cpu()  # (b t) 1 d -> 1 1 d: the first video's token
     latent = cond.cond.concat[:1].float().cpu()  # (b t) 4 h w -> 1 4 h w: its noised frame, raw latent
     keys = {"fps": fps, "motion_bucket_id": motion_bucket_id, "augmentation_level": cond_aug}
+    if fps is None:  # SV3D: per-frame camera vectors, given whole (`NativeSVD.encode_adm`)
+        keys = {"augmentation_level": cond_aug, "svd_vector": cond.cond.vector[:t].float().cpu()}  # (b t) adm -> t adm
     positive = [[token, {**keys, "concat_latent_image": latent}]]
     negative = [[torch.zeros_like(token), {**keys, "concat_latent_image": torch.zeros_like(latent)}]]
     empty = {"samples": torch.zeros((t, latent.shape[1], *latent.shape[-2:]))}

@@ -81,6 +81,22 @@ SCRIPT = textwrap.dedent(r'''
     # micro-conditioning vector from the native keys = the engine's
     y = model.model.encode_adm(**pos[0][1])
     out["adm"] = [list(y.shape), float((y[0] - cond.cond.vector[0]).abs().max())]
+    # SV3D: per-frame camera vectors travel whole; native KSampler = the pack's sampler (constant guidance 2.5)
+    import nodes as comfy_nodes
+    from svd_suite.nodes import guidance, sampling
+
+    make_tiny_checkpoint(os.path.join(ckpts, "sv3d.safetensors"), "tiny_sv3d_p")
+    sv3d, sv3d_model = loaders.CheckpointLoader.execute("sv3d.safetensors", "float32").args[:2]
+    cond, pos, neg, latent = conditioning.OrbitConditioning.execute(sv3d, img, 64, 64, 5, "10", "", 1e-5, "crop",
+                                                                    0).args
+    scale = guidance.LinearGuidance.execute(2.5, 2.5).args[0]
+    ours = sampling.Sampler.execute(sv3d, scale, "euler", "karras", 2, 5, 1.0, conditioning=cond).args[0]["samples"]
+    native = comfy_nodes.common_ksampler(sv3d_model, 5, 2, 2.5, "euler", "karras", pos, neg, latent)[0]["samples"]
+    from_native = sampling.Sampler.execute(sv3d, scale, "euler", "karras", 2, 5, 1.0, positive=pos, negative=neg,
+                                           latent=latent).args[0]["samples"]
+    out["sv3d"] = [list(pos[0][1]["svd_vector"].shape), float((pos[0][1]["svd_vector"] - cond.cond.vector).abs().max()),
+                   float((ours - native * sv3d.spec.scale_factor).abs().max()), float((from_native - ours).abs().max()),
+                   float(ours.abs().max())]
     print("RESULT " + json.dumps(out))
 ''')
 
@@ -144,3 +160,12 @@ def test_native_conditioning_carries_the_reference_values(run):
     assert run["negative_zero"] == 0.0 and run["latent"] == [4, 4, 8, 8]
     shape, diff = run["adm"]
     assert shape[0] == 1 and diff < 1e-6
+
+
+def test_sv3d_orbit_conditioning_drives_native_sampling(run):
+    """SV3D Orbit Conditioning's native outputs carry the per-frame camera vector (`svd_vector`, t x adm); native
+    KSampler on them equals the pack's sampler (native LATENT = pack latent / 0.18215 until the pack's LATENT is
+    raw, issue 13 item 1), and the pack's sampler fed the native positive / negative / latent equals it too."""
+    shape, vec_diff, parity, from_native, size = run["sv3d"]
+    assert shape[0] == 5 and vec_diff == 0.0
+    assert parity < 1e-3 * max(1.0, size) and from_native < 1e-5
