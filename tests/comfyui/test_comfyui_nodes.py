@@ -473,8 +473,9 @@ def test_native_ksampler_on_our_model_and_conditioning_matches_the_pack_sampler(
     positive / negative gives the SVD Sampler's latent for the same seed (constant guidance 2.5): the same noise
     (ComfyUI's `prepare_noise` and the pack both draw `torch.randn` from a CPU generator seeded with `seed`, scaled
     by sqrt(1 + sigma_max^2)), the same EDM v-prediction denoiser and Karras sigmas. Native SamplerCustomAdvanced with
-    VideoLinearCFGGuidance (min_cfg 1 -> cfg 2.5 over the frames) equals the pack's Linear Guidance 1 -> 2.5, and
-    the native VAE decodes the native latent as one video.
+    VideoLinearCFGGuidance (min_cfg 1 -> cfg 2.5 over the frames) and ModelSamplingContinuousEDM (ComfyUI's SVD
+    settings re-applied) equals the pack's Linear Guidance 1 -> 2.5; the same patch with sigma_max 350 changes
+    KSampler's result; the native VAE decodes the native latent as one video.
 
     Why the pack's own conditioning, not the native `SVD_img2vid_Conditioning` (ComfyUI 0.3.75
     comfy_extras/nodes_video_model.py): that node adds `torch.randn_like(pixels) * augmentation_level` to the image
@@ -498,7 +499,9 @@ def test_native_ksampler_on_our_model_and_conditioning_matches_the_pack_sampler(
     prompt["21"] = {"class_type": "SVDSuite_Sampler", "inputs": {**prompt["5"]["inputs"], "guidance": ["20", 0]}}
     prompt["22"] = {"class_type": "SaveLatent", "inputs": {"samples": ["21", 0], "filename_prefix": "svd_suite/pl"}}
     prompt["23"] = {"class_type": "VideoLinearCFGGuidance", "inputs": {"model": ["1", 1], "min_cfg": 1.0}}
-    prompt["24"] = {"class_type": "CFGGuider", "inputs": {"model": ["23", 0], "positive": ["3", 1],
+    prompt["30"] = {"class_type": "ModelSamplingContinuousEDM", "inputs": {  # ComfyUI's SVD settings, re-applied
+        "model": ["23", 0], "sampling": "v_prediction", "sigma_max": 700.0, "sigma_min": 0.002}}
+    prompt["24"] = {"class_type": "CFGGuider", "inputs": {"model": ["30", 0], "positive": ["3", 1],
                                                           "negative": ["3", 2], "cfg": 2.5}}
     prompt["25"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
     prompt["26"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
@@ -508,6 +511,11 @@ def test_native_ksampler_on_our_model_and_conditioning_matches_the_pack_sampler(
         "noise": ["25", 0], "guider": ["24", 0], "sampler": ["26", 0], "sigmas": ["27", 0],
         "latent_image": ["3", 3]}}
     prompt["29"] = {"class_type": "SaveLatent", "inputs": {"samples": ["28", 0], "filename_prefix": "svd_suite/nl"}}
+    # a model-sampling patch that changes the schedule (KSampler's karras sigmas now end at 350, not 700)
+    prompt["31"] = {"class_type": "ModelSamplingContinuousEDM", "inputs": {
+        "model": ["1", 1], "sampling": "v_prediction", "sigma_max": 350.0, "sigma_min": 0.002}}
+    prompt["32"] = {**prompt["11"], "inputs": {**prompt["11"]["inputs"], "model": ["31", 0]}}
+    prompt["33"] = {"class_type": "SaveLatent", "inputs": {"samples": ["32", 0], "filename_prefix": "svd_suite/ns"}}
     entry, _ = run_ok(comfy, prompt, timeout=300)
     pack, native = _latent(comfy, entry, "10"), _latent(comfy, entry, "12") * PACK_LATENT_SCALE
     assert pack.shape == native.shape == (4, 4, 8, 8)
@@ -517,6 +525,7 @@ def test_native_ksampler_on_our_model_and_conditioning_matches_the_pack_sampler(
     pack_lin, native_lin = _latent(comfy, entry, "22"), _latent(comfy, entry, "29") * PACK_LATENT_SCALE
     assert (pack_lin - native_lin).abs().max().item() < 1e-3 * max(1.0, pack_lin.abs().max().item())
     assert (pack_lin - pack).abs().max().item() > 1e-2  # the linear guidance did change the video
+    assert (_latent(comfy, entry, "33") * PACK_LATENT_SCALE - pack).abs().max().item() > 1e-2  # the patch applies
     assert media_info(saved(comfy, entry, node="14")) == (4, 64, 64)
 
 
