@@ -81,6 +81,16 @@ SCRIPT = textwrap.dedent(r'''
     # micro-conditioning vector from the native keys = the engine's
     y = model.model.encode_adm(**pos[0][1])
     out["adm"] = [list(y.shape), float((y[0] - cond.cond.vector[0]).abs().max())]
+    # native SVD_img2vid_Conditioning on our CLIP_VISION and VAE (no augmentation: its noise differs from the
+    # reference's) gives our node's conditioning at cond_aug 0 for an image already at the size
+    from comfy_extras.nodes_video_model import SVD_img2vid_Conditioning
+
+    ours0 = conditioning.ImageConditioning.execute(bundle, img, 64, 64, 4, 7, 127, 0.0, "crop", 0).args
+    theirs = SVD_img2vid_Conditioning().encode(clip_vision, img, vae, 64, 64, 4, 127, 7, 0.0)
+    out["native_node"] = [float((theirs[0][0][0] - ours0[1][0][0]).abs().max()),
+                          float((theirs[0][0][1]["concat_latent_image"] - vae.encode(img)).abs().max()),
+                          float((model.model.encode_adm(**theirs[0][0][1]) - model.model.encode_adm(**ours0[1][0][1]))
+                                .abs().max()), list(theirs[2]["samples"].shape)]
     # SV3D: per-frame camera vectors travel whole; native KSampler = the pack's sampler (constant guidance 2.5)
     import nodes as comfy_nodes
     from svd_suite.nodes import guidance, sampling
@@ -169,3 +179,13 @@ def test_sv3d_orbit_conditioning_drives_native_sampling(run):
     shape, vec_diff, parity, from_native, size = run["sv3d"]
     assert shape[0] == 5 and vec_diff == 0.0
     assert parity < 1e-3 * max(1.0, size) and from_native < 1e-5
+
+
+def test_native_svd_conditioning_node_runs_on_our_clip_vision_and_vae(run):
+    """ComfyUI's own SVD_img2vid_Conditioning takes the loader's CLIP_VISION and VAE; without augmentation (its noise
+    is not the reference's, see the parity test's docstring) its positive has SVD Image Conditioning's CLIP token
+    and micro-conditioning vector at cond_aug 0. Its frame latent is the first stage's encoding (the native VAE),
+    where the reference (and the pack) use the conditioner's own encoder copy (`conditioner.embedders.3.encoder`,
+    random and different in the tiny test model)."""
+    token, latent, vector, shape = run["native_node"]
+    assert token < 1e-5 and latent < 1e-4 and vector < 1e-6 and shape == [4, 4, 8, 8]
