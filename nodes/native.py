@@ -91,19 +91,34 @@ class NativeSVD(comfy.model_base.SVD_img2vid):
 
     def encode_adm(self, **kwargs):
         """The micro-conditioning vector (paper Sec. 4.3) from a native CONDITIONING's keys, as the svd_core
-        conditioner embeds it: `fps` (embedded as fps_id = fps - 1, as ComfyUI's own SVD model and the reference
-        do), `motion_bucket_id`, `augmentation_level` (cond_aug). A per-frame vector under "svd_vector"
-        ((t, adm), SV3D orbits) is used as it is."""
+        conditioner embeds it and under the names ComfyUI's own SVD / SV3D models read: `fps` (embedded as
+        fps_id = fps - 1, as ComfyUI's SVD model and the reference do), `motion_bucket_id`, `augmentation_level`
+        (cond_aug), SV3D `elevation` / `azimuth` in degrees, one or one per frame (polar = 90 - elevation, both in
+        radians, as ComfyUI's SV3D_p). A per-frame vector under "svd_vector" ((t, adm), the pack's orbit
+        conditioning, azimuths relative to the last view as the reference) is used as it is. Returns 1 or t rows."""
         if kwargs.get("svd_vector") is not None:
             return kwargs["svd_vector"]
-        values = {"fps_id": kwargs.get("fps", self.spec.fps) - 1,
-                  "motion_bucket_id": kwargs.get("motion_bucket_id", self.spec.motion_bucket_id),
-                  "cond_aug": kwargs.get("augmentation_level", 0.0)}
+
+        def per(value) -> torch.Tensor:
+            return torch.as_tensor(value, dtype=torch.float32).flatten()
+
+        values = {"fps_id": per(kwargs.get("fps", self.spec.fps)) - 1,
+                  "motion_bucket_id": per(kwargs.get("motion_bucket_id", self.spec.motion_bucket_id)),
+                  "cond_aug": per(kwargs.get("augmentation_level", 0.0))}
+        if "elevation" in kwargs:
+            values["polars_rad"] = torch.deg2rad(torch.fmod(90.0 - per(kwargs["elevation"]), 360.0))
+        if "azimuth" in kwargs:
+            values["azimuths_rad"] = torch.deg2rad(torch.fmod(per(kwargs["azimuth"]), 360.0))
         missing = [e.key for e in self._vector if e.key not in values]
         if missing:
             raise ValueError(f"{self.spec.name}: the conditioning gives no {missing}; use the SVD suite's "
                              f"conditioning node for this model (its native outputs carry them)")
-        return torch.cat([e(torch.tensor([float(values[e.key])])) for e in self._vector], dim=-1)  # 1 adm
+        used = [values[e.key] for e in self._vector]
+        rows = max(v.numel() for v in used)
+        if any(v.numel() not in (1, rows) for v in used):
+            raise ValueError(f"{self.spec.name}: conditioning values of {sorted({v.numel() for v in used})} "
+                             f"frames; give one value or one per frame")
+        return torch.cat([e(v.expand(rows)) for e, v in zip(self._vector, used)], dim=-1)  # rows adm
 
 
 class NativeVAE:

@@ -107,6 +107,18 @@ SCRIPT = textwrap.dedent(r'''
     out["sv3d"] = [list(pos[0][1]["svd_vector"].shape), float((pos[0][1]["svd_vector"] - cond.cond.vector).abs().max()),
                    float((ours - native * sv3d.spec.scale_factor).abs().max()), float((from_native - ours).abs().max()),
                    float(ours.abs().max())]
+    # the vector from native keys = ComfyUI's own SVD_img2vid / SV3D_p encode_adm formulas (model_base.py)
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
+
+    t256, t512 = Timestep(256), Timestep(512)
+    expected = torch.cat([t256(torch.Tensor([6.0])), t256(torch.Tensor([127.0])), t256(torch.Tensor([0.02]))], 1)
+    got = model.model.encode_adm(fps=7, motion_bucket_id=127, augmentation_level=0.02)
+    elev, azim = [10.0, 20.0, -5.0, 0.0, 30.0], [0.0, 72.0, 144.0, 216.0, 288.0]
+    exp3 = torch.cat([t256(torch.Tensor([1e-5])).expand(5, -1),
+                      t512(torch.deg2rad(torch.fmod(90 - torch.Tensor(elev), 360.0))),
+                      t512(torch.deg2rad(torch.fmod(torch.Tensor(azim), 360.0)))], 1)
+    got3 = sv3d_model.model.encode_adm(augmentation_level=1e-5, elevation=elev, azimuth=azim)
+    out["comfy_adm"] = [float((got - expected).abs().max()), list(got3.shape), float((got3 - exp3).abs().max())]
     print("RESULT " + json.dumps(out))
 ''')
 
@@ -189,3 +201,11 @@ def test_native_svd_conditioning_node_runs_on_our_clip_vision_and_vae(run):
     random and different in the tiny test model)."""
     token, latent, vector, shape = run["native_node"]
     assert token < 1e-5 and latent < 1e-4 and vector < 1e-6 and shape == [4, 4, 8, 8]
+
+
+def test_native_keys_embed_as_comfyuis_own_svd_and_sv3d_models(run):
+    """The native model's micro-conditioning from CONDITIONING keys equals ComfyUI's own `SVD_img2vid.encode_adm`
+    (fps - 1, motion bucket, augmentation, 256-wide sinusoids) and `SV3D_p.encode_adm` (per-frame 90 - elevation and
+    azimuth in radians, 512 wide), so conditioning made for ComfyUI's SVD / SV3D models drives ours the same."""
+    svd_diff, shape, sv3d_diff = run["comfy_adm"]
+    assert svd_diff < 1e-6 and shape == [5, 1280] and sv3d_diff < 1e-6
