@@ -2,6 +2,9 @@
 
     python bench/load_rss.py make /tmp/svd_xt_fp16.safetensors     # writes a random full-size file (~4.6 GB)
     /usr/bin/time -v python bench/load_rss.py load /tmp/svd_xt_fp16.safetensors
+    SVD_COMFYUI_DIR=... python bench/load_rss.py comfy /tmp/svd_xt_fp16.safetensors [native|bundle]
+        # through the pack's checkpoint loader inside ComfyUI (--cpu): with the native MODEL / CLIP_VISION / VAE
+        # outputs (native) or the SVDSUITE_MODEL bundle alone (bundle); every weight touched through what it gives
 """
 from __future__ import annotations
 
@@ -45,6 +48,48 @@ def load(path: Path, dtype: str | None = None) -> None:
           f"{peak / size:.2f}x the file, {peak / model_bytes:.2f}x the loaded model")
 
 
+def load_comfy(path: Path, what: str = "native") -> None:
+    """Peak RSS of the pack's CheckpointLoader in a ComfyUI process (`--cpu`, fp16 weights kept): `native` runs
+    the node (bundle plus native outputs over the same modules), `bundle` the cached load alone."""
+    import importlib.util
+    import os
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    base = Path(tempfile.mkdtemp(prefix="load_rss_"))
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    (base / "models" / "checkpoints" / path.name).symlink_to(path.resolve())
+    sys.path.insert(0, os.environ["SVD_COMFYUI_DIR"])
+    sys.argv = ["main.py", "--cpu", "--base-directory", str(base)]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    spec = importlib.util.spec_from_file_location("svd_suite", repo / "__init__.py",
+                                                  submodule_search_locations=[str(repo)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["svd_suite"] = pack
+    spec.loader.exec_module(pack)
+    from svd_suite.nodes import _comfy, loaders
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    if what == "native":
+        bundle, model, clip_vision, vae = loaders.CheckpointLoader.execute(path.name, "float16").args
+        modules = [model.model, clip_vision.conditioner, vae.first_stage]
+    else:
+        real = str(path.resolve())
+        bundle = _comfy.load_cached(("file", real), path.name, lambda d, dt: __import__("svd_core").load(
+            real, device=d, dtype=dt), "float16")
+        modules = [bundle.model]
+    dt = time.perf_counter() - t0
+    checksum = sum(float(t.float().sum()) for m in modules for t in m.state_dict().values())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    size = path.stat().st_size
+    print(f"{what}: loaded in {dt:.1f} s; peak RSS {peak / 2**30:.2f} GiB after touching every weight through it "
+          f"(checksum {checksum:.3e}); {before / 2**30:.2f} GiB before the load (ComfyUI + pack imported); "
+          f"file {size / 2**30:.2f} GiB")
+
+
 if __name__ == "__main__":
     cmd, target = sys.argv[1], Path(sys.argv[2])
-    make(target) if cmd == "make" else load(target, *sys.argv[3:])
+    {"make": make, "load": load, "comfy": load_comfy}[cmd](target, *sys.argv[3:])

@@ -274,7 +274,12 @@ def new_file(node_id: str, input_name: str, folder: str, name: str, if_exists: s
 
 @dataclass
 class LoadedSVD:
-    """A checkpoint as it travels between nodes: ComfyUI's ModelPatcher owns device placement and unloading."""
+    """A checkpoint as it travels between nodes: one svd_core model, three ComfyUI ModelPatchers over its stages.
+
+    `stages` (built once per model, `native.stage_patchers`): "unet" (the native MODEL), "vae", "conditioner"
+    (CLIP image tower and conditioning encoder), each over the model's own modules, so ComfyUI places, offloads
+    and frees each stage on its own. `patcher` wraps the whole model for code that hands it around whole; nodes
+    load stages with `acquire`."""
 
     patcher: comfy.model_patcher.ModelPatcher
     name: str
@@ -283,10 +288,41 @@ class LoadedSVD:
     def spec(self):
         return self.patcher.model.spec
 
-    def acquire(self) -> torch.nn.Module:
-        """Load onto ComfyUI's compute device (freeing other models if needed) and return the module."""
-        mm.load_models_gpu([self.patcher])
+    @property
+    def model(self) -> torch.nn.Module:
+        """The svd_core model (whatever is on the device now)."""
         return self.patcher.model
+
+    @property
+    def stages(self) -> dict:
+        model = self.patcher.model
+        found = model.__dict__.get("_svdsuite_stages")
+        if found is None:
+            from .native import stage_patchers
+
+            found = stage_patchers(model, self.patcher.load_device, self.patcher.offload_device)
+            model.__dict__["_svdsuite_stages"] = found
+        return found
+
+    def acquire(self, *stages: str, memory_required: int = 0) -> torch.nn.Module:
+        """Load `stages` ("unet", "vae", "conditioner"; none: all three) onto ComfyUI's compute device with
+        `memory_required` bytes free for the work besides the weights (freeing other models if needed), and return
+        the svd_core model."""
+        patchers = [self.stages[s] for s in (stages or ("unet", "vae", "conditioner"))]
+        mm.load_models_gpu(patchers, memory_required=int(memory_required))
+        return self.patcher.model
+
+
+def stage_memory(model, stage: str, frames: int, height: int, width: int, decode_t: int | None = None) -> int:
+    """Bytes a stage needs besides its weights for one request (`svd_core.memory.estimate_request`): sampling
+    (UNet activations and latents) or decoding (decoder window and the video); 0 for the conditioner."""
+    from svd_core.memory import estimate_request
+
+    if stage == "conditioner":
+        return 0
+    est = estimate_request(model, frames=frames, height=height, width=width, device="meta",
+                           decode_t=decode_t or model.spec.decode_t)
+    return est.sampling if stage == "unet" else est.decoding
 
 
 # Reuse across prompts: the same file (path, mtime) and dtype give the same LoadedSVD while anything (ComfyUI's

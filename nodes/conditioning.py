@@ -43,6 +43,21 @@ def _common_inputs(cond_aug: float) -> list:
     ]
 
 
+def _native_outputs() -> list:
+    return [
+        io.Conditioning.Output(display_name="positive", tooltip=(
+            "The same conditioning as native CONDITIONING for the loader's native MODEL (KSampler, "
+            "SamplerCustomAdvanced, guiders): CLIP token, noised first-frame latent, micro-conditioning (fps / "
+            "motion bucket / cond_aug, or the camera orbit). First image of a batch only (native sampling treats a "
+            "batch as one video).")),
+        io.Conditioning.Output(display_name="negative", tooltip=(
+            "The reference's unconditional branch as native CONDITIONING: zero CLIP token and zero first-frame "
+            "latent, the same micro-conditioning.")),
+        io.Latent.Output(display_name="latent", tooltip=(
+            "An empty latent of num_frames frames at width x height, the start of native KSampler.")),
+    ]
+
+
 class ImageConditioning(io.ComfyNode):
     ID = PREFIX + "ImageConditioning"
 
@@ -66,7 +81,8 @@ class ImageConditioning(io.ComfyNode):
                                      "higher = more motion)."),
                 *_common_inputs(0.02),
             ],
-            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP), fps_output()],
+            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP), fps_output(),
+                     *_native_outputs()],
         )
 
     @classmethod
@@ -77,11 +93,13 @@ class ImageConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, svd_model, image, width, height, num_frames, fps, motion_bucket_id, cond_aug, resize_mode,
                 seed) -> io.NodeOutput:
-        model = svd_model.acquire()
+        from .native import native_conditioning
+
+        model = svd_model.acquire("conditioner")
         cond = pipeline.image_conditioning(
             model, image_to_bchw(image), num_frames=num_frames, width=width, height=height, fps=fps,
             motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed)
-        return io.NodeOutput(cond, float(fps))
+        return io.NodeOutput(cond, float(fps), *native_conditioning(cond, fps, motion_bucket_id, cond_aug))
 
 
 def parse_angles(node_id: str, name: str, text: str, num_frames: int | None, default=None) -> list[float] | None:
@@ -141,7 +159,7 @@ class OrbitConditioning(io.ComfyNode):
                                tooltip="Share of the frame side the object's longer side takes after recentring; "
                                        "0 = keep the input's framing (the reference script's default None)."),
             ],
-            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP)],
+            outputs=[SVDConditioning.Output(display_name="conditioning", tooltip=COND_TOOLTIP), *_native_outputs()],
         )
 
     @classmethod
@@ -173,12 +191,14 @@ class OrbitConditioning(io.ComfyNode):
         from .multiview import object_alpha
 
         alpha = object_alpha(cls.ID, image, mask, mask_is)
-        model = svd_model.acquire()
+        model = svd_model.acquire("conditioner")
         cond = pipeline.orbit_conditioning(
             model, image_to_bchw(image), elevations=elev, azimuths=azim, num_frames=num_frames, width=width,
             height=height, cond_aug=cond_aug, resize_mode=resize_mode, seed=seed, mask=alpha,
             image_frame_ratio=image_frame_ratio or None)
-        return io.NodeOutput(cond)
+        from .native import native_conditioning
+
+        return io.NodeOutput(cond, *native_conditioning(cond, None, None, cond_aug))
 
 
 class OrbitKeyframes(io.ComfyNode):

@@ -7,7 +7,7 @@ from einops import rearrange
 from svd_core import pipeline
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDModel, bad_input, check_inputs, frames_to_image, latent_frames,
-                     latent_in, latent_out)
+                     latent_in, latent_out, stage_memory)
 
 
 class Decode(io.ComfyNode):
@@ -60,7 +60,9 @@ class Decode(io.ComfyNode):
     def execute(cls, svd_model, latent, decode_t, overlap, image_decoder, tile=0, tile_overlap=8) -> io.NodeOutput:
         num_frames = latent_frames(latent)
         samples = latent_in(cls.ID, "latent", latent, svd_model.spec)
-        model = svd_model.acquire()
+        need = stage_memory(svd_model.model, "vae", samples.shape[0], samples.shape[-2] * 8, samples.shape[-1] * 8,
+                            decode_t)
+        model = svd_model.acquire("vae", memory_required=need)
         progress = Progress(samples.shape[0])
         frames = pipeline.decode(model, samples, num_frames, decode_t=decode_t, overlap=overlap,
                                  image_decoder=image_decoder, callback=progress.absolute,
@@ -102,7 +104,7 @@ class Encode(io.ComfyNode):
         if frames.shape[1] % 64 or frames.shape[2] % 64:
             raise bad_input(cls.ID, "frames", f"size {frames.shape[2]}x{frames.shape[1]} must be a multiple of 64 "
                                               f"(resize the frames first)")
-        model = svd_model.acquire()
+        model = svd_model.acquire("vae")
         Progress(1)
         video = rearrange(frames[..., :3].float(), "(b t) h w c -> b t c h w", t=t)  # IMAGE batch -> videos
         samples = pipeline.encode(model, video, sample_posterior=sample_posterior, seed=seed)

@@ -16,6 +16,29 @@ MODEL_TOOLTIP = ("The loaded SVD-family model (UNet, VAE, CLIP image encoder, va
                  "to the GPU when a node needs it and frees it under memory pressure.")
 
 
+def _native_outputs() -> list:
+    return [
+        io.Model.Output(display_name="model", tooltip=(
+            "The same UNet as a native ComfyUI MODEL (no second copy of the weights): for KSampler, "
+            "SamplerCustomAdvanced, VideoLinearCFGGuidance, model patches and LoRAs; condition it with SVD Image "
+            "Conditioning's positive / negative outputs (or native SVD_img2vid_Conditioning).")),
+        io.ClipVision.Output(display_name="clip_vision", tooltip=(
+            "The same CLIP image encoder as a native CLIP_VISION (CLIPVisionEncode, SVD_img2vid_Conditioning).")),
+        io.Vae.Output(display_name="vae", tooltip=(
+            "The same VAE as a native VAE (VAEDecode, VAEEncode): raw latents; VAEDecode decodes a LATENT batch as "
+            "one video with the temporal decoder.")),
+    ]
+
+
+def _outputs(loaded) -> io.NodeOutput:
+    """The pack's bundle plus the native MODEL / CLIP_VISION / VAE over the same modules (`native.py`)."""
+    from .native import NativeCLIPVision, NativeVAE
+
+    stages, model = loaded.stages, loaded.model
+    return io.NodeOutput(loaded, stages["unet"], NativeCLIPVision(model, stages["conditioner"]),
+                         NativeVAE(model, stages["vae"]))
+
+
 def _diffusers_folders() -> list[str]:
     """Sub-folders of ComfyUI's `models/diffusers` that hold a diffusers pipeline (a model_index.json)."""
     found = []
@@ -45,7 +68,7 @@ class CheckpointLoader(io.ComfyNode):
                                tooltip="A .safetensors file in models/checkpoints (e.g. svd_xt.safetensors)."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip=DTYPE_TOOLTIP),
             ],
-            outputs=[SVDModel.Output(display_name="svd_model", tooltip=MODEL_TOOLTIP)],
+            outputs=[SVDModel.Output(display_name="svd_model", tooltip=MODEL_TOOLTIP), *_native_outputs()],
         )
 
     @classmethod
@@ -57,7 +80,7 @@ class CheckpointLoader(io.ComfyNode):
         path = node_path(cls.ID, "ckpt_name", ckpt_name, "checkpoints", kind="file", links_out=True)
         key = ("file", os.path.realpath(path), os.path.getmtime(path))
         loaded = load_cached(key, ckpt_name, lambda device, dt: svd_core.load(path, device=device, dtype=dt), dtype)
-        return io.NodeOutput(loaded)
+        return _outputs(loaded)
 
 
 class DiffusersLoader(io.ComfyNode):
@@ -76,7 +99,7 @@ class DiffusersLoader(io.ComfyNode):
                                tooltip="A diffusers folder in models/diffusers (e.g. stable-video-diffusion-img2vid-xt)."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip=DTYPE_TOOLTIP),
             ],
-            outputs=[SVDModel.Output(display_name="svd_model", tooltip=MODEL_TOOLTIP)],
+            outputs=[SVDModel.Output(display_name="svd_model", tooltip=MODEL_TOOLTIP), *_native_outputs()],
         )
 
     @classmethod
@@ -91,7 +114,7 @@ class DiffusersLoader(io.ComfyNode):
         stamp = os.path.getmtime(os.path.join(path, "model_index.json"))
         key = ("diffusers", os.path.realpath(path), stamp)
         loaded = load_cached(key, folder, lambda device, dt: svd_core.load(path, device=device, dtype=dt), dtype)
-        return io.NodeOutput(loaded)
+        return _outputs(loaded)
 
 
 NODES = [CheckpointLoader, DiffusersLoader]

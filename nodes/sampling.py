@@ -1,6 +1,7 @@
 """The sampler node: conditioning + guidance -> video latent, with ComfyUI progress and Cancel after every step."""
 from __future__ import annotations
 
+import comfy.model_management as mm
 from comfy_api.latest import io
 
 from svd_core import pipeline
@@ -9,7 +10,7 @@ from svd_core.samplers import SAMPLERS
 from svd_core.schedules import SCHEDULES
 
 from ._comfy import (PREFIX, SEED_MAX, Progress, SVDConditioning, SVDGuidance, SVDModel, bad_input, check_inputs,
-                     latent_frames, latent_in, latent_out)
+                     latent_frames, latent_in, latent_out, stage_memory)
 
 STEPS_TOOLTIP = ("Sampling steps; 0 = the loaded model's reference value (svd / svd_image_decoder 25, svd_xt / "
                  "svd_xt_1_1 / svd_xt_image_decoder 30, sv3d_u / sv3d_p 50).")
@@ -31,7 +32,9 @@ class Sampler(io.ComfyNode):
                          "it re-noises that video part-way (video-to-video)."),
             inputs=[
                 SVDModel.Input("svd_model", tooltip="The model the conditioning was made with."),
-                SVDConditioning.Input("conditioning", tooltip="From SVD Image Conditioning or SV3D Orbit Conditioning."),
+                SVDConditioning.Input("conditioning", optional=True,
+                                      tooltip="From SVD Image Conditioning or SV3D Orbit Conditioning (or connect "
+                                              "native positive, negative and latent instead)."),
                 SVDGuidance.Input("guidance", tooltip="Per-frame guidance from an SVD guidance node."),
                 io.Combo.Input("sampler", options=list(SAMPLERS), default="euler",
                                tooltip="Sampling method (reference: euler)."),
@@ -47,7 +50,17 @@ class Sampler(io.ComfyNode):
                                tooltip=NOISE_DEVICE_TOOLTIP),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Optional start video latent (from SVD Encode or native VAE Encode) for "
-                                        "video-to-video with denoise < 1."),
+                                        "video-to-video with denoise < 1; with native positive / negative its frame "
+                                        "count is the video's."),
+                io.Model.Input("model", optional=True,
+                               tooltip="Optional native SVD MODEL (an SVD loader's model output, maybe LoRA'd or "
+                                       "patched by other nodes): the UNet runs through it, with its patches "
+                                       "(svd_model's own LoRA stack is not used then)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Native CONDITIONING (SVD Image Conditioning's positive or "
+                                              "SVD_img2vid_Conditioning's), used when 'conditioning' is not connected."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Native negative CONDITIONING, with positive."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The sampled video latent; decode it with SVD Decode.")],
         )
@@ -57,8 +70,24 @@ class Sampler(io.ComfyNode):
         return check_inputs(cls, sampler=sampler, schedule=schedule, noise_device=noise_device)
 
     @classmethod
-    def execute(cls, svd_model, conditioning, guidance, sampler, schedule, steps, seed, denoise, noise_device="cpu",
-                latent=None) -> io.NodeOutput:
+    def execute(cls, svd_model, guidance, sampler, schedule, steps, seed, denoise, noise_device="cpu",
+                latent=None, conditioning=None, model=None, positive=None, negative=None) -> io.NodeOutput:
+        from . import native
+
+        if model is not None and not native.is_svd_model(model):
+            raise bad_input(cls.ID, "model", f"is a {type(getattr(model, 'model', model)).__name__}, not an SVD "
+                                             f"model: connect an SVD loader's model output (or disconnect it)")
+        if conditioning is None:
+            if positive is None or negative is None or latent is None:
+                raise bad_input(cls.ID, "conditioning", "not connected: connect SVD Image Conditioning's "
+                                                        "conditioning, or native positive, negative and latent")
+            unet_model = (model if model is not None else svd_model.stages["unet"]).model
+            try:
+                conditioning = native.pack_conditioning(positive, negative, latent_frames(latent), unet_model)
+            except (ValueError, RuntimeError) as exc:
+                raise bad_input(cls.ID, "positive", str(exc)) from None
+            if denoise >= 1.0:
+                latent = None  # the frame count only: sampling starts from noise as native KSampler does
         if latent is None and denoise < 1.0:
             raise bad_input(cls.ID, "denoise", f"{denoise} < 1 needs a start video on the 'latent' input "
                                                f"(connect SVD Encode), or set denoise to 1.0")
@@ -70,9 +99,15 @@ class Sampler(io.ComfyNode):
                 raise bad_input(cls.ID, "latent", f"has {frames} frames per video but the conditioning has "
                                                   f"{conditioning.num_frames} (match num_frames)")
         steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
-        model = svd_model.acquire()
+        need = stage_memory(svd_model.model, "unet", conditioning.batch * conditioning.num_frames,
+                            conditioning.height, conditioning.width)
+        if model is None:
+            run = svd_model.acquire("unet", memory_required=need)
+        else:  # the UNet through the connected native MODEL (its patches), the rest from svd_model
+            mm.load_models_gpu([model], memory_required=need)
+            run = native.NativeUNetView(svd_model.model, model)
         progress = Progress(steps, preview=True)
-        samples = pipeline.sample(model, conditioning, guidance, sampler=sampler, schedule=schedule, steps=steps,
+        samples = pipeline.sample(run, conditioning, guidance, sampler=sampler, schedule=schedule, steps=steps,
                                   seed=seed, init_latent=init, denoise=denoise, callback=progress.absolute,
                                   noise_device=noise_device, on_denoised=progress.denoised)
         return io.NodeOutput(latent_out(samples, conditioning.num_frames, svd_model.spec))

@@ -569,3 +569,117 @@ def test_pack_registers_generation_nodes_without_optional_extras(comfy, broken):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ok"] is True
     assert set(NODE_IDS) <= set(result["nodes"]), out.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------- native types
+def _latent(comfy, entry, node: str):
+    from safetensors.torch import load_file
+
+    items = entry["outputs"][node]["latents"]
+    return load_file(str(comfy.output_file(items[0])))["latent_tensor"]
+
+
+def test_native_ksampler_on_our_model_and_conditioning_matches_the_pack_sampler(comfy):
+    """Native KSampler (euler, karras, cfg 2.5, denoise 1) on the loader's MODEL and SVD Image Conditioning's
+    positive / negative gives the SVD Sampler's latent for the same seed (constant guidance 2.5): the same noise
+    (ComfyUI's `prepare_noise` and the pack both draw `torch.randn` from a CPU generator seeded with `seed`, scaled
+    by sqrt(1 + sigma_max^2)), the same EDM v-prediction denoiser and Karras sigmas. Native SamplerCustomAdvanced with
+    VideoLinearCFGGuidance (min_cfg 1 -> cfg 2.5 over the frames) and ModelSamplingContinuousEDM (ComfyUI's SVD
+    settings re-applied) equals the pack's Linear Guidance 1 -> 2.5; the same patch with sigma_max 350 changes
+    KSampler's result; the native VAE decodes the native latent as one video.
+
+    Why the pack's own conditioning, not the native `SVD_img2vid_Conditioning` (ComfyUI 0.3.75
+    comfy_extras/nodes_video_model.py): that node adds `torch.randn_like(pixels) * augmentation_level` to the image
+    in [0, 1] space (the reference adds cond_aug * noise in [-1, 1] space: twice the relative noise there), from the
+    global RNG (no seed), in place on the resized image; and its fps default 6 gives fps_id 5 (model_base
+    `SVD_img2vid.encode_adm` embeds fps - 1) where the reference's default is fps_id 6 (7 fps)."""
+    prompt = img2vid(frames=4, steps=3, seed=5, guidance=("SVDSuite_LinearGuidance", {"min_scale": 2.5,
+                                                                                        "max_scale": 2.5}))
+    del prompt["6"], prompt["7"]
+    prompt["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "svd_suite/pk"}}
+    prompt["11"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 1], "positive": ["3", 2], "negative": ["3", 3], "latent_image": ["3", 4], "seed": 5,
+        "steps": 3, "cfg": 2.5, "sampler_name": "euler", "scheduler": "karras", "denoise": 1.0}}
+    prompt["12"] = {"class_type": "SaveLatent", "inputs": {"samples": ["11", 0], "filename_prefix": "svd_suite/nk"}}
+    prompt["13"] = {"class_type": "VAEDecode", "inputs": {"samples": ["11", 0], "vae": ["1", 3]}}
+    prompt["14"] = {"class_type": "SaveAnimatedWEBP", "inputs": {
+        "images": ["13", 0], "filename_prefix": "svd_suite/nk", "fps": 7.0, "lossless": True, "quality": 100,
+        "method": "default"}}
+    # linear CFG: pack guidance 1 -> 2.5 and native VideoLinearCFGGuidance through SamplerCustomAdvanced
+    prompt["20"] = {"class_type": "SVDSuite_LinearGuidance", "inputs": {"min_scale": 1.0, "max_scale": 2.5}}
+    prompt["21"] = {"class_type": "SVDSuite_Sampler", "inputs": {**prompt["5"]["inputs"], "guidance": ["20", 0]}}
+    prompt["22"] = {"class_type": "SaveLatent", "inputs": {"samples": ["21", 0], "filename_prefix": "svd_suite/pl"}}
+    prompt["23"] = {"class_type": "VideoLinearCFGGuidance", "inputs": {"model": ["1", 1], "min_cfg": 1.0}}
+    prompt["30"] = {"class_type": "ModelSamplingContinuousEDM", "inputs": {  # ComfyUI's SVD settings, re-applied
+        "model": ["23", 0], "sampling": "v_prediction", "sigma_max": 700.0, "sigma_min": 0.002}}
+    prompt["24"] = {"class_type": "CFGGuider", "inputs": {"model": ["30", 0], "positive": ["3", 2],
+                                                          "negative": ["3", 3], "cfg": 2.5}}
+    prompt["25"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
+    prompt["26"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    prompt["27"] = {"class_type": "KarrasScheduler", "inputs": {"steps": 3, "sigma_max": 700.0, "sigma_min": 0.002,
+                                                                "rho": 7.0}}
+    prompt["28"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["25", 0], "guider": ["24", 0], "sampler": ["26", 0], "sigmas": ["27", 0],
+        "latent_image": ["3", 4]}}
+    prompt["29"] = {"class_type": "SaveLatent", "inputs": {"samples": ["28", 0], "filename_prefix": "svd_suite/nl"}}
+    # a model-sampling patch that changes the schedule (KSampler's karras sigmas now end at 350, not 700)
+    prompt["31"] = {"class_type": "ModelSamplingContinuousEDM", "inputs": {
+        "model": ["1", 1], "sampling": "v_prediction", "sigma_max": 350.0, "sigma_min": 0.002}}
+    prompt["32"] = {**prompt["11"], "inputs": {**prompt["11"]["inputs"], "model": ["31", 0]}}
+    prompt["33"] = {"class_type": "SaveLatent", "inputs": {"samples": ["32", 0], "filename_prefix": "svd_suite/ns"}}
+    entry, _ = run_ok(comfy, prompt, timeout=300)
+    pack, native = _latent(comfy, entry, "10"), _latent(comfy, entry, "12")
+    assert pack.shape == native.shape == (4, 4, 8, 8)
+    diff = (pack - native).abs().max().item()
+    print(f"KSampler parity: max abs difference {diff:.3g} (latent max {pack.abs().max().item():.3g})")
+    assert diff < 1e-3 * max(1.0, pack.abs().max().item()), diff
+    pack_lin, native_lin = _latent(comfy, entry, "22"), _latent(comfy, entry, "29")
+    assert (pack_lin - native_lin).abs().max().item() < 1e-3 * max(1.0, pack_lin.abs().max().item())
+    assert (pack_lin - pack).abs().max().item() > 1e-2  # the linear guidance did change the video
+    assert (_latent(comfy, entry, "33") - pack).abs().max().item() > 1e-2  # the patch applies
+    assert media_info(saved(comfy, entry, node="14")) == (4, 64, 64)
+
+
+def test_native_model_takes_the_camera_lora_as_comfyui_patches(comfy):
+    """SVD LoRA Loader on the native MODEL: KSampler on the patched model equals the pack's sampler with the same
+    LoRA (unmerged hooks) and differs from the base model; the pack's sampler on native inputs (the patched MODEL,
+    positive, negative, latent) gives the same; the unpatched MODEL in a later prompt is back to the base result."""
+    from comfy_harness import make_files
+
+    make_files([{"folder": "loras", "name": "svd_suite_native_test.safetensors",
+                 "factory": "tests.test_lora:tiny_lora_file", "kwargs": {"seed": 7}}], comfy.base / "models")
+    prompt = img2vid(frames=4, steps=2, seed=3, guidance=("SVDSuite_LinearGuidance", {"min_scale": 2.0,
+                                                                                        "max_scale": 2.0}))
+    del prompt["6"], prompt["7"]
+
+    def ksampler(model, after=None):
+        inputs = {"model": model, "positive": ["3", 2], "negative": ["3", 3], "latent_image": after or ["3", 4],
+                  "seed": 3, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "karras", "denoise": 1.0}
+        return {"class_type": "KSampler", "inputs": inputs}
+
+    prompt["30"] = {"class_type": "SVDSuite_LoRALoader", "inputs": {
+        "svd_model": ["1", 0], "model": ["1", 1], "lora_name": "svd_suite_native_test.safetensors",
+        "strength": 0.8, "mode": "unmerged", "enabled": True}}
+    prompt["31"] = {"class_type": "SVDSuite_Sampler", "inputs": {**prompt["5"]["inputs"], "svd_model": ["30", 0]}}
+    prompt["32"] = ksampler(["30", 1])
+    prompt["34"] = {"class_type": "SaveLatent", "inputs": {"samples": ["31", 0], "filename_prefix": "svd_suite/lp"}}
+    prompt["35"] = {"class_type": "SaveLatent", "inputs": {"samples": ["32", 0], "filename_prefix": "svd_suite/ln"}}
+    prompt["36"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "svd_suite/lb"}}
+    native_in = {k: v for k, v in prompt["5"]["inputs"].items() if k != "conditioning"}
+    prompt["37"] = {"class_type": "SVDSuite_Sampler", "inputs": {
+        **native_in, "model": ["30", 1], "positive": ["3", 2], "negative": ["3", 3], "latent": ["3", 4]}}
+    prompt["38"] = {"class_type": "SaveLatent", "inputs": {"samples": ["37", 0], "filename_prefix": "svd_suite/lm"}}
+    entry, _ = run_ok(comfy, prompt, timeout=300)
+    lora_pack, lora_native = _latent(comfy, entry, "34"), _latent(comfy, entry, "35")
+    base = _latent(comfy, entry, "36")
+    scale = max(1.0, lora_pack.abs().max().item())
+    assert (lora_pack - lora_native).abs().max().item() < 1e-3 * scale
+    assert (lora_native - base).abs().max().item() > 1e-2  # the LoRA changes the video
+    assert (_latent(comfy, entry, "38") - lora_pack).abs().max().item() < 1e-3 * scale
+    # then the unpatched native MODEL alone (a new prompt: ComfyUI unpatches the LoRA'd clone's weights)
+    plain = {k: prompt[k] for k in ("1", "2", "3")}
+    plain["40"] = ksampler(["1", 1])
+    plain["41"] = {"class_type": "SaveLatent", "inputs": {"samples": ["40", 0], "filename_prefix": "svd_suite/lu"}}
+    entry, _ = run_ok(comfy, plain, timeout=300)
+    unpatched = _latent(comfy, entry, "41")
+    assert (unpatched - base).abs().max().item() < 1e-3 * max(1.0, base.abs().max().item())
