@@ -14,7 +14,6 @@ Each stage has its own ModelPatcher (`stage_patchers`), so ComfyUI keeps only th
 """
 from __future__ import annotations
 
-import inspect
 
 import torch
 from torch import nn
@@ -44,7 +43,6 @@ class UNetCall(nn.Module):
         self._parameters = unet._parameters
         self._buffers = unet._buffers
         self.__dict__["unet"] = unet  # not registered: its children are already ours
-        self.takes_control = "control" in inspect.signature(unet.forward).parameters
 
     @property
     def dtype(self) -> torch.dtype:
@@ -53,15 +51,10 @@ class UNetCall(nn.Module):
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options=None,
                 num_video_frames=None, image_only_indicator=None, time_context=None, **_):
         """x: (b t) c h w, the noisy latent scaled by c_in with the concat frame; timesteps: c_noise per (b t)."""
-        extra = {}
-        if control is not None:
-            if not self.takes_control:
-                raise ValueError("this svd_core UNet does not take ControlNet residuals (control=...): update "
-                                 "svd_core, or remove the ControlNet node from the graph")
-            extra["control"] = control
         frames = num_video_frames if num_video_frames is not None else x.shape[0]
         return self.unet(x, timesteps, context=context, y=y, num_video_frames=int(frames),
-                         image_only_indicator=image_only_indicator, time_context=time_context, **extra)
+                         image_only_indicator=image_only_indicator, time_context=time_context,
+                         control=control)  # ControlNet residuals, applied as ComfyUI's apply_control
 
 
 class NativeConfig(comfy.supported_models_base.BASE):
