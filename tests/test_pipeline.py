@@ -124,7 +124,7 @@ def test_on_denoised_gets_each_step_x0_before_progress(model):
     cond = P.image_conditioning(model, torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3)), seed=0)
     events = []
     out = P.sample(model, cond, steps=3, seed=2, on_denoised=lambda x0: events.append(("x0", x0.clone())),
-                   callback=lambda done, total: events.append(("step", done)))
+                   callback=lambda done, total, stage=None: events.append(("step", done)))
     assert [e[0] for e in events] == ["x0", "step"] * 3 and [e[1] for e in events[1::2]] == [1, 2, 3]
     x0s = [e[1] for e in events[::2]]
     assert all(x.shape == out.shape for x in x0s)

@@ -98,7 +98,9 @@ def test_conditioning_nodes_output_their_fps_for_video_nodes(object_info):
     SVD Decode as a plain IMAGE batch."""
     for node in ("SVDSuite_ImageConditioning", "SVDSuite_TextConditioning"):
         info = object_info[node]
-        assert info["output"] == ["SVDSUITE_CONDITIONING", "FLOAT"] and info["output_name"][1] == "fps", info["output"]
+        assert info["output"][:2] == ["SVDSUITE_CONDITIONING", "FLOAT"] and info["output_name"][1] == "fps", info
+    # the image conditioning also gives native positive / negative / empty latent, after fps (workflows link fps at 1)
+    assert object_info["SVDSuite_ImageConditioning"]["output"][2:] == ["CONDITIONING", "CONDITIONING", "LATENT"]
     for node in ("SVDSuite_ChainedVideo", "SVDSuite_FrameInterpolation"):  # frames out, at their conditioned fps
         info = object_info[node]
         assert info["output"] == ["IMAGE", "FLOAT"] and info["output_name"][1] == "fps", info["output"]
