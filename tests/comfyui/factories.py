@@ -66,10 +66,10 @@ def tiny_controlnet(path: Path, seed: int = 0, zero_conv_scale: float = 0.05) ->
     """A tiny random ControlNet in the released layout (lllyasviel's `control_model.` keys: input_hint_block,
     input_blocks, zero_convs, middle_block, middle_block_out; ComfyUI 0.3.75 comfy/cldm/cldm.py builds it) whose
     residuals fit the TINY SVD UNet: its spatial structure (model_channels, channel_mult, num_res_blocks,
-    context_dim, adm vector; attention from the second level on) with 4 latent input channels (ComfyUI feeds a ControlNet the scaled noisy latent
-    without the concatenated image latent) and an RGB hint. The zero convolutions are random and non-zero
-    (`zero_conv_scale`) so the ControlNet changes the video. ComfyUI's `load_controlnet` detects its config from the
-    keys (`model_config_from_unet(..., use_base_if_no_match=True)`)."""
+    context_dim, adm vector; attention from the second level on) with 4 latent input channels (ComfyUI feeds a
+    ControlNet the scaled noisy latent without the concatenated image latent) and an RGB hint. The zero
+    convolutions are random and non-zero (`zero_conv_scale`) so the ControlNet changes the video. ComfyUI's
+    `load_controlnet` detects its config from the keys (`model_config_from_unet(..., use_base_if_no_match=True)`)."""
     import sys
 
     import torch
@@ -88,7 +88,8 @@ def tiny_controlnet(path: Path, seed: int = 0, zero_conv_scale: float = 0.05) ->
     import comfy.model_detection
     import comfy.ops
 
-    unet_sd = {f"model.diffusion_model.{k}": v for k, v in testing.tiny_model("tiny", seed=seed).unet.state_dict().items()}
+    unet = testing.tiny_model("tiny", seed=seed).unet
+    unet_sd = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
     config = comfy.model_detection.detect_unet_config(unet_sd, "model.diffusion_model.")
     # the noisy latent only; an RGB hint; ComfyUI builds a detected ControlNet with 64-channel heads (its
     # supported_models_base.BASE default), so no attention at the 32-channel level (residual shapes do not change)
