@@ -60,3 +60,48 @@ def tiny_diffusers_folder(path: Path, seed: int = 0, num_frames: int = 4) -> Non
         "_class_name": "StableVideoDiffusionPipeline", "unet": ["diffusers", "UNetSpatioTemporalConditionModel"],
         "vae": ["diffusers", "AutoencoderKLTemporalDecoder"],
         "image_encoder": ["transformers", "CLIPVisionModelWithProjection"]}, indent=2))
+
+
+def tiny_controlnet(path: Path, seed: int = 0, zero_conv_scale: float = 0.05) -> None:
+    """A tiny random ControlNet in the released layout (lllyasviel's `control_model.` keys: input_hint_block,
+    input_blocks, zero_convs, middle_block, middle_block_out; ComfyUI 0.3.75 comfy/cldm/cldm.py builds it) whose
+    residuals fit the TINY SVD UNet: its spatial structure (model_channels, channel_mult, num_res_blocks,
+    context_dim, adm vector; attention from the second level on) with 4 latent input channels (ComfyUI feeds a
+    ControlNet the scaled noisy latent without the concatenated image latent) and an RGB hint. The zero
+    convolutions are random and non-zero (`zero_conv_scale`) so the ControlNet changes the video. ComfyUI's
+    `load_controlnet` detects its config from the keys (`model_config_from_unet(..., use_base_if_no_match=True)`)."""
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    from svd_core import testing
+
+    from .comfy_harness import comfyui_dir
+
+    if str(comfyui_dir()) not in sys.path:
+        sys.path.insert(0, str(comfyui_dir()))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # no accelerator probing in the test process
+    import comfy.cldm.cldm
+    import comfy.model_detection
+    import comfy.ops
+
+    unet = testing.tiny_model("tiny", seed=seed).unet
+    unet_sd = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    config = comfy.model_detection.detect_unet_config(unet_sd, "model.diffusion_model.")
+    # the noisy latent only; an RGB hint; ComfyUI builds a detected ControlNet with 64-channel heads (its
+    # supported_models_base.BASE default), so no attention at the 32-channel level (residual shapes do not change)
+    config.update(in_channels=4, hint_channels=3, num_heads=-1, num_head_channels=64,
+                  transformer_depth=[0, 0] + config["transformer_depth"][2:])
+    config.pop("out_channels", None)
+    net = comfy.cldm.cldm.ControlNet(**config, device="meta", operations=comfy.ops.disable_weight_init)
+    net = net.to_empty(device="cpu")
+    testing.randomize_(net, seed + 1)
+    gen = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith(("zero_convs.", "middle_block_out.")):
+                p.copy_(zero_conv_scale * torch.randn(p.shape, generator=gen))
+    save_file({f"control_model.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(path))

@@ -685,3 +685,107 @@ def test_native_model_takes_the_camera_lora_as_comfyui_patches(comfy):
     entry, _ = run_ok(comfy, plain, timeout=300)
     unpatched = _latent(comfy, entry, "41")
     assert (unpatched - base).abs().max().item() < 1e-3 * max(1.0, base.abs().max().item())
+
+
+def _comfy_in_process():
+    """ComfyUI's package imported in the test process (`--cpu`), as tests/test_ops.py does."""
+    import sys
+
+    from comfy_harness import comfyui_dir
+
+    if str(comfyui_dir()) not in sys.path:
+        sys.path.insert(0, str(comfyui_dir()))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.controlnet
+
+    return comfy
+
+
+def test_native_controlnet_residuals_drive_our_unet(comfy):
+    """ComfyUI's ControlNetLoader + ControlNetApplyAdvanced on SVD Image Conditioning's positive / negative, native
+    KSampler on the loader's MODEL: ComfyUI hands the ControlNet's residuals to our UNet as `control` (issue 13
+    item 2). Strength 0 gives the run without ControlNet; strengths 0.5 and 1 change the video and equal the
+    expected latent computed here in-process: the pack's conditioning and sampler on the same tiny weights, the
+    UNet called with the residuals of the same ControlNet module (ComfyUI's `load_controlnet` on the same file)
+    run by hand on ComfyUI's ControlNet inputs (the c_in-scaled noisy latent without the concat frame, c_noise,
+    context, y, the hint image) times the strength.
+
+    Why not ComfyUI's own SVD model on the same checkpoint: ComfyUI 0.3.75's model detection matches no supported
+    model for the tiny widths (`model_config_from_unet` logs "no match"), so ImageOnlyCheckpointLoader refuses
+    the tiny file; the UNet's residual parity with ComfyUI's own video UNet is tests/test_ops.py's
+    test_control_residuals_match_comfy_video_unet."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from comfy_harness import make_files
+    from svd_core import pipeline, testing
+    from svd_core.guidance import Guidance
+
+    cnet_name, hint_name = "svd_suite_tiny_controlnet.safetensors", "svd_suite_hint64.png"
+    cnet_path, = make_files([{"folder": "controlnet", "name": cnet_name,
+                              "factory": "tests.comfyui.factories:tiny_controlnet", "kwargs": {"seed": 0}}],
+                            comfy.base / "models")
+    hint_path, = make_files([{"name": hint_name, "factory": "tests.comfyui.factories:test_image",
+                              "kwargs": {"width": 64, "height": 64, "seed": 3}}], comfy.base / "input")
+    steps, seed, cfg, strengths = 2, 5, 2.5, (0.0, 0.5, 1.0)
+    prompt = img2vid(frames=4, steps=steps, seed=seed)
+    del prompt["4"], prompt["5"], prompt["6"], prompt["7"]
+    prompt["40"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": cnet_name}}
+    prompt["41"] = {"class_type": "LoadImage", "inputs": {"image": hint_name}}
+
+    def ksampler(node, positive, negative):
+        prompt[node] = {"class_type": "KSampler", "inputs": {
+            "model": ["1", 1], "positive": positive, "negative": negative, "latent_image": ["3", 4], "seed": seed,
+            "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "karras", "denoise": 1.0}}
+        prompt[f"{node}s"] = {"class_type": "SaveLatent", "inputs": {"samples": [node, 0],
+                                                                     "filename_prefix": f"svd_suite/cn{node}"}}
+
+    ksampler("50", ["3", 2], ["3", 3])  # no ControlNet
+    for i, strength in enumerate(strengths):
+        prompt[f"6{i}"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["3", 2], "negative": ["3", 3], "control_net": ["40", 0], "image": ["41", 0],
+            "strength": strength, "start_percent": 0.0, "end_percent": 1.0}}
+        ksampler(f"7{i}", [f"6{i}", 0], [f"6{i}", 1])
+    entry, _ = run_ok(comfy, prompt, timeout=300)
+    base = _latent(comfy, entry, "50s")
+    graph = {s: _latent(comfy, entry, f"7{i}s") for i, s in enumerate(strengths)}
+
+    # the expected latents, in-process
+    control_model = _comfy_in_process().controlnet.load_controlnet(str(cnet_path)).control_model.eval()
+    model = testing.tiny_model("tiny", seed=0)  # the weights of conftest's svd_suite_tiny.safetensors
+    image = torch.from_numpy(np.array(Image.open(comfy.input_dir / IMAGE).convert("RGB")))
+    hint = torch.from_numpy(np.array(Image.open(hint_path).convert("RGB")))
+    image, hint = (t.permute(2, 0, 1)[None].float() / 255.0 for t in (image, hint))  # b h w c -> b c h w
+    cond = pipeline.image_conditioning(model, image, num_frames=4, width=64, height=64, fps=7, motion_bucket_id=127,
+                                       cond_aug=0.02, resize_mode="crop", seed=0)
+    unet_forward = model.unet.forward
+    expected = {}
+    for strength in strengths[1:]:
+        def forward(x, timesteps, context=None, y=None, **kw):
+            # ComfyUI's ControlNet.get_control: x = calculate_input(sigma, x) (the first 4 channels here),
+            # timesteps = c_noise, c_crossattn, y; control_merge multiplies every residual by the strength
+            out = control_model(x=x[:, :4], hint=hint.expand(x.shape[0], -1, -1, -1), timesteps=timesteps,
+                                context=context, y=y)
+            control = {k: [r * strength for r in v] for k, v in out.items()}
+            return unet_forward(x, timesteps, context=context, y=y, control=control, **kw)
+
+        model.unet.forward = forward
+        with torch.inference_mode():
+            scaled = pipeline.sample(model, cond, Guidance(min_scale=cfg, max_scale=cfg), sampler="euler",
+                                     schedule="karras", steps=steps, seed=seed)
+        expected[strength] = scaled / model.spec.scale_factor  # a LATENT holds the VAE's raw latent
+    model.unet.forward = unet_forward
+
+    scale = max(1.0, base.abs().max().item())
+    assert (graph[0.0] - base).abs().max().item() < 1e-5 * scale  # strength 0: ComfyUI skips the ControlNet
+    for strength in strengths[1:]:
+        change = (graph[strength] - base).abs().max().item()
+        diff = (graph[strength] - expected[strength].reshape(graph[strength].shape)).abs().max().item()
+        print(f"ControlNet strength {strength}: change vs no ControlNet {change:.3g}, max abs difference vs the "
+              f"in-process expectation {diff:.3g} (latent max {scale:.3g})")
+        assert change > 0.05 * scale, change
+        assert diff < 1e-3 * scale, diff
+    assert (graph[1.0] - graph[0.5]).abs().max().item() > 0.02 * scale  # the strength is applied
