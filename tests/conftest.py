@@ -3,8 +3,8 @@
 - One real ComfyUI server per test session (our pack, tiny checkpoints, the workflows' inputs), started on first use
   by whichever test asks for `comfy` first and shared by the HTTP, browser and voting-page tests: a test that needs
   its own input files writes them into `comfy.input_dir` under names unique to it.
-- Tiny random models in the real key layout (svd_core.testing), built once per session: `tiny_svd` is shared and
-  must not be mutated; `fresh_tiny` hands out a private deep copy for tests that train, patch or move a model.
+- Tiny random models in the real key layout (svd_core.testing), built once per session and variant/seed by
+  `tiny_models` and handed out as private deep copies (a test may train, patch or move its model).
 """
 from __future__ import annotations
 
