@@ -16,15 +16,15 @@ from svd_core import text2video as t2v
 from svd_core.memory import SLACK, MemoryBudgetError, estimate_request
 from svd_core.model import build
 from svd_core.pipeline import image_conditioning
-from svd_core.testing import TINY, tiny_model
+from svd_core.testing import TINY
 from svd_core.validation import MAX_SEED
 
 GiB = 2 ** 30
 
 
 @pytest.fixture(scope="module")
-def svd():
-    return tiny_model("tiny", seed=0)
+def svd(tiny_models):
+    return tiny_models("tiny", seed=0)
 
 
 @contextmanager
@@ -120,8 +120,8 @@ def test_chain_of_a_million_frames_is_refused_with_what_fits(svd, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def interp_model():
-    return tiny_model("tiny_interp", seed=2)
+def interp_model(tiny_models):
+    return tiny_models("tiny_interp", seed=2)
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -159,8 +159,8 @@ def test_interpolation_memory_counts_the_output_and_names_batch_size(interp_mode
 
 
 @pytest.fixture(scope="module")
-def sv3d():
-    return tiny_model("tiny_sv3d_p", seed=3)
+def sv3d(tiny_models):
+    return tiny_models("tiny_sv3d_p", seed=3)
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -188,8 +188,8 @@ def test_multiview_memory(sv3d, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def t2v_model():
-    return tiny_model("tiny_t2v", seed=4)
+def t2v_model(tiny_models):
+    return tiny_models("tiny_t2v", seed=4)
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -1,52 +1,45 @@
 """The voting page served by a real ComfyUI 0.3.75 (routes on PromptServer): start a study with the
 SVDSuite_VotingStudy node over /prompt, vote in headless Chromium at /svd/vote/<name>/, read the leaderboard."""
 import sqlite3
-import sys
-from pathlib import Path
+import uuid
 
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "comfyui"))
-
-from comfy_harness import ComfyServer, comfyui_dir  # noqa: E402
-
-from svd_core.eval.standins import video_set  # noqa: E402
+from svd_core.eval.standins import video_set
 
 PREFERENCE = ("good", "bad")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy-vote")
-    video_set(base / "input" / "vote_good", n=4, seed=0)
-    video_set(base / "input" / "vote_bad", n=4, seed=0, noise=70.0)
-    srv = ComfyServer(base=base, comfy=comfyui_dir()).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def study(comfy):
+    """The session's ComfyUI server (tests/conftest.py) with this test's two video sets in its input folder, under
+    names no other test uses; returns the server and a unique study / folder stem."""
+    stem = f"vote_{uuid.uuid4().hex[:8]}"
+    video_set(comfy.input_dir / f"{stem}_good", n=4, seed=0)
+    video_set(comfy.input_dir / f"{stem}_bad", n=4, seed=0, noise=70.0)
+    return comfy, stem
 
 
-def test_voting_page_on_the_comfyui_server(server):
+def test_voting_page_on_the_comfyui_server(study):
     from playwright.sync_api import sync_playwright
 
+    server, stem = study
     missing = requests.get(server.url + "/svd/vote/nostudy/", timeout=10)
     assert missing.status_code == 404 and "SVDSuite_VotingStudy" in missing.json()["error"]
     prompt = {"1": {"class_type": "SVDSuite_VotingStudy", "inputs": {
-        "name": "realui", "models": "good=vote_good\nbad=vote_bad", "manifest": "", "attention_checks": 1,
+        "name": stem, "models": f"good={stem}_good\nbad={stem}_bad", "manifest": "", "attention_checks": 1,
         "participants": 2}}}
     entry, _ = server.wait(server.queue(prompt), timeout=120)
     assert entry["status"]["status_str"] == "success", server.log_tail()
     text = entry["outputs"]["1"]["text"][0]
-    assert text.startswith("voting page: /svd/vote/realui/")
+    assert text.startswith(f"voting page: /svd/vote/{stem}/")
     token = text.split("leaderboard?token=")[1].split()[0]
     codes = text.split("participant codes: ")[1].split()
-    db = server.output_dir / "svd_eval" / "votes" / "realui.sqlite"
+    db = server.output_dir / "svd_eval" / "votes" / f"{stem}.sqlite"
     assert len(codes) == 2 and sorted(codes) == sorted(r[0] for r in sqlite3.connect(db).execute(
         "SELECT code FROM participants"))
-    base = server.url + "/svd/vote/realui/"
+    base = server.url + f"/svd/vote/{stem}/"
     assert requests.get(base + "api/votes.csv", timeout=10).status_code == 401
     assert requests.get(base + "api/next", params={"code": "made-up-code-123"}, timeout=10).status_code == 403
     cross = requests.post(base + "api/vote", json={}, headers={"Origin": "http://evil.example"}, timeout=10)

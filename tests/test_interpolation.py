@@ -19,13 +19,13 @@ MASK = "conditioner.embedders.3.mask_embedding"
 
 
 @pytest.fixture(scope="module")
-def svd():
-    return testing.tiny_model("tiny", seed=1)
+def svd(tiny_models):
+    return tiny_models("tiny", seed=1)
 
 
 @pytest.fixture(scope="module")
-def model():
-    return testing.tiny_model("tiny_interp", seed=2)
+def model(tiny_models):
+    return tiny_models("tiny_interp", seed=2)
 
 
 def test_full_size_layout_is_svd_plus_mask_channel_and_embedding():

@@ -78,8 +78,8 @@ def test_svd_mv_layout_is_svd_with_elevation_columns():
 
 
 @pytest.fixture(scope="module")
-def svd_mv():
-    return mv.init_from(testing.tiny_model("tiny", seed=1), testing.TINY_SVD_MV)
+def svd_mv(tiny_models):
+    return mv.init_from(tiny_models("tiny", seed=1), testing.TINY_SVD_MV)
 
 
 def test_svd_mv_from_svd_starts_as_svd_and_embeds_elevation(svd_mv):

@@ -15,8 +15,8 @@ from svd_core.variants import TINY
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=0)
+def model(tiny_models):
+    return tiny_models("tiny", seed=0)
 
 
 def test_prepare_image_crop_pad_and_errors():

@@ -22,8 +22,8 @@ TEXT = "conditioner.embedders.0.model."
 
 
 @pytest.fixture(scope="module")
-def model():
-    return testing.tiny_model("tiny_t2v", seed=4)
+def model(tiny_models):
+    return tiny_models("tiny_t2v", seed=4)
 
 
 def test_full_size_layout_documented_and_checked_key_by_key():

@@ -15,6 +15,7 @@ import torch
 from tests.test_training_support import micro_spec, pan_clips
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # per case a 1-process and a 2-process torchrun CLI run (~40 s on 2 quiet cores)
 
 
 @pytest.fixture(scope="module")

@@ -97,19 +97,18 @@ def test_camera_lora_fits_panning_clips(trained, tmp_path):
     without = tr.validation_loss(4)
     tr.handle.enabled = True
     assert without == pytest.approx(before)  # the base model is untouched
-    idx = list(range(len(data.dataset)))
-    flow_with = latent_flow_x(tr.sample(steps=8, indices=idx, use_lora=True, decode_frames=False))
-    flow_without = latent_flow_x(tr.sample(steps=8, indices=idx, use_lora=False, decode_frames=False))
     print(f"pan clips: denoising loss {without:.4f} without LoRA, {with_lora:.4f} with; latent flow x of the "
-          f"clips {truth:.3f}, of samples {flow_with:.3f} with LoRA, {flow_without:.3f} without")
-    assert with_lora < 0.97 * without
+          f"clips {truth:.3f}")
+    assert with_lora < 0.97 * without  # the sampled motion: test_camera_lora_turns_the_sampled_motion_into_its_pan
 
 
 @pytest.mark.slow
 def test_camera_lora_turns_the_sampled_motion_into_its_pan(tmp_path):
     """The paper's use of camera LoRAs: a base model that knows panning both ways from the same first frames (so it
     cannot tell the direction) is steered by a LoRA trained on right pans: the sampled videos' content moves left
-    (negative x flow) with the LoRA, and not without it. ~1000 CPU steps: marked slow."""
+    (negative x flow) with the LoRA, and not without it. ~1000 CPU steps: marked slow. Fewer do not hold the proof:
+    250 base + 100 LoRA steps (12 sampling steps) gave a flow of -0.008 with the LoRA, 350 + 140 (15) -0.067, both
+    short of -0.15 (clips -0.858)."""
     from svd_core.video_io import probe
     from svd_core.testing import tiny_model
 

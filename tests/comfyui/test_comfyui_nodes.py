@@ -6,9 +6,13 @@ import difflib
 import json
 import threading
 import time
+import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
+import torch
 
 from comfy_harness import media_info
 
@@ -282,7 +286,61 @@ def test_video_to_video_encode_then_partial_denoise(comfy):
         "images": ["12", 0], "filename_prefix": "svd_suite/v2v_out", "fps": 7.0, "lossless": True, "quality": 80,
         "method": "default"}}
     entry, _ = run_ok(comfy, prompt)
-    assert media_info(saved(comfy, entry, node="13")) == (4, 64, 64)
+    out = saved(comfy, entry, node="13")
+    assert media_info(out) == (4, 64, 64)
+    # values: the same svd_core calls on the same checkpoint file, image and seeds in the test process; the lossless
+    # WEBP holds ComfyUI's 8-bit frames (255 * x truncated), so float noise may move a value by one step
+    start, result = engine_v2v(comfy.base)
+    got, expected, start = webp_frames(out), to_uint8(result), to_uint8(start)
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
+    assert np.abs(got.astype(int) - start.astype(int)).mean() > 1.0  # denoise 0.5 changed the start video
+
+
+def webp_frames(path) -> np.ndarray:
+    """The RGB frames of an animated WEBP, t h w 3 uint8."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as im:
+        return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Engine frames t 3 h w in [0, 1] -> t h w 3 uint8 as ComfyUI's image savers write them (truncated)."""
+    return np.clip(255.0 * frames.permute(0, 2, 3, 1).numpy(), 0, 255).astype(np.uint8)  # t h w c
+
+
+def engine_img2vid(model_path: Path, image_path: Path, frames: int = 4, decode_t: int = 4):
+    """img2vid()'s graph at its defaults run by svd_core directly (the same calls as the nodes) on the server's model
+    and input image: (model, conditioning, guidance, frames 1 t 3 h w in [0, 1])."""
+    import svd_core
+    from PIL import Image
+    from svd_core import pipeline as P
+    from svd_core.guidance import Guidance
+
+    model = svd_core.load(model_path, dtype=torch.float32)
+    rgb = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32) / 255.0  # as LoadImage
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # 1 3 h w
+    guidance = Guidance(kind="linear", min_scale=1.0, max_scale=2.5)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "generating at")  # 64x64 on a 128x128 model, as the graph does
+        cond = P.image_conditioning(model, image, num_frames=frames, width=64, height=64, fps=7,
+                                    motion_bucket_id=127, cond_aug=0.02, resize_mode="crop", seed=0)
+        latent = P.sample(model, cond, guidance, sampler="euler", schedule="karras", steps=2, seed=1)
+        return model, cond, guidance, P.decode(model, latent, frames, decode_t=decode_t).clamp(0, 1)
+
+
+def engine_v2v(base: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """test_video_to_video's graph run by svd_core directly: (start video, video-to-video result), t 3 h w each."""
+    from svd_core import pipeline as P
+
+    model, cond, guidance, start = engine_img2vid(base / "models" / "checkpoints" / CKPT, base / "input" / IMAGE)
+    with torch.inference_mode():
+        latent = P.encode(model, start)  # the Encode node's input: the decoded frames
+        out = P.sample(model, cond, guidance, sampler="dpmpp_2m", schedule="exponential", steps=2, seed=5,
+                       init_latent=latent, denoise=0.5)
+        return start[0], P.decode(model, out, 4, decode_t=4).clamp(0, 1)[0]
+
 
 
 def test_sampler_sends_live_previews_of_each_step_x0(comfy):
@@ -353,8 +411,15 @@ def test_diffusers_folder_loader(comfy, object_info):
     prompt = img2vid(frames=3, decode_t=3, prefix="svd_suite/diffusers")
     prompt["1"] = {"class_type": "SVDSuite_DiffusersLoader", "inputs": {"folder": "tiny_svd_diffusers",
                                                                          "dtype": "float32"}}
+    prompt["7"]["inputs"]["lossless"] = True
     entry, _ = run_ok(comfy, prompt)
-    assert media_info(saved(comfy, entry)) == (3, 64, 64)
+    out = saved(comfy, entry)
+    assert media_info(out) == (3, 64, 64)
+    # values: svd_core loading the same folder and running the same calls in the test process
+    *_, frames = engine_img2vid(comfy.base / "models" / "diffusers" / "tiny_svd_diffusers", comfy.input_dir / IMAGE,
+                                frames=3, decode_t=3)
+    diff = np.abs(webp_frames(out).astype(int) - to_uint8(frames[0]).astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
 
 
 @pytest.fixture(scope="module")
@@ -394,8 +459,6 @@ def test_sv3d_multiview_prepares_an_rgba_object_and_replaces_the_last_view(comfy
     """Reference scripts/sampling/simple_video_sample.py (sv3d): the RGBA object is cut to its bounding box, centred on
     a square canvas of the input's height (image_frame_ratio None), resized to the output and put on white; the last
     view is replaced by that input (samples_x[-1:] = cond_frames_without_noise). Load Image's MASK is 1 - alpha."""
-    import numpy as np
-    import torch
     from factories import test_image
     from PIL import Image
 

@@ -1,0 +1,85 @@
+"""Session-wide test fixtures shared by every test file.
+
+- One real ComfyUI server per test session (our pack, tiny checkpoints, the workflows' inputs), started on first use
+  by whichever test asks for `comfy` first and shared by the HTTP, browser and voting-page tests: a test that needs
+  its own input files writes them into `comfy.input_dir` under names unique to it.
+- Tiny random models in the real key layout (svd_core.testing), built once per session and variant/seed by
+  `tiny_models` and handed out as private deep copies (a test may train, patch or move its model).
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+
+COMFY_TESTS = Path(__file__).resolve().parent / "comfyui"
+if str(COMFY_TESTS) not in sys.path:
+    sys.path.insert(0, str(COMFY_TESTS))  # comfy_harness, factories, gui: importable from every test file
+
+# files every session provides besides the workflows' own (the node tests use these)
+BASE_MODELS = [
+    {"folder": "checkpoints", "name": "svd_suite_tiny.safetensors",
+     "factory": "tests.comfyui.factories:tiny_checkpoint", "kwargs": {"variant": "tiny"}},
+    {"folder": "diffusers", "name": "tiny_svd_diffusers", "factory": "tests.comfyui.factories:tiny_diffusers_folder"},
+]
+BASE_INPUTS = [
+    {"name": "svd_suite_test.png", "factory": "tests.comfyui.factories:test_image",
+     "kwargs": {"width": 160, "height": 96}},
+]
+
+
+# ------------------------------------------------------------------------------------------------ ComfyUI server
+@pytest.fixture(scope="session")
+def workflows():
+    from comfy_harness import load_workflows
+
+    return load_workflows()
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory, workflows):
+    """The session's one ComfyUI server (tests/comfyui/comfy_harness.py), stopped when the session ends."""
+    from comfy_harness import ComfyServer, comfyui_dir, make_files
+    from gui import seed_settings
+
+    base = tmp_path_factory.mktemp("comfyui-base")
+    models, inputs = list(BASE_MODELS), list(BASE_INPUTS)
+    for wf in workflows:
+        if wf.run or wf.browser:
+            models += wf.meta.get("models", [])
+            inputs += wf.meta.get("inputs", [])
+    make_files(models, base / "models")
+    make_files(inputs, base / "input")
+    seed_settings(base)  # GUI user settings: no tutorial / template dialog on the first page load
+    server = ComfyServer(base=base, comfy=comfyui_dir())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy):
+    return comfy.get("/object_info", timeout=60)
+
+
+# ------------------------------------------------------------------------------------------------ tiny models
+@pytest.fixture(scope="session")
+def tiny_models():
+    """`tiny_models(variant="tiny", seed=0)`: svd_core.testing.tiny_model built once per session and key, handed out
+    as a private deep copy (a test may train, patch or move it). Module fixtures of files that use the same variant
+    and seed share one build (a copy costs a memcpy, a build the layers' init and the seeded randomisation)."""
+    from svd_core.testing import tiny_model
+
+    built = {}
+
+    def get(variant="tiny", seed: int = 0):
+        key = (variant if isinstance(variant, str) else repr(variant), seed)
+        if key not in built:
+            built[key] = tiny_model(variant, seed=seed)
+        return copy.deepcopy(built[key])
+
+    return get
