@@ -1,24 +1,12 @@
 """Evaluation nodes inside a real ComfyUI import (`--cpu`, in a subprocess so ComfyUI's globals stay out of the
 test process): schemas, and every node executed on tiny stand-in weights and synthetic videos."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from comfy_harness import run_in_comfyui
 
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(r'''
-    import json, os, sys
-    comfy, repo, base = sys.argv[1:4]
-    sys.path.insert(0, comfy)
-    sys.path.append(repo)
-    sys.argv = ["main.py", "--cpu", "--base-directory", base]
-    import comfy.options
-    comfy.options.enable_args_parsing()
     import torch
     from svd_core.eval.standins import moving_square, random_lpips, tiny_i3d, video_set, votes_csv
     models = os.path.join(base, "models", "svd_eval")
@@ -28,11 +16,6 @@ SCRIPT = textwrap.dedent(r'''
     video_set(os.path.join(inp, "set_a"), n=3, seed=0)
     video_set(os.path.join(inp, "set_b"), n=3, seed=0, noise=50.0)
     votes_csv(os.path.join(inp, "votes.csv"), {"xt": 300.0, "svd": 0.0}, n=200)
-    import importlib.util  # the pack as ComfyUI imports it (a package; its modules import each other relatively)
-    spec = importlib.util.spec_from_file_location("svd_suite", os.path.join(repo, "__init__.py"),
-                                                  submodule_search_locations=[repo])
-    sys.modules["svd_suite"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules["svd_suite"])
     import svd_suite.training_nodes.evaluation as ev
     out = {"schemas": {}}
     for node in ev.NODES:
@@ -104,17 +87,7 @@ SCRIPT = textwrap.dedent(r'''
 
 @pytest.fixture(scope="module")
 def node_run(tmp_path_factory):
-    comfy = Path(os.environ.get("SVD_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
-    if not (comfy / "main.py").is_file():
-        subprocess.run(["bash", str(REPO / "scripts" / "setup.d" / "50-comfyui.sh")], check=True, timeout=900)
-    tmp = tmp_path_factory.mktemp("nodes")
-    (tmp / "run.py").write_text(SCRIPT)
-    base = tmp / "base"
-    proc = subprocess.run([sys.executable, str(tmp / "run.py"), str(comfy), str(REPO), str(base)],
-                          capture_output=True, text=True, timeout=600, cwd=str(tmp))
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_in_comfyui(SCRIPT, tmp_path_factory.mktemp("nodes"))
 
 
 def test_schemas_have_prefix_category_and_tooltips(node_run):

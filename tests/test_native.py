@@ -2,32 +2,15 @@
 (`--cpu`, in a subprocess so ComfyUI's globals stay out of the test process): the loader's MODEL / VAE / CLIP_VISION
 share the bundle's tensors, one ModelPatcher per stage, the native VAE and CLIP_VISION give the engine's values.
 Graph-level parity (native KSampler, SamplerCustomAdvanced, LoRA patches): tests/comfyui/test_comfyui_nodes.py."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from comfy_harness import run_in_comfyui
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # one ComfyUI import in a subprocess (~20-60 s on 2 busy cores) for all the checks
 
 SCRIPT = textwrap.dedent(r'''
-    import importlib.util, json, os, sys
-    comfy, repo, base = sys.argv[1:4]
-    sys.path.insert(0, comfy)
-    sys.path.append(repo)
-    sys.argv = ["main.py", "--cpu", "--base-directory", base]
-    import comfy.options
-    comfy.options.enable_args_parsing()
-    import folder_paths
-    spec = importlib.util.spec_from_file_location("svd_suite", os.path.join(repo, "__init__.py"),
-                                                  submodule_search_locations=[repo])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["svd_suite"] = pack
-    spec.loader.exec_module(pack)
+    import os
     import torch
     import comfy.model_management as mm
     from svd_core.testing import make_tiny_checkpoint
@@ -69,8 +52,8 @@ SCRIPT = textwrap.dedent(r'''
     out["vae_encode"] = [list(enc.shape), float((enc - ref).abs().max())]
     # native CLIP_VISION: the conditioning's image token for the same prepared image
     img = torch.rand(1, 64, 64, 3, generator=gen)
-    cond, pos, neg, latent = conditioning.ImageConditioning.execute(bundle, img, 64, 64, 4, 7, 127, 0.02, "crop",
-                                                                    0).args
+    cond, fps, pos, neg, latent = conditioning.ImageConditioning.execute(bundle, img, 64, 64, 4, 7, 127, 0.02, "crop",
+                                                                         0).args
     emb = clip_vision.encode_image(img).image_embeds
     out["clip"] = [list(emb.shape), float((emb - cond.cond.crossattn[0, 0]).abs().max())]
     out["positive"] = [list(pos[0][0].shape), {k: (list(v.shape) if hasattr(v, "shape") else v)
@@ -87,9 +70,9 @@ SCRIPT = textwrap.dedent(r'''
 
     ours0 = conditioning.ImageConditioning.execute(bundle, img, 64, 64, 4, 7, 127, 0.0, "crop", 0).args
     theirs = SVD_img2vid_Conditioning().encode(clip_vision, img, vae, 64, 64, 4, 127, 7, 0.0)
-    out["native_node"] = [float((theirs[0][0][0] - ours0[1][0][0]).abs().max()),
+    out["native_node"] = [float((theirs[0][0][0] - ours0[2][0][0]).abs().max()),
                           float((theirs[0][0][1]["concat_latent_image"] - vae.encode(img)).abs().max()),
-                          float((model.model.encode_adm(**theirs[0][0][1]) - model.model.encode_adm(**ours0[1][0][1]))
+                          float((model.model.encode_adm(**theirs[0][0][1]) - model.model.encode_adm(**ours0[2][0][1]))
                                 .abs().max()), list(theirs[2]["samples"].shape)]
     # SV3D: per-frame camera vectors travel whole; native KSampler = the pack's sampler (constant guidance 2.5)
     import nodes as comfy_nodes
@@ -125,16 +108,7 @@ SCRIPT = textwrap.dedent(r'''
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    comfy = Path(os.environ.get("SVD_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
-    if not (comfy / "main.py").is_file():
-        subprocess.run(["bash", str(REPO / "scripts" / "setup.d" / "50-comfyui.sh")], check=True, timeout=900)
-    tmp = tmp_path_factory.mktemp("native")
-    (tmp / "run.py").write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(tmp / "run.py"), str(comfy), str(REPO), str(tmp / "base")],
-                          capture_output=True, text=True, timeout=600, cwd=str(tmp))
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_in_comfyui(SCRIPT, tmp_path_factory.mktemp("native"))
 
 
 def test_native_model_is_the_bundle_unet_no_second_copy(run):

@@ -3,32 +3,16 @@
 `validate_inputs`, inside a real ComfyUI import (`--cpu`, in a subprocess so ComfyUI's globals stay out of the test
 process). The same values through `/prompt` of a running server: tests/comfyui/test_comfyui_paths.py."""
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from comfy_harness import run_in_comfyui
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # one ComfyUI import in a subprocess (~30-60 s on 2 busy cores) for all the cases
 
 SCRIPT = textwrap.dedent(r'''
-    import importlib.util, json, os, sys
-    comfy, repo, base, outside = sys.argv[1:5]
-    sys.path.insert(0, comfy)
-    sys.path.append(repo)
-    sys.argv = ["main.py", "--cpu", "--base-directory", base]
-    import comfy.options
-    comfy.options.enable_args_parsing()
-    import folder_paths
-    # the pack as ComfyUI imports it: a package (custom_nodes/<pack>) whose modules import each other relatively
-    spec = importlib.util.spec_from_file_location("svd_suite", os.path.join(repo, "__init__.py"),
-                                                  submodule_search_locations=[repo])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["svd_suite"] = pack
-    spec.loader.exec_module(pack)
+    import os, sys
+    outside = args[0]
     from svd_suite.nodes import _comfy
     from svd_suite.training_nodes import curation, evaluation, training
     from svd_suite.nodes import loaders, lora
@@ -278,24 +262,17 @@ BAD_VALUES = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    comfy = Path(os.environ.get("SVD_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
-    if not (comfy / "main.py").is_file():
-        subprocess.run(["bash", str(REPO / "scripts" / "setup.d" / "50-comfyui.sh")], check=True, timeout=900)
     tmp = tmp_path_factory.mktemp("paths")
-    base, outside = tmp / "base", tmp / "outside"
+    outside = tmp / "outside"
     outside.mkdir()
     for name in ("secret.txt", "v.mp4", "v2.mp4", "shared.safetensors"):
         (outside / name).write_bytes(b"TOP-SECRET-CONTENT")
-    (tmp / "run.py").write_text(SCRIPT)
     cases = {"confine": [[v, f, kw] for v, f, kw, _ in CONFINE], "names": [[v, s] for v, s, _ in NAMES],
              "hostile": HOSTILE, "bad_values": {k: v[:4] for k, v in BAD_VALUES.items()}}
-    proc = subprocess.run([sys.executable, str(tmp / "run.py"), str(comfy), str(REPO), str(base), str(outside)],
-                          input=json.dumps(cases), capture_output=True, text=True, timeout=300, cwd=str(tmp))
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = run_in_comfyui(SCRIPT, tmp, str(outside), stdin=json.dumps(cases), timeout=300)
     before = sorted(p.name for p in outside.iterdir())
     assert before == ["secret.txt", "shared.safetensors", "v.mp4", "v2.mp4"]  # nothing written outside
-    return json.loads(lines[-1][len("RESULT "):])
+    return result
 
 
 @pytest.mark.parametrize("i", range(len(CONFINE)), ids=[repr(c[0])[:40] + "-" + str(c[1]) for c in CONFINE])

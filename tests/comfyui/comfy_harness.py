@@ -51,6 +51,39 @@ def comfyui_dir() -> Path:
     return path
 
 
+# ------------------------------------------------------------------------------------------------ in-process
+# A fresh interpreter with ComfyUI imported (`--cpu`, base directory `base`) and the pack loaded the way ComfyUI
+# loads it (a package `svd_suite` whose modules import each other relatively), so ComfyUI's globals stay out of the
+# test process. The script body sees `repo`, `base`, `args` (the extra arguments), `folder_paths` and `json`.
+PRELUDE = """\
+import importlib.util, json, os, sys
+comfy_dir, repo, base = sys.argv[1:4]
+args = sys.argv[4:]
+sys.path.insert(0, comfy_dir)
+sys.path.append(repo)
+sys.argv = ["main.py", "--cpu", "--base-directory", base]
+import comfy.options
+comfy.options.enable_args_parsing()
+import folder_paths
+_spec = importlib.util.spec_from_file_location("svd_suite", os.path.join(repo, "__init__.py"),
+                                               submodule_search_locations=[repo])
+sys.modules["svd_suite"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sys.modules["svd_suite"])
+"""
+
+
+def run_in_comfyui(body: str, tmp: Path, *args: str, stdin: str | None = None, timeout: float = 600) -> dict:
+    """Run `body` (which ends by printing "RESULT " + json) after `PRELUDE` in a subprocess, ComfyUI's base folder
+    `tmp/base`; returns the parsed result, or fails with the tail of the output."""
+    script = tmp / "run.py"
+    script.write_text(PRELUDE + body)
+    proc = subprocess.run([sys.executable, str(script), str(comfyui_dir()), str(REPO), str(tmp / "base"), *args],
+                          input=stdin, capture_output=True, text=True, timeout=timeout, cwd=str(tmp))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 # ------------------------------------------------------------------------------------------------ workflows
 @dataclass
 class Workflow:
