@@ -30,7 +30,6 @@ import inspect
 import json
 import math
 import statistics
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def alternate(ours, theirs, repeats: int) -> dict:
     return out
 
 
-def build_pair(channels: int, frames: int):
+def build_pair(channels: int, frames: int, vae_ch: int = 64):
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
     from svd_core.convert import state_dict_sgm_to_diffusers, unet_layout, vae_layout
@@ -69,7 +68,7 @@ def build_pair(channels: int, frames: int):
 
     spec = replace(TINY, unet=replace(TINY.unet, model_channels=channels, num_head_channels=64 if channels >= 64 else 32,
                                       context_dim=1024), clip=replace(TINY.clip, embed_dim=1024),
-                   vae=replace(TINY.vae, ch=64), name="bench")
+                   vae=replace(TINY.vae, ch=vae_ch), name="bench")
     model = tiny_model(spec, seed=0)
     u = spec.unet
     ref_unet = UNetSpatioTemporalConditionModel(
@@ -313,7 +312,7 @@ def bench_size(args, channels: int, frames: int) -> list[dict]:
     from svd_core.attention import DEFAULT_FF_CHUNK
 
     torch.manual_seed(0)
-    model, ref_unet, ref_vae = build_pair(channels, frames)
+    model, ref_unet, ref_vae = build_pair(channels, frames, args.vae_ch)
     model.set_channels_last(True)  # as svd_core.pipeline runs it
     model.unet.set_ff_chunk_size(DEFAULT_FF_CHUNK)
     out = []
@@ -328,17 +327,19 @@ def bench_size(args, channels: int, frames: int) -> list[dict]:
         for threads in args.threads:
             torch.set_num_threads(threads)
             peak = matmul_tflops(torch.device("cpu"), dtype, seconds=args.peak_seconds) * 1e3  # GFLOP/s
-            entry = {"channels": channels, "frames": frames, "latent": args.latent, "dtype": dtype_name,
-                     "threads": threads, "matmul_gflops": peak, "parts": {}}
+            entry = {"channels": channels, "vae_ch": args.vae_ch, "frames": frames, "latent": args.latent,
+                     "dtype": dtype_name, "threads": threads, "matmul_gflops": peak, "parts": {}}
             for part, (ours, theirs) in runs.items():
                 r = alternate(ours, theirs, args.repeats)
                 f = flops[part]
                 r.update(flops_ours=f["ours"], flops_theirs=f["theirs"], flops_ours_plain=f["ours_plain"],
-                         gflops_ours=f["ours"] / r["wall_ours"] / 1e9, gflops_theirs=f["theirs"] / r["wall_theirs"] / 1e9,
+                         gflops_ours=f["ours"] / r["wall_ours"] / 1e9,
+                         gflops_theirs=f["theirs"] / r["wall_theirs"] / 1e9,
                          limit_seconds=f["ours"] / (peak * 1e9))
                 entry["parts"][part] = r
             if args.profile:
-                entry["profile"] = {part: {"ours": top_ops(o), "theirs": top_ops(t)} for part, (o, t) in runs.items()}
+                entry["profile"] = {part: {"ours": top_ops(o), "theirs": top_ops(t)}
+                                    for part, (o, t) in runs.items()}
             if args.ablate:
                 entry["ablation"] = ablate(model, runs, args.repeats)
             out.append(entry)
@@ -347,8 +348,9 @@ def bench_size(args, channels: int, frames: int) -> list[dict]:
 
 
 def entry_lines(e: dict) -> list[str]:
-    out = [f"-- model_channels {e['channels']}, {e['frames']} frames, {e['latent']}x{e['latent']} latents, "
-           f"{e['dtype']}, {e['threads']} thread(s): physical limit = matmul peak {e['matmul_gflops']:.1f} GFLOP/s"]
+    out = [f"-- model_channels {e['channels']} (VAE ch {e['vae_ch']}), {e['frames']} frames, {e['latent']}x"
+           f"{e['latent']} latents, {e['dtype']}, {e['threads']} thread(s): physical limit = matmul peak "
+           f"{e['matmul_gflops']:.1f} GFLOP/s"]
     for part, r in e["parts"].items():
         out.append(f"  {part:<10} time {r['time_ours']:.3f}s vs {r['time_theirs']:.3f}s -> ratio {r['time_ratio']:.2f}"
                    f" (cpu {r['cpu_ratio']:.2f});  peak extra memory {r['mem_ours']:.0f} vs {r['mem_theirs']:.0f} MiB"
@@ -358,7 +360,8 @@ def entry_lines(e: dict) -> list[str]:
                    f"{100 * r['gflops_theirs'] / e['matmul_gflops']:.0f}% of the limit)")
     for part, engines in e.get("profile", {}).items():
         for engine, ops in engines.items():
-            out.append(f"  top ops {part} {engine}: " + ", ".join(f"{k} {ms:.0f}ms {100 * sh:.0f}%" for k, ms, sh in ops))
+            out.append(f"  top ops {part} {engine}: "
+                       + ", ".join(f"{k} {ms:.0f}ms {100 * sh:.0f}%" for k, ms, sh in ops))
     if e.get("ablation"):
         out.append("  fast path off / on (ours):  " + "; ".join(
             f"{a['switch']} [{a['part']}] time {a['time_off_over_on']:.2f} mem {a['mem_off_over_on']:.2f}"
@@ -381,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="64x8,128x14", help="comma list of MODEL_CHANNELSxFRAMES")
     ap.add_argument("--latent", type=int, default=32)
+    ap.add_argument("--vae-ch", type=int, default=64, help="the temporal VAE's base width (released: 128)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--threads", default="1,2", help="comma list of torch thread counts (both engines)")

@@ -27,7 +27,7 @@ def run_bench(tmp_path, *args) -> tuple[dict, str]:
 
 @pytest.mark.slow
 def test_forward_bench_smallest_size(tmp_path):
-    report, stdout = run_bench(tmp_path, "--sizes", "32x2", "--latent", "8", "--threads", "1",
+    report, stdout = run_bench(tmp_path, "--sizes", "32x2", "--latent", "8", "--vae-ch", "32", "--threads", "1",
                                "--dtypes", "float32", "--profile", "--ablate")
     entries = report["forwards"]
     assert [(e["threads"], e["dtype"], e["channels"], e["frames"]) for e in entries] == [(1, "float32", 32, 2)]
