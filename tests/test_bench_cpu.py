@@ -36,10 +36,10 @@ def test_forward_bench_smallest_size(tmp_path):
         unet, vae = e["parts"]["unet"], e["parts"]["vae_decode"]
         for r in (unet, vae):
             assert all(math.isfinite(v) for v in r.values()), r
-            assert r["time_ratio"] > 0 and r["mem_ours"] >= 0 and r["gflops_ours"] > 0
+            assert r["time_ratio"] > 0 and r["gflops_ours"] > 0 and r["gflops_theirs"] > 0
             # the same maths: with the single-key cross-attention and the folded upsample conv off, our count is
-            # diffusers' exactly; with them on it is smaller
-            assert r["flops_ours_plain"] == r["flops_theirs"]
+            # diffusers' (up to the timestep MLP, run per frame by ours, per video by diffusers); with them on, less
+            assert r["flops_ours_plain"] == pytest.approx(r["flops_theirs"], rel=1e-3)
             assert 0 < r["flops_ours"] < r["flops_theirs"]
             assert r["time_ratio"] == pytest.approx(r["time_ours"] / r["time_theirs"])
         # the folded upsample conv computes 16 of the 36 taps per upsampling conv: a large share of the decode
