@@ -31,6 +31,7 @@ import inspect
 import json
 import math
 import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -256,13 +257,16 @@ def _pipeline_child(engine: str, threads: int, cfg: dict, repeats: int, seed: in
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # the high-water mark from here on: weights + what the runs add
-    timed = gpu.Run(engine, "float32")
+    timed, cpu = gpu.Run(engine, "float32"), []
     video = run(gpu.Run("warm-up", "float32"))
     for _ in range(repeats):
+        t0 = time.process_time()  # CPU time too: robust to other load on a shared machine
         video = run(timed)
+        cpu.append(time.process_time() - t0)
     with open("/proc/self/status") as f:
         hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-    return {"video": video.float().numpy(), "seconds": statistics.median(timed.seconds), "peak_rss_mib": hwm,
+    return {"video": video.float().numpy(), "seconds": statistics.median(timed.seconds),
+            "cpu_seconds": statistics.median(cpu), "peak_rss_mib": hwm,
             "peak_extra_mib": timed.peak_bytes / 2 ** 20}
 
 
@@ -281,6 +285,7 @@ def pipeline(threads: int, repeats: int, frames: int, steps: int, size: int, dec
     return {"threads": threads, "config": cfg, "max_abs_diff": diff, "ours": res["svd_core"],
             "diffusers": res["diffusers"],
             "time_ratio": res["svd_core"]["seconds"] / res["diffusers"]["seconds"],
+            "cpu_ratio": res["svd_core"]["cpu_seconds"] / res["diffusers"]["cpu_seconds"],
             "rss_ratio": res["svd_core"]["peak_rss_mib"] / res["diffusers"]["peak_rss_mib"],
             "extra_ratio": res["svd_core"]["peak_extra_mib"] / max(res["diffusers"]["peak_extra_mib"], 1e-9)}
 
@@ -381,7 +386,8 @@ def pipeline_lines(p: dict) -> list[str]:
     return [f"-- img2vid end to end, {c['frames']} frames {c['width']}x{c['height']}, {c['steps']} steps CFG, decode "
             f"chunk {c['decode_t']}, {p['threads']} thread(s), each engine in its own process; max |video "
             f"difference| {p['max_abs_diff']:.1e}",
-            f"  time {o['seconds']:.3f}s vs {t['seconds']:.3f}s -> ratio {p['time_ratio']:.2f};  peak RSS "
+            f"  time {o['seconds']:.3f}s vs {t['seconds']:.3f}s -> ratio {p['time_ratio']:.2f} (cpu "
+            f"{o['cpu_seconds']:.3f}s vs {t['cpu_seconds']:.3f}s -> {p['cpu_ratio']:.2f});  peak RSS "
             f"{o['peak_rss_mib']:.0f} vs {t['peak_rss_mib']:.0f} MiB -> ratio {p['rss_ratio']:.2f};  peak extra "
             f"{o['peak_extra_mib']:.0f} vs {t['peak_extra_mib']:.0f} MiB -> ratio {p['extra_ratio']:.2f}"]
 
