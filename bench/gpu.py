@@ -113,21 +113,25 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0
     return 2 * n ** 3 * count / (time.perf_counter() - t0) / 1e12
 
 
-def video_flops(spec, frames: int, height: int, width: int, steps: int, decode_t: int, cfg: bool = True) -> dict:
-    """FLOPs of one video counted on the meta device (nothing allocated): conditioning, UNet steps, decode."""
+def count_flops(fn) -> int:
+    """FLOPs of `fn()` as `torch.utils.flop_counter` counts them (matmuls, convs, attention), under inference mode:
+    the one FLOP count of the benchmarks (bench_vs_diffusers.py uses it for both engines' forwards)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def video_flops(spec, frames: int, height: int, width: int, steps: int, decode_t: int, cfg: bool = True) -> dict:
+    """FLOPs of one video counted on the meta device (nothing allocated): conditioning, UNet steps, decode."""
     from svd_core.model import build
 
     model = build(spec, device="meta")
     h, w = height // 8, width // 8
     batch = 2 if cfg else 1
     meta = dict(device="meta")
-
-    def count(fn) -> int:
-        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-            fn()
-        return fc.get_total_flops()
+    count = count_flops
 
     y = torch.empty(batch * frames, spec.unet.adm_in_channels, **meta)
     unet = count(lambda: model.unet(torch.empty(batch * frames, spec.unet.in_channels, h, w, **meta),
