@@ -88,7 +88,7 @@ SCRIPT = textwrap.dedent(r'''
     from_native = sampling.Sampler.execute(sv3d, scale, "euler", "karras", 2, 5, 1.0, positive=pos, negative=neg,
                                            latent=latent).args[0]["samples"]
     out["sv3d"] = [list(pos[0][1]["svd_vector"].shape), float((pos[0][1]["svd_vector"] - cond.cond.vector).abs().max()),
-                   float((ours - native * sv3d.spec.scale_factor).abs().max()), float((from_native - ours).abs().max()),
+                   float((ours - native).abs().max()), float((from_native - ours).abs().max()),
                    float(ours.abs().max())]
     # the vector from native keys = ComfyUI's own SVD_img2vid / SV3D_p encode_adm formulas (model_base.py)
     from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
@@ -160,8 +160,8 @@ def test_native_conditioning_carries_the_reference_values(run):
 
 def test_sv3d_orbit_conditioning_drives_native_sampling(run):
     """SV3D Orbit Conditioning's native outputs carry the per-frame camera vector (`svd_vector`, t x adm); native
-    KSampler on them equals the pack's sampler (native LATENT = pack latent / 0.18215 until the pack's LATENT is
-    raw, issue 13 item 1), and the pack's sampler fed the native positive / negative / latent equals it too."""
+    KSampler on them equals the pack's sampler (both LATENTs hold the raw VAE latent, issue 13 item 1), and the pack's
+    sampler fed the native positive / negative / latent equals it too."""
     shape, vec_diff, parity, from_native, size = run["sv3d"]
     assert shape[0] == 5 and vec_diff == 0.0
     assert parity < 1e-3 * max(1.0, size) and from_native < 1e-5
