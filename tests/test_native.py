@@ -52,8 +52,8 @@ SCRIPT = textwrap.dedent(r'''
     out["vae_encode"] = [list(enc.shape), float((enc - ref).abs().max())]
     # native CLIP_VISION: the conditioning's image token for the same prepared image
     img = torch.rand(1, 64, 64, 3, generator=gen)
-    cond, fps, pos, neg, latent = conditioning.ImageConditioning.execute(bundle, img, 64, 64, 4, 7, 127, 0.02, "crop",
-                                                                         0).args
+    cond, _, pos, neg, latent = conditioning.ImageConditioning.execute(bundle, img, 64, 64, 4, 7, 127, 0.02, "crop",
+                                                                       0).args  # _ = fps
     emb = clip_vision.encode_image(img).image_embeds
     out["clip"] = [list(emb.shape), float((emb - cond.cond.crossattn[0, 0]).abs().max())]
     out["positive"] = [list(pos[0][0].shape), {k: (list(v.shape) if hasattr(v, "shape") else v)
@@ -102,6 +102,23 @@ SCRIPT = textwrap.dedent(r'''
                       t512(torch.deg2rad(torch.fmod(torch.Tensor(azim), 360.0)))], 1)
     got3 = sv3d_model.model.encode_adm(augmentation_level=1e-5, elevation=elev, azimuth=azim)
     out["comfy_adm"] = [float((got - expected).abs().max()), list(got3.shape), float((got3 - exp3).abs().max())]
+    # TorchCompileModel's mechanism (comfy_extras/nodes_torch_compile.py: clone + set_torch_compile_wrapper, an
+    # APPLY_MODEL wrapper swapping in the compiled diffusion_model) on our native MODEL, with the aot_eager backend
+    # (inductor takes minutes on a CPU); native KSampler with and without it
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from torch._dynamo.utils import counters
+
+    pos, neg, latent = ours0[2:]  # SVD Image Conditioning's native outputs for the tiny svd model
+    eager = comfy_nodes.common_ksampler(model, 3, 2, 2.5, "euler", "karras", pos, neg, latent)[0]["samples"]
+    compiled_model = model.clone()
+    set_torch_compile_wrapper(model=compiled_model, backend="aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = comfy_nodes.common_ksampler(compiled_model, 3, 2, 2.5, "euler", "karras", pos, neg, latent)[0]
+    again = comfy_nodes.common_ksampler(model, 3, 2, 2.5, "euler", "karras", pos, neg, latent)[0]["samples"]
+    out["compile"] = [float((compiled["samples"] - eager).abs().max()), float(eager.abs().max()),
+                      int(counters["frames"]["ok"]), int(counters["stats"]["unique_graphs"]),
+                      float((again - eager).abs().max()), "torch.compile" in str(model.wrappers)]
     print("RESULT " + json.dumps(out))
 ''')
 
@@ -183,3 +200,13 @@ def test_native_keys_embed_as_comfyuis_own_svd_and_sv3d_models(run):
     azimuth in radians, 512 wide), so conditioning made for ComfyUI's SVD / SV3D models drives ours the same."""
     svd_diff, shape, sv3d_diff = run["comfy_adm"]
     assert svd_diff < 1e-6 and shape == [5, 1280] and sv3d_diff < 1e-6
+
+
+def test_torch_compile_model_wrapper_on_our_native_model(run):
+    """ComfyUI's TorchCompileModel (clone + `set_torch_compile_wrapper`, here with backend aot_eager: the graph
+    inductor would get) on the loader's MODEL: native KSampler runs through the compiled diffusion model (dynamo
+    captured frames and graphs) and gives the uncompiled samples; the original MODEL stays uncompiled."""
+    diff, size, frames, graphs, again, leaked = run["compile"]
+    assert frames > 0 and graphs > 0
+    assert size > 0 and diff < 1e-4 * max(1.0, size)
+    assert again == 0.0 and not leaked
