@@ -51,7 +51,9 @@ def category(group: str) -> str:
 
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
-DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp8_e4m3fn": None}
+FP8_CHOICE = "fp8_e4m3fn"  # UNet weights stored in float8_e4m3fn, computed in ComfyUI's choice of float dtype
 # latent dict key carrying frames per video, so decode/sampling know where one video ends ("(b t) c h w")
 FRAMES_KEY = "svd_num_frames"
 
@@ -331,19 +333,42 @@ _LOADED: "weakref.WeakValueDictionary[tuple, LoadedSVD]" = weakref.WeakValueDict
 _LOAD_LOCK = threading.Lock()
 
 
-def load_cached(key: tuple, name: str, loader: Callable[[torch.device, "torch.dtype | None"], torch.nn.Module],
+def host_operations(dtype_choice: str):
+    """The layer operations svd_core builds the UNet from (`svd_core.ops`): ComfyUI's own casting layers when they
+    are needed, i.e. fp8 weights (`comfy.ops.manual_cast`: stored float8_e4m3fn, upcast per layer at compute, as
+    `--fp8_e4m3fn-unet` does for native models) or ComfyUI's low-VRAM modes (`--lowvram` / `--novram`: the
+    `comfy.ops` layers are what ModelPatcher streams weight by weight); None otherwise (the engine's own layers
+    and fast paths)."""
+    import comfy.ops
+
+    if dtype_choice == FP8_CHOICE:
+        return {"unet": comfy.ops.manual_cast}
+    if mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM):
+        return {"unet": comfy.ops.disable_weight_init}
+    return None
+
+
+def load_cached(key: tuple, name: str,
+                loader: Callable[[torch.device, "torch.dtype | None", Any], torch.nn.Module],
                 dtype_choice: str) -> LoadedSVD:
+    """Load once per (file, dtype choice, device): `loader(device, dtype, operations)` builds the model with
+    `host_operations`; with the fp8 choice the UNet's Linear / Conv weights are then stored in float8_e4m3fn."""
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     dtype = DTYPES[dtype_choice]
-    if dtype is None:  # ComfyUI's choice for this device (fp32 on CPU)
+    if dtype is None:  # ComfyUI's choice for this device (fp32 on CPU); fp8 weights compute in it
         dtype = torch.float16 if mm.should_use_fp16(load_device) else torch.float32
-    full_key = key + (str(dtype), str(load_device))
+    operations = host_operations(dtype_choice)
+    full_key = key + (str(dtype), str(load_device), dtype_choice, str(operations))
     with _LOAD_LOCK:
         hit = _LOADED.get(full_key)
         if hit is not None:
             return hit
-        module = loader(offload_device, dtype)
+        module = loader(offload_device, dtype, operations)
+        if dtype_choice == FP8_CHOICE:
+            from svd_core.ops import store_fp8
+
+            store_fp8(module.unet, dtype)
         module.eval().requires_grad_(False)
         loaded = LoadedSVD(comfy.model_patcher.ModelPatcher(module, load_device=load_device,
                                                             offload_device=offload_device), name)

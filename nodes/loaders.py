@@ -11,7 +11,8 @@ import svd_core
 from ._comfy import DTYPES, PREFIX, SVDModel, bad_input, check_inputs, load_cached, node_path
 
 DTYPE_TOOLTIP = ("Weights dtype. auto: ComfyUI's choice for the device (float16 on most GPUs, float32 on CPU); "
-                 "float32 is the reference precision.")
+                 "float32 is the reference precision; fp8_e4m3fn stores the UNet's weights in 8 bits (half of "
+                 "float16's memory) and computes in ComfyUI's choice, like --fp8_e4m3fn-unet.")
 MODEL_TOOLTIP = ("The loaded SVD-family model (UNet, VAE, CLIP image encoder, variant defaults). ComfyUI moves it "
                  "to the GPU when a node needs it and frees it under memory pressure.")
 
@@ -79,7 +80,8 @@ class CheckpointLoader(io.ComfyNode):
     def execute(cls, ckpt_name: str, dtype: str = "auto") -> io.NodeOutput:
         path = node_path(cls.ID, "ckpt_name", ckpt_name, "checkpoints", kind="file", links_out=True)
         key = ("file", os.path.realpath(path), os.path.getmtime(path))
-        loaded = load_cached(key, ckpt_name, lambda device, dt: svd_core.load(path, device=device, dtype=dt), dtype)
+        loaded = load_cached(key, ckpt_name, lambda device, dt, ops: svd_core.load(
+            path, device=device, dtype=dt, operations=ops), dtype)
         return _outputs(loaded)
 
 
@@ -113,7 +115,8 @@ class DiffusersLoader(io.ComfyNode):
             raise bad_input(cls.ID, "folder", f"{folder!r} is not a diffusers folder in models/diffusers")
         stamp = os.path.getmtime(os.path.join(path, "model_index.json"))
         key = ("diffusers", os.path.realpath(path), stamp)
-        loaded = load_cached(key, folder, lambda device, dt: svd_core.load(path, device=device, dtype=dt), dtype)
+        loaded = load_cached(key, folder, lambda device, dt, ops: svd_core.load(
+            path, device=device, dtype=dt, operations=ops), dtype)
         return _outputs(loaded)
 
 

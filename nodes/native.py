@@ -46,7 +46,10 @@ class UNetCall(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """The compute dtype (the activations'; fp8-stored weights compute in the dtype `store_fp8` recorded)."""
+        from svd_core.ops import compute_dtype
+
+        return compute_dtype(self.unet)
 
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options=None,
                 num_video_frames=None, image_only_indicator=None, time_context=None, **_):
@@ -77,6 +80,8 @@ class NativeSVD(comfy.model_base.SVD_img2vid):
         config.scale_factor = spec.scale_factor
         super().__init__(config, comfy.model_base.ModelType.V_PREDICTION_EDM, device=device)
         self.diffusion_model = UNetCall(svd_model.unet)
+        if any(p.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) for p in svd_model.unet.parameters()):
+            self.manual_cast_dtype = self.diffusion_model.dtype  # ComfyUI casts the inputs to it, not to fp8
         self.spec = spec
         from svd_core.conditioner import VectorEmbedder  # weightless sinusoidal embedders, one per vector input
 

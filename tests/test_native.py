@@ -119,6 +119,31 @@ SCRIPT = textwrap.dedent(r'''
     out["compile"] = [float((compiled["samples"] - eager).abs().max()), float(eager.abs().max()),
                       int(counters["frames"]["ok"]), int(counters["stats"]["unique_graphs"]),
                       float((again - eager).abs().max()), "torch.compile" in str(model.wrappers)]
+    # the loader's fp8_e4m3fn choice: the UNet is built on ComfyUI's manual_cast layers and its Linear / Conv
+    # weights are stored in float8_e4m3fn; native KSampler stays near the float32 model's result
+    import comfy.ops
+    from svd_suite.nodes import _comfy
+
+    def weight_kinds(unet):
+        return sorted({str(m.weight.dtype) for m in unet.modules()
+                       if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d))})
+
+    fp8_bundle, fp8_model = loaders.CheckpointLoader.execute("tiny.safetensors", "fp8_e4m3fn").args[:2]
+    fp8_out = comfy_nodes.common_ksampler(fp8_model, 3, 2, 2.5, "euler", "karras", pos, neg, latent)[0]["samples"]
+    linear = next(m for m in fp8_bundle.model.unet.modules() if isinstance(m, torch.nn.Linear))
+    out["fp8"] = [weight_kinds(fp8_bundle.model.unet), isinstance(linear, comfy.ops.manual_cast.Linear),
+                  float((fp8_out - eager).norm() / eager.norm()), weight_kinds(bundle.model.unet)]
+    # --lowvram: the UNet is built on comfy.ops layers (what ModelPatcher streams weight by weight), same results
+    before, mm.vram_state = mm.vram_state, mm.VRAMState.LOW_VRAM
+    try:
+        low_bundle, low_model = loaders.CheckpointLoader.execute("tiny.safetensors", "float32").args[:2]
+        low_out = comfy_nodes.common_ksampler(low_model, 3, 2, 2.5, "euler", "karras", pos, neg, latent)[0]
+    finally:
+        mm.vram_state = before
+    linear = next(m for m in low_bundle.model.unet.modules() if isinstance(m, torch.nn.Linear))
+    out["lowvram"] = [low_bundle is not bundle, isinstance(linear, comfy.ops.disable_weight_init.Linear),
+                      hasattr(linear, "comfy_cast_weights"), float((low_out["samples"] - eager).abs().max()),
+                      _comfy.host_operations("auto") is None]
     print("RESULT " + json.dumps(out))
 ''')
 
@@ -210,3 +235,18 @@ def test_torch_compile_model_wrapper_on_our_native_model(run):
     assert frames > 0 and graphs > 0
     assert size > 0 and diff < 1e-4 * max(1.0, size)
     assert again == 0.0 and not leaked
+
+
+def test_fp8_weights_and_lowvram_streaming_layers_on_the_native_model(run):
+    """The loaders' dtype fp8_e4m3fn stores the UNet's Linear / Conv weights in float8_e4m3fn on ComfyUI's
+    manual_cast layers (as --fp8_e4m3fn-unet does for native models; float32 compute on this CPU) and samples near
+    the float32 model (8-bit weights: a few per cent); under --lowvram the UNet is built on comfy.ops layers, which
+    ModelPatcher streams, with the same result up to summation order (the engine's fused fast paths step aside);
+    otherwise the engine's own layers (None)."""
+    kinds, manual_cast, rel, plain_kinds = run["fp8"]
+    assert kinds == ["torch.float8_e4m3fn"] and manual_cast and plain_kinds == ["torch.float32"]
+    assert 1e-4 < rel < 0.3, rel
+    separate, comfy_layer, streams, diff, default_none = run["lowvram"]
+    assert separate and comfy_layer and streams and default_none
+    size = run["compile"][1]  # the float32 latent's largest magnitude
+    assert diff < 1e-4 * max(1.0, size), (diff, size)  # ComfyUI's layers: the same maths, another summation order
