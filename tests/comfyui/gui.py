@@ -47,8 +47,18 @@ class App:
     def registered_types(self) -> set[str]:
         return set(self.evaluate("() => Object.keys(LiteGraph.registered_node_types)"))
 
+    def close_dialogs(self, tries: int = 3) -> None:
+        """Close what an earlier load left open (e.g. the missing-nodes dialog), as the user would: Escape."""
+        for _ in range(tries):
+            if not self.evaluate("() => document.querySelectorAll('.p-dialog-mask').length"):
+                return
+            self.page.keyboard.press("Escape")
+            self.page.wait_for_timeout(200)
+
     def load_ui(self, workflow: dict, name: str) -> dict:
-        """Load a UI-format workflow like drag-and-drop does; report what the GUI thinks of it."""
+        """Load a UI-format workflow like drag-and-drop does (after closing dialogs an earlier load left open);
+        report what the GUI thinks of it."""
+        self.close_dialogs()
         return self.evaluate(
             """async ([wf, name]) => {
                 document.querySelectorAll('.p-toast-message .p-toast-close-button').forEach(b => b.click());

@@ -74,7 +74,9 @@ def test_gui_check_detects_missing_node_types(gui):
     wf["nodes"][0]["type"] = "SVDSuite_DoesNotExist"
     report = gui.load_ui(wf, "broken.json")
     gui.screenshot(ARTIFACTS / "missing_node_detected.png")
+    gui.close_dialogs()  # the missing-nodes dialog would block the next test's Run button
     assert report["missing"] == ["SVDSuite_DoesNotExist"], report
+    assert not gui.evaluate("() => document.querySelectorAll('.p-dialog-mask').length")
 
 
 def test_gui_shows_live_previews_while_the_pack_samples(gui, comfy):
