@@ -397,6 +397,20 @@ class ComfyServer:
         ws.connect(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=timeout)
         return ws
 
+    def run(self, prompt: dict, timeout: float) -> tuple[dict, list[dict]]:
+        """Queue `prompt` on a websocket of our own and follow it to the end: (/history entry, messages)."""
+        ws = self.websocket()
+        try:
+            return self.wait(self.queue(prompt), timeout, ws=ws)
+        finally:
+            ws.close()
+
+    def run_failing(self, prompt: dict, timeout: float) -> list[dict]:
+        """Run a prompt that must fail: the `execution_error` messages' data (node_type, exception_message, ...)."""
+        entry, messages = self.run(prompt, timeout)
+        assert entry["status"]["status_str"] == "error", json.dumps(entry["status"])[:3000]
+        return [m["data"] for m in messages if m["type"] == "execution_error"]
+
     def wait(self, prompt_id: str, timeout: float, ws=None, on_message=None,
              own_client: bool = True, on_binary=None) -> tuple[dict, list[dict]]:
         """Follow the websocket until the prompt finishes (or errors), then return (/history entry, messages).

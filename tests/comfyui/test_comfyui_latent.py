@@ -40,11 +40,7 @@ def same_vae(comfy):
 
 
 def _run(comfy, prompt, timeout=300):
-    ws = comfy.websocket()
-    try:
-        entry, _ = comfy.wait(comfy.queue(prompt), timeout, ws=ws)
-    finally:
-        ws.close()
+    entry, _ = comfy.run(prompt, timeout)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
     return entry
 
@@ -142,13 +138,7 @@ def test_a_latent_of_another_model_is_refused_by_name(comfy):
         "3": _decode(["2", 0]),
         "4": _save(["3", 0], "refused"),
     }
-    ws = comfy.websocket()
-    try:
-        entry, messages = comfy.wait(comfy.queue(prompt), 120, ws=ws)
-    finally:
-        ws.close()
-    assert entry["status"]["status_str"] == "error"
-    errors = [m["data"] for m in messages if m["type"] == "execution_error"]
+    errors = comfy.run_failing(prompt, 120)
     assert errors and errors[0]["node_type"] == "SVDSuite_Decode", errors
     message = errors[0]["exception_message"]
     assert "SVDSuite_Decode: input 'latent'" in message and "(4, 16, 8, 8)" in message, message

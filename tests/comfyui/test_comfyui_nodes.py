@@ -57,12 +57,7 @@ def img2vid(width=64, height=64, frames=4, steps=2, seed=1, decode_t=4, overlap=
 
 
 def run_ok(comfy, prompt, timeout=180):
-    ws = comfy.websocket()
-    try:
-        prompt_id = comfy.queue(prompt)
-        entry, messages = comfy.wait(prompt_id, timeout, ws=ws)
-    finally:
-        ws.close()
+    entry, messages = comfy.run(prompt, timeout)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
     return entry, messages
 
@@ -243,13 +238,7 @@ def test_runtime_input_error_names_node(comfy):
     """denoise < 1 without a start latent passes schema validation but the node refuses it by name."""
     prompt = img2vid()
     prompt["5"]["inputs"]["denoise"] = 0.5
-    ws = comfy.websocket()
-    try:
-        entry, messages = comfy.wait(comfy.queue(prompt), 120, ws=ws)
-    finally:
-        ws.close()
-    assert entry["status"]["status_str"] == "error"
-    errors = [m["data"] for m in messages if m["type"] == "execution_error"]
+    errors = comfy.run_failing(prompt, 120)
     assert errors and errors[0]["node_type"] == "SVDSuite_Sampler"
     assert "SVDSuite_Sampler: input 'denoise'" in errors[0]["exception_message"]
 

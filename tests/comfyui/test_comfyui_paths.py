@@ -103,13 +103,7 @@ def test_study_manifest_with_media_outside_input_fails_naming_node_and_input(com
         {"items": [{"id": "1", "videos": {"a": str(outside / "a.mp4"), "b": str(outside / "b.mp4")}}]}))
     prompt = {"1": {"class_type": "SVDSuite_VotingStudy", "inputs": {
         "name": "h12_outside", "models": "", "manifest": name, "attention_checks": 0}}}
-    ws = comfy.websocket()
-    try:
-        entry, messages = comfy.wait(comfy.queue(prompt), 60, ws=ws)
-    finally:
-        ws.close()
-    assert entry["status"]["status_str"] == "error"
-    errors = [m["data"] for m in messages if m["type"] == "execution_error"]
+    errors = comfy.run_failing(prompt, 60)
     assert errors and errors[0]["node_type"] == "SVDSuite_VotingStudy"
     assert "SVDSuite_VotingStudy: input 'manifest': lists a video or image that is missing or outside" in \
         errors[0]["exception_message"]

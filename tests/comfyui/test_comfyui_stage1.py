@@ -9,15 +9,6 @@ import torch
 NODE = "SVDSuite_Stage1FromSD2"
 
 
-def _run(comfy, prompt, timeout=180):
-    ws = comfy.websocket()
-    try:
-        entry, messages = comfy.wait(comfy.queue(prompt), timeout, ws=ws)
-    finally:
-        ws.close()
-    return entry, messages
-
-
 def _prompt(ckpt, filename, prediction="v", overwrite=False):
     return {"1": {"class_type": NODE, "inputs": {"ckpt_name": ckpt, "prediction": prediction, "filename": filename,
                                                  "overwrite": overwrite}}}
@@ -36,7 +27,7 @@ def test_stage1_node_writes_the_video_model_and_refuses_to_overwrite(comfy, obje
     if not src.exists():
         testing.make_tiny_sd2_checkpoint(src, seed=2)
     out = ckpts / "svd_suite_stage1_node.safetensors"
-    entry, _ = _run(comfy, _prompt(src.name, out.name))
+    entry, _ = comfy.run(_prompt(src.name, out.name), 180)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
     model = load(out)
     assert model.spec.source_prediction == "v" and model.spec.cond_mode == "text"
@@ -49,9 +40,7 @@ def test_stage1_node_writes_the_video_model_and_refuses_to_overwrite(comfy, obje
     assert not sd[zero].any() and sd["model.diffusion_model.input_blocks.1.0.time_stack.in_layers.2.weight"].any()
 
     before = out.read_bytes()
-    entry, messages = _run(comfy, _prompt(src.name, out.name, prediction="eps"))
-    assert entry["status"]["status_str"] == "error"
-    errors = [m["data"] for m in messages if m["type"] == "execution_error"]
+    errors = comfy.run_failing(_prompt(src.name, out.name, prediction="eps"), 180)
     assert errors and errors[0]["node_type"] == NODE
     assert f"{NODE}: input 'filename'" in errors[0]["exception_message"]
     assert "overwrite" in errors[0]["exception_message"]
@@ -62,6 +51,6 @@ def test_stage1_node_writes_the_video_model_and_refuses_to_overwrite(comfy, obje
     assert f"{NODE}: input 'filename': '../escape.safetensors' must be a plain name" in refused.text
     assert not (ckpts.parent / "escape.safetensors").exists()
 
-    entry, _ = _run(comfy, _prompt(src.name, out.name, prediction="eps", overwrite=True))
+    entry, _ = comfy.run(_prompt(src.name, out.name, prediction="eps", overwrite=True), 180)
     assert entry["status"]["status_str"] == "success"
     assert load(out).spec.source_prediction == "eps"
