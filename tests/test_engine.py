@@ -90,8 +90,9 @@ def test_tiny_checkpoint_round_trip_in_every_dtype(tmp_path, dtype):
     model = svd_core.load(path)
     ref = tiny_model(seed=3, dtype=dtype)
     assert model.spec == ref.spec and model.load_report.detected_from == "spec in the file's metadata"
+    got_sd = model.state_dict()
     for k, v in ref.state_dict().items():
-        got = model.state_dict()[k]
+        got = got_sd[k]
         assert got.dtype == dtype and torch.equal(got, v), k
     as32 = svd_core.load(path, dtype=torch.float32)
     assert all(p.dtype == torch.float32 for p in as32.parameters())
@@ -298,8 +299,9 @@ def test_diffusers_folder_loads_and_matches(tmp_path):
     assert model.spec.unet == spec.unet and model.spec.custom
     assert "diffusers" in model.load_report.detected_from
     # UNet weights arrive unchanged
+    loaded = model.unet.state_dict()
     for k, v in src.unet.state_dict().items():
-        assert torch.equal(model.unet.state_dict()[k], v), k
+        assert torch.equal(loaded[k], v), k
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         # conditioning encoder == diffusers' vae.encode (mode), first stage encoder too (quant_conv folded in)
