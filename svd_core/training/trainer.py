@@ -178,7 +178,7 @@ class Trainer:
         """Loss of one micro-batch; each item draws sigma, dropout, cond_aug and noise from its own generator."""
         cfg = self.cfg
         batch = collate([self.dataset[i] for i in indices])
-        b, t = len(indices), cfg.num_frames
+        t = cfg.num_frames
         if sigma is None:
             sigma = torch.cat([self.noise.sample(1, g) for g in gens])  # b
         keep = torch.tensor([float(torch.rand(1, generator=g).item() >= cfg.cond_dropout) if train else 1.0
