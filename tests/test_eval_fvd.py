@@ -8,7 +8,8 @@ import torch
 from svd_core.eval import features as feat_mod
 from svd_core.eval.features import ClipPreprocess, I3DTorchScript, get_extractor, preprocess_clip, register_extractor
 from svd_core.eval.fvd import compute_stats, folder_stats, fvd_folders, fvd_tensors, split_batch
-from svd_core.eval.protocols import UCF101, UCF101_CLASSES, action_to_prompt, get_protocol, ucf101_prompts
+from svd_core.eval.protocols import UCF101, UCF101_CLASSES, action_to_prompt, get_protocol
+from svd_core.eval.ucf101 import ucf101_prompts
 from svd_core.eval.standins import moving_square, tiny_i3d, video_set
 from svd_core.video_io import list_videos, read_frames, write_video
 

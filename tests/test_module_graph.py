@@ -1,5 +1,6 @@
-"""The engine's module graph (issue 15 item 6): the former import circles (`loading` <-> `diffusers_io`,
-`curation.pipeline` <-> `curation.ray_runner`) are gone, and no inference module imports `svd_core.training`.
+"""The engine's module graph (issue 15 item 6): no import circles (the former `loading` <-> `diffusers_io`,
+`curation.pipeline` <-> `curation.ray_runner`, `eval.protocols` <-> `eval.ucf101` are gone), and no inference
+module imports `svd_core.training`.
 Imports are read with `ast` (function-level ones included, so a circle cannot hide in a function body)."""
 from __future__ import annotations
 
@@ -88,3 +89,11 @@ def test_each_former_circle_module_imports_alone():
                                  stderr=subprocess.STDOUT, text=True) for m in FORMER_CIRCLES}
     outcomes = {m: (p.wait(timeout=300), p.stdout.read()[-2000:]) for m, p in procs.items()}
     assert {m: o for m, o in outcomes.items() if o[0] != 0} == {}
+
+
+def test_no_module_of_the_engine_is_in_an_import_circle():
+    """Beyond the former circles: no svd_core module reaches itself (eval's protocols <-> ucf101 was the last)."""
+    graph = import_graph()
+    assert "svd_core.eval.protocols" in graph["svd_core.eval.ucf101"]
+    circles = {m: sorted(d for d in _reachable(graph, m) if m in _reachable(graph, d)) for m in graph}
+    assert {m: c for m, c in circles.items() if c} == {}

@@ -285,7 +285,7 @@ def _run(args) -> int:
             server.app.close()
         return 0
     if cmd == "prompts":
-        from .protocols import ucf101_prompts
+        from .ucf101 import ucf101_prompts
 
         for c, p in ucf101_prompts(args.num):
             print(f"{c}\t{p}")

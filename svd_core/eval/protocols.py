@@ -60,12 +60,3 @@ def get_protocol(name: str) -> FVDProtocol:
 def action_to_prompt(action: str) -> str:
     """'ApplyEyeMakeup' -> 'apply eye makeup'; 'YoYo' -> 'yo yo'."""
     return " ".join(w.lower() for w in re.findall(r"[A-Z][a-z]*|[a-z]+|\d+", action))
-
-
-def ucf101_prompts(num_samples: int = 2048, classes: tuple[str, ...] = UCF101_CLASSES) -> list[tuple[str, str]]:
-    """Class-balanced (class, prompt) list: every class `num_samples // n` times, the remainder spread over
-    the first classes, interleaved class by class so any prefix of the list stays balanced (the plan of
-    `ucf101.make_plan` with equal class weights)."""
-    from .ucf101 import allocate, plan_samples
-
-    return [(s.cls, s.prompt) for s in plan_samples(allocate(num_samples, {c: 1 for c in classes}))]

@@ -173,6 +173,13 @@ def plan_samples(per_class: dict[str, int], seed: int = 0) -> list[Sample]:
     return out
 
 
+def ucf101_prompts(num_samples: int = 2048, classes: tuple[str, ...] = UCF101_CLASSES) -> list[tuple[str, str]]:
+    """Class-balanced (class, prompt) list: every class `num_samples // n` times, the remainder spread over
+    the first classes, interleaved class by class so any prefix of the list stays balanced (the plan of
+    `make_plan` with equal class weights)."""
+    return [(s.cls, s.prompt) for s in plan_samples(allocate(num_samples, {c: 1 for c in classes}))]
+
+
 def make_plan(counts: dict[str, int] | None, num_samples: int | None = DEFAULT_NUM_SAMPLES,
               samples_per_class: int | None = None, classes: Sequence[str] | None = None,
               seed: int = 0) -> list[Sample]:
