@@ -2,7 +2,9 @@
 encoder, VAE encode, one guided UNet step, VAE decode of every frame), the resident weights plus the activation peak,
 from meta-device accounting of the real forward code (`svd_core.memory.LiveBytes`: nothing is allocated), for the
 engine's memory settings; then the same stages for diffusers' best memory settings and ComfyUI's native SVD UNet,
-as ratios. Prints markdown tables.
+as ratios. Prints markdown tables. The last rows are the default settings as a run chooses its CFG batching by
+memory ("auto", `svd_core.memory.cfg_in_turn`) on a device of `--budget` GiB (`--fp8-budget` with fp8 UNet
+weights): which batching it picked and whether the whole run fits.
 
     python bench/memory_plan.py                      # SVD-XT, 25 frames, 1024x576, fp16 (a few minutes of CPU)
     python bench/memory_plan.py --tiny               # the tiny test model at a small size (seconds; CI)

@@ -371,6 +371,7 @@ def test_sixteen_bit_png_is_not_white(tmp_path):
     (["--frames", "2.5"], ["argument --frames: '2.5' is not an integer"]),
     (["--overlap", "4", "--decode-t", "4"], ["--overlap 4 must be smaller than --decode-t 4"]),
     (["--device", "quantum"], ["argument --device: 'quantum' is not a device"]),
+    (["--cfg-in-turn", "sometimes"], ["argument --cfg-in-turn: invalid choice: 'sometimes'", "'auto', 'on', 'off'"]),
 ])
 def test_bad_options_fail_before_the_model_loads(tmp_path, ckpt, image, capsys, no_real_load, extra, needles):
     code, err = _cli(["img2vid", "--checkpoint", str(ckpt), "--image", str(image), "--out",
