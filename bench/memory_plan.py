@@ -2,7 +2,9 @@
 encoder, VAE encode, one guided UNet step, VAE decode of every frame), the resident weights plus the activation peak,
 from meta-device accounting of the real forward code (`svd_core.memory.LiveBytes`: nothing is allocated), for the
 engine's memory settings; then the same stages for diffusers' best memory settings and ComfyUI's native SVD UNet,
-as ratios. Prints markdown tables.
+as ratios. Prints markdown tables. The last rows are the default settings as a run chooses its CFG batching by
+memory ("auto", `svd_core.memory.cfg_in_turn`) on a device of `--budget` GiB (`--fp8-budget` with fp8 UNet
+weights): which batching it picked and whether the whole run fits.
 
     python bench/memory_plan.py                      # SVD-XT, 25 frames, 1024x576, fp16 (a few minutes of CPU)
     python bench/memory_plan.py --tiny               # the tiny test model at a small size (seconds; CI)
@@ -30,32 +32,50 @@ from svd_core.memory import (GiB, STAGE_LABELS, STAGES, MemoryOptions, StagePlan
 UNIT = {"GiB": GiB, "MiB": 2 ** 20}
 
 
-def configurations(tile: int, tile_overlap: int, short_t: int) -> list[tuple[str, MemoryOptions]]:
-    """The engine's rows: the default, then one change at a time from per-stage offload, then the smallest."""
-    off = MemoryOptions(offload=True)
+def configurations(tile: int, tile_overlap: int, short_t: int, budget: float = 8, fp8_budget: float = 6,
+                   unit: str = "GiB") -> list[tuple[str, MemoryOptions, int | None]]:
+    """The engine's rows (label, options, device budget in bytes or None): the default with both CFG branches in
+    one batch, then one change at a time from per-stage offload, the smallest, and last the default settings as a
+    run picks its CFG batching by memory ("auto", `svd_core.memory.cfg_in_turn`) on a device of `budget` (bf16 /
+    fp16 weights) or `fp8_budget` (fp8 UNet weights) `unit`s."""
+    off, together = MemoryOptions(offload=True), MemoryOptions(cfg_batch="together")
     return [
-        ("default: all weights resident (ff chunk 8192, decode_t 14)", MemoryOptions()),
-        ("per-stage offload (only the running stage resident)", off),
-        ("offload + fp8 UNet weights", replace(off, fp8=True)),
-        ("offload, feed-forward chunking off", replace(off, ff_chunk=None)),
-        ("offload + UNet one video at a time (CFG branches in turn)", replace(off, unet_videos=1)),
-        (f"offload + temporal decode window decode_t {short_t}", replace(off, decode_t=short_t)),
+        ("default: all weights resident (ff chunk 8192, decode_t 14, CFG branches in one batch)", together, None),
+        ("per-stage offload (only the running stage resident)", replace(off, cfg_batch="together"), None),
+        ("offload + fp8 UNet weights", replace(off, fp8=True, cfg_batch="together"), None),
+        ("offload, feed-forward chunking off", replace(off, ff_chunk=None, cfg_batch="together"), None),
+        ("offload + UNet one video at a time (CFG branches in turn)", replace(off, cfg_batch="in turn"), None),
+        (f"offload + temporal decode window decode_t {short_t}", replace(off, decode_t=short_t, cfg_batch="together"),
+         None),
         (f"offload + spatial decode tiles {tile} (overlap {tile_overlap})",
-         replace(off, decode_tile=tile, decode_tile_overlap=tile_overlap)),
-        ("offload + fp8 + CFG branches in turn", replace(off, fp8=True, unet_videos=1)),
+         replace(off, decode_tile=tile, decode_tile_overlap=tile_overlap, cfg_batch="together"), None),
+        ("offload + fp8 + CFG branches in turn", replace(off, fp8=True, cfg_batch="in turn"), None),
         ("offload + fp8 + CFG branches in turn + spatial decode tiles",
-         replace(off, fp8=True, unet_videos=1, decode_tile=tile, decode_tile_overlap=tile_overlap)),
+         replace(off, fp8=True, cfg_batch="in turn", decode_tile=tile, decode_tile_overlap=tile_overlap), None),
+        (f"default (CFG batching auto) on a {budget:g} {unit} device", MemoryOptions(), int(budget * UNIT[unit])),
+        (f"default (CFG batching auto) + fp8 UNet weights on a {fp8_budget:g} {unit} device",
+         MemoryOptions(fp8=True), int(fp8_budget * UNIT[unit])),
+        (f"per-stage offload (CFG batching auto) on a {budget:g} {unit} device", off, int(budget * UNIT[unit])),
+        (f"per-stage offload (CFG batching auto) + fp8 UNet weights on a {fp8_budget:g} {unit} device",
+         replace(off, fp8=True), int(fp8_budget * UNIT[unit])),
     ]
 
 
-def our_plans(spec, frames, height, width, dtype, rows) -> list[tuple[str, MemoryOptions, StagePlan]]:
-    models, cache = {}, {}  # a stage is measured once per distinct setting (fp8 changes the UNet stage only)
+def our_plans(spec, frames, height, width, dtype, rows, memo: dict | None = None
+              ) -> list[tuple[str, MemoryOptions, StagePlan]]:
+    """Each row's plan; a stage is measured once per distinct setting (fp8 changes the UNet stage only). `memo`:
+    {"models": {fp8: meta model}, "cache": stage peaks} of earlier plans of the same spec, size and dtype."""
+    memo = {} if memo is None else memo
+    models, cache = memo.setdefault("models", {}), memo.setdefault("cache", {})
     out = []
-    for label, options in rows:
+    for label, options, budget in rows:
         if options.fp8 not in models:
             models[options.fp8] = meta_model(spec, dtype, options.fp8)
-        out.append((label, options, plan_stages(spec, frames, height, width, dtype, options, models[options.fp8],
-                                                cache)))
+        plan = plan_stages(spec, frames, height, width, dtype, options, models[options.fp8], cache, budget)
+        if budget is not None:
+            label += f": CFG branches {'in turn' if plan.cfg_in_turn else 'in one batch'}, " + \
+                     ("fits" if plan.total <= budget else "does NOT fit")
+        out.append((label, options, plan))
     return out
 
 
@@ -165,7 +185,8 @@ def ratio_table(pairs) -> list[str]:
     return lines
 
 
-def main(argv=None) -> dict:
+def main(argv=None, memo: dict | None = None) -> dict:
+    """The tables (printed) and their figures; `memo`: see `our_plans` (tests share measurements)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="svd_xt")
     ap.add_argument("--frames", type=int, default=None, help="default: the variant's (25 for svd_xt)")
@@ -175,6 +196,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tile", type=int, default=32, help="spatial decode tile, latent pixels")
     ap.add_argument("--tile-overlap", type=int, default=8)
     ap.add_argument("--short-t", type=int, default=7, help="the shorter temporal decode window row")
+    ap.add_argument("--budget", type=float, default=8, help="device memory of the CFG-auto rows (GiB; --tiny: MiB)")
+    ap.add_argument("--fp8-budget", type=float, default=6, help="the same for the fp8-weight rows")
     ap.add_argument("--peers", default="diffusers,comfyui", help="comma list of diffusers, comfyui, or none")
     ap.add_argument("--tiny", action="store_true", help="the tiny test model (reduced size, for CI)")
     ap.add_argument("--json", default="", help="also write the figures (bytes) here")
@@ -191,11 +214,13 @@ def main(argv=None) -> dict:
     frames = args.frames or spec.num_frames
     size = f"{spec.name}, {frames} frames at {args.width}x{args.height}, {args.dtype}"
     ours = our_plans(spec, frames, args.height, args.width, dtype,
-                     configurations(args.tile, args.tile_overlap, args.short_t))
+                     configurations(args.tile, args.tile_overlap, args.short_t, args.budget, args.fp8_budget, unit),
+                     memo)
     print(f"### Engine: weights + activation peak = {unit} per stage ({size})\n")
     print("\n".join(table([(label, plan) for label, _, plan in ours], unit)))
     result = {"size": size, "ours": {label: {"options": vars(o) if hasattr(o, "__dict__") else str(o),
-                                             "weights": p.weights, "activations": p.activations, "total": p.total}
+                                             "weights": p.weights, "activations": p.activations, "total": p.total,
+                                             "cfg_in_turn": p.cfg_in_turn}
                                      for label, o, p in ours}}
     peers = [] if args.peers == "none" else args.peers.split(",")
     plan_of = {label: plan for label, _, plan in ours}

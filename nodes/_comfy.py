@@ -306,24 +306,28 @@ class LoadedSVD:
             model.__dict__["_svdsuite_stages"] = found
         return found
 
-    def acquire(self, *stages: str, memory_required: int = 0) -> torch.nn.Module:
+    def acquire(self, *stages: str, memory_required: int = 0,
+                minimum_memory_required: int | None = None) -> torch.nn.Module:
         """Load `stages` ("unet", "vae", "conditioner"; none: all three) onto ComfyUI's compute device with
-        `memory_required` bytes free for the work besides the weights (freeing other models if needed), and return
-        the svd_core model."""
+        `memory_required` bytes free for the work besides the weights (freeing other models if needed; at least
+        `minimum_memory_required`, as ComfyUI's own sampler asks), and return the svd_core model."""
         patchers = [self.stages[s] for s in (stages or ("unet", "vae", "conditioner"))]
-        mm.load_models_gpu(patchers, memory_required=int(memory_required))
+        least = None if minimum_memory_required is None else int(minimum_memory_required)
+        mm.load_models_gpu(patchers, memory_required=int(memory_required), minimum_memory_required=least)
         return self.patcher.model
 
 
-def stage_memory(model, stage: str, frames: int, height: int, width: int, decode_t: int | None = None) -> int:
+def stage_memory(model, stage: str, frames: int, height: int, width: int, decode_t: int | None = None,
+                 cfg: bool = True) -> int:
     """Bytes a stage needs besides its weights for one request (`svd_core.memory.estimate_request`): sampling
-    (UNet activations and latents) or decoding (decoder window and the video); 0 for the conditioner."""
+    (UNet activations and latents; `cfg` False: the CFG branches in turn) or decoding (decoder window and the
+    video); 0 for the conditioner."""
     from svd_core.memory import estimate_request
 
     if stage == "conditioner":
         return 0
     est = estimate_request(model, frames=frames, height=height, width=width, device="meta",
-                           decode_t=decode_t or model.spec.decode_t)
+                           decode_t=decode_t or model.spec.decode_t, cfg=cfg)
     return est.sampling if stage == "unet" else est.decoding
 
 

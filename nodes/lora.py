@@ -31,10 +31,12 @@ class LoRAModel(LoadedSVD):
     stack: list = field(default_factory=list)  # [(svd_core.lora.LoRA, strength)]
     merged: bool = False
 
-    def acquire(self, *stages: str, memory_required: int = 0):
+    def acquire(self, *stages: str, memory_required: int = 0, minimum_memory_required: int | None = None):
         from svd_core.lora import LoRAView
 
-        return LoRAView(self.base.acquire(*stages, memory_required=memory_required), self.stack, merged=self.merged)
+        model = self.base.acquire(*stages, memory_required=memory_required,
+                                  minimum_memory_required=minimum_memory_required)
+        return LoRAView(model, self.stack, merged=self.merged)
 
 
 def _lora_files() -> list[str]:

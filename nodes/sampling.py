@@ -99,17 +99,21 @@ class Sampler(io.ComfyNode):
                 raise bad_input(cls.ID, "latent", f"has {frames} frames per video but the conditioning has "
                                                   f"{conditioning.num_frames} (match num_frames)")
         steps = steps or svd_model.spec.steps  # 0: the loaded variant's reference steps
-        need = stage_memory(svd_model.model, "unet", conditioning.batch * conditioning.num_frames,
-                            conditioning.height, conditioning.width)
+        # as ComfyUI's sampler: room for the CFG branches in one batch, at least for one after the other; which of
+        # the two runs is chosen by the memory free once the UNet is loaded (pipeline.sample's cfg_batch "auto")
+        size = (svd_model.model, "unet", conditioning.batch * conditioning.num_frames, conditioning.height,
+                conditioning.width)
+        need, least = stage_memory(*size), stage_memory(*size, cfg=False)
         if model is None:
-            run = svd_model.acquire("unet", memory_required=need)
+            run = svd_model.acquire("unet", memory_required=need, minimum_memory_required=least)
         else:  # the UNet through the connected native MODEL (its patches), the rest from svd_model
-            mm.load_models_gpu([model], memory_required=need)
+            mm.load_models_gpu([model], memory_required=need, minimum_memory_required=least)
             run = native.NativeUNetView(svd_model.model, model)
         progress = Progress(steps, preview=True)
         samples = pipeline.sample(run, conditioning, guidance, sampler=sampler, schedule=schedule, steps=steps,
                                   seed=seed, init_latent=init, denoise=denoise, callback=progress.absolute,
-                                  noise_device=noise_device, on_denoised=progress.denoised)
+                                  noise_device=noise_device, on_denoised=progress.denoised,
+                                  free_memory=mm.get_free_memory(mm.get_torch_device()))
         return io.NodeOutput(latent_out(samples, conditioning.num_frames, svd_model.spec))
 
 

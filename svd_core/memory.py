@@ -119,17 +119,42 @@ STAGE_LABELS = {"clip": "CLIP image encoder", "vae_encode": "VAE encode", "unet"
 @dataclass(frozen=True)
 class MemoryOptions:
     """What changes a run's memory: per-stage offload, fp8 UNet weights (`ops.store_fp8`), the feed-forward chunk
-    (rows; None: whole), the UNet's videos per forward (`VideoUNet.set_video_chunk`; 1: the CFG branches in turn),
-    the temporal decode window `decode_t` and spatial decode tiles (latent pixels; None: whole frames). Only `fp8`
-    and the decode window / tiles change the result."""
+    (rows; None: whole), how a guided step batches its CFG branches (`cfg_batch`, see `cfg_in_turn`: "together",
+    "in turn" or "auto", by the memory free for the step), the temporal decode window `decode_t` and spatial decode
+    tiles (latent pixels; None: whole frames). Only `fp8` and the decode window / tiles change the result."""
 
     offload: bool = False
     fp8: bool = False
     ff_chunk: int | None = 8192
-    unet_videos: int | None = None
+    cfg_batch: str = "auto"
     decode_t: int = 14
     decode_tile: int | None = None
     decode_tile_overlap: int | None = None
+
+
+# ------------------------------------------------------------------------------------ CFG batching (issue 16)
+CFG_BATCH = ("auto", "together", "in turn")
+
+
+def check_cfg_batch(choice, label: str = "cfg_batch") -> str:
+    """`choice` if it is one of `CFG_BATCH`, else ValueError naming `label`."""
+    if not isinstance(choice, str) or choice not in CFG_BATCH:
+        raise ValueError(f"{label}={choice!r} is not one of {', '.join(repr(c) for c in CFG_BATCH)}")
+    return choice
+
+
+def cfg_in_turn(choice: str, together: int, free: int | None) -> bool:
+    """Whether a guided step runs its unconditional and conditional branches one after the other (one video per
+    UNet forward, `VideoUNet.set_video_chunk(1)`: the same result, about half the activation peak) instead of in
+    one batch: the one place this is decided. "together" / "in turn" force it; "auto" decides as ComfyUI's own
+    sampler batches cond and uncond (comfy/samplers.py `calc_cond_batch`): together when the step's estimated need
+    with both branches in one batch, `together` bytes (`guided_step_bytes`), fits the `free` bytes the caller has
+    for it (a memory budget less the resident weights, or the device's free memory), in turn otherwise; `free`
+    None (unknown) keeps them together."""
+    check_cfg_batch(choice)
+    if choice != "auto":
+        return choice == "in turn"
+    return free is not None and together > free
 
 
 @dataclass(frozen=True)
@@ -138,6 +163,7 @@ class StagePlan:
 
     weights: dict[str, int]  # bytes on the device while the stage runs
     activations: dict[str, int]
+    cfg_in_turn: bool = False  # the guided step's CFG branches one after the other (`cfg_in_turn`)
 
     def peak(self, stage: str) -> int:
         return self.weights[stage] + self.activations[stage]
@@ -175,21 +201,22 @@ def meta_model(variant, dtype: torch.dtype, fp8: bool = False):
     return model.set_channels_last(True)
 
 
-def _stage_key(stage: str, options: MemoryOptions) -> tuple:
-    """The options a stage's activation peak depends on."""
+def _stage_key(stage: str, options: MemoryOptions, in_turn: bool) -> tuple:
+    """The options a stage's activation peak depends on (`in_turn`: the CFG batching `cfg_in_turn` chose)."""
     if stage == "unet":
-        return stage, options.fp8, options.ff_chunk, options.unet_videos
+        return stage, options.fp8, options.ff_chunk, in_turn
     if stage == "vae_decode":
         return stage, options.decode_t, options.decode_tile, options.decode_tile_overlap
     return (stage,)
 
 
 def stage_activations(model, frames: int, height: int, width: int, dtype: torch.dtype, options: MemoryOptions,
-                      cache: dict | None = None) -> dict[str, int]:
+                      cache: dict | None = None, in_turn: bool | None = None) -> dict[str, int]:
     """Activation peak of each stage of an img2vid run on a meta-device `model` (`activation_peak`): CLIP of the
-    input image, VAE encode of the conditioning frame, one guided UNet forward (2 x frames), and the decode of all
-    frames in `decode_t` windows (the decoded video included). `cache`: a dict reused across calls on the same
-    model and size (stages whose options did not change are not measured again)."""
+    input image, VAE encode of the conditioning frame, one guided UNet forward (2 x frames; `in_turn`: one branch
+    after the other, default `options.cfg_batch == "in turn"`), and the decode of all frames in `decode_t` windows
+    (the decoded video included). `cache`: a dict reused across calls on the same model and size (stages whose
+    options did not change are not measured again)."""
     from .vae_decode import decode_video
 
     spec = model.spec
@@ -204,7 +231,7 @@ def stage_activations(model, frames: int, height: int, width: int, dtype: torch.
         ctx = torch.empty(b, 1, u.context_dim, device="meta", dtype=dtype)
         y = torch.empty(b, u.adm_in_channels, device="meta", dtype=dtype)
         model.unet.set_ff_chunk_size(options.ff_chunk)
-        model.unet.set_video_chunk(options.unet_videos)
+        model.unet.set_video_chunk(1 if in_turn else None)
         return model.unet(x, t, context=ctx, y=y, num_video_frames=frames)
 
     def vae_decode():
@@ -214,10 +241,11 @@ def stage_activations(model, frames: int, height: int, width: int, dtype: torch.
 
     runs = {"clip": lambda: cond.clip(image), "vae_encode": lambda: cond.vae_encoder(image), "unet": unet,
             "vae_decode": vae_decode}
+    in_turn = options.cfg_batch == "in turn" if in_turn is None else in_turn
     cache = {} if cache is None else cache
     out = {}
     for stage in STAGES:
-        key = _stage_key(stage, options)
+        key = _stage_key(stage, options, in_turn)
         if key not in cache:
             cache[key] = activation_peak(runs[stage])
         out[stage] = cache[key]
@@ -226,17 +254,22 @@ def stage_activations(model, frames: int, height: int, width: int, dtype: torch.
 
 def plan_stages(variant="svd_xt", frames: int | None = None, height: int = 576, width: int = 1024,
                 dtype: torch.dtype = torch.float16, options: MemoryOptions = MemoryOptions(),
-                model=None, cache: dict | None = None) -> StagePlan:
+                model=None, cache: dict | None = None, budget: int | None = None) -> StagePlan:
     """Weights + activation peak per stage for one img2vid run of `variant` at full size, on the meta device.
     `model`: a meta-device model to reuse (built with `meta_model(variant, dtype, options.fp8)`); `cache`: see
-    `stage_activations`."""
+    `stage_activations`; `budget`: the device's bytes, against which `options.cfg_batch` "auto" chooses the CFG
+    batching (`cfg_in_turn`: free = budget - the UNet stage's resident weights; None: together)."""
     model = model if model is not None else meta_model(variant, dtype, options.fp8)
     frames = frames or model.spec.num_frames
     own = stage_weights(model)
-    acts = stage_activations(model, frames, height, width, dtype, options, cache)
     everything = sum(own.values())
     resident = own if options.offload else {s: everything for s in STAGES}
-    return StagePlan(dict(resident), acts)
+    elem = torch.tensor([], dtype=dtype).element_size()
+    in_turn = cfg_in_turn(options.cfg_batch, guided_step_bytes(model.spec, frames, height, width, elem,
+                                                               options.ff_chunk),
+                          None if budget is None else budget - resident["unet"])
+    acts = stage_activations(model, frames, height, width, dtype, options, cache, in_turn)
+    return StagePlan(dict(resident), acts, in_turn)
 
 
 ENCODE_MAPS = 3.2  # VAE encode of one image: about 3 full-resolution 128-channel maps (svd_xt 1024x576: 2.9)
@@ -244,13 +277,15 @@ CLIP_ACTIVATIONS = 64 * 2 ** 20  # ViT-H/14 at 224 px, one image (svd_xt: 26 MiB
 
 
 def memory_required(model, frames: int, height: int, width: int, dtype: torch.dtype | None = None,
-                    options: MemoryOptions = MemoryOptions()) -> dict[str, int]:
+                    options: MemoryOptions = MemoryOptions(), free: int | None = None) -> dict[str, int]:
     """Bytes each stage of an img2vid request needs on its device, keyed by `STAGES`: the stage's weights as
     stored (all stages' without `options.offload`) plus an upper bound of its activations, in closed form (no
     forward run): what a host passes to its memory manager before running the stage (ComfyUI's
     `load_models_gpu(memory_required=)`). `model`: the loaded model or one on the meta device; `dtype`: the
-    compute dtype (default the model's). The bounds are the request-check constants above, checked against the
-    meta-device accounting (`plan_stages`) in tests/test_memory.py."""
+    compute dtype (default the model's); `free`: the device's bytes, against which `options.cfg_batch` "auto"
+    chooses the CFG batching (`cfg_in_turn`; None: together, the larger request). The bounds are the
+    request-check constants above, checked against the meta-device accounting (`plan_stages`) in
+    tests/test_memory.py."""
     from .ops import compute_dtype
 
     dtype = dtype or compute_dtype(model.unet)
@@ -259,8 +294,9 @@ def memory_required(model, frames: int, height: int, width: int, dtype: torch.dt
     own = stage_weights(model)
     resident = own if options.offload else {s: sum(own.values()) for s in STAGES}
     latents = LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
-    both = not options.unet_videos or options.unet_videos >= 2  # the CFG batch's two videos in one forward
-    unet = _unet_peak(spec, frames, height, width, elem, options.ff_chunk, cfg=both)
+    in_turn = cfg_in_turn(options.cfg_batch, guided_step_bytes(spec, frames, height, width, elem, options.ff_chunk),
+                          None if free is None else free - resident["unet"])
+    unet = _unet_peak(spec, frames, height, width, elem, options.ff_chunk, cfg=not in_turn)
     tile_h, tile_w = height, width
     if options.decode_tile:
         tile_h, tile_w = min(height, 8 * options.decode_tile), min(width, 8 * options.decode_tile)
@@ -315,6 +351,15 @@ def _unet_peak(spec, frames: int, height: int, width: int, elem: int, ff_chunk: 
         ff = FF_ROW_WIDTHS * min(ff_chunk, rows) * u.model_channels * max(u.channel_mult) * elem
         return int(UNET_MAPS * level0 + ff)
     return int(UNET_MAPS_UNCHUNKED * level0)
+
+
+def guided_step_bytes(spec, frames: int, height: int, width: int, elem: int, ff_chunk: int | None,
+                      in_turn: bool = False) -> int:
+    """Closed-form upper bound of one guided UNet step's activations plus the sampler's latents, for `frames`
+    frames (all videos) at `height` x `width`, `elem` bytes per element: both CFG branches in one batch, or with
+    `in_turn` one at a time (what `cfg_in_turn` weighs against the free memory)."""
+    latents = LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
+    return _unet_peak(spec, frames, height, width, elem, ff_chunk, cfg=not in_turn) + latents
 
 
 def _decode_peak(spec, frames: int, height: int, width: int, elem: int, decode_t: int) -> int:
@@ -455,7 +500,8 @@ def check_request_fits(model, *, frames: int, height: int, width: int, decode_t:
         f"a smaller dtype / offloading")
 
 
-__all__ = ["STAGES", "MemoryOptions", "StagePlan", "plan_stages", "memory_required", "stage_weights", "meta_model",
+__all__ = ["STAGES", "MemoryOptions", "CFG_BATCH", "check_cfg_batch", "cfg_in_turn", "guided_step_bytes",
+           "StagePlan", "plan_stages", "memory_required", "stage_weights", "meta_model",
            "stage_activations", "LiveBytes", "activation_peak", "MemoryPlan", "full_size_plan", "RequestEstimate",
            "estimate_request", "available_bytes", "MemoryBudgetError", "check_request_fits", "largest_that_fits",
            "ff_chunk_of"]

@@ -212,6 +212,36 @@ class GuidedDenoiser:
         return self.guidance.combine(uncond, cond, self.num_frames).to(x.device)
 
 
+@contextmanager
+def cfg_batching(model, cond: Conditioning, denoiser: GuidedDenoiser, cfg_batch: str, free_memory: int | None):
+    """The UNet's CFG batching for one sampling run, chosen by `memory.cfg_in_turn` (the one owner of the choice):
+    "auto" weighs the guided step's estimated need (`memory.guided_step_bytes`) against `free_memory` (default:
+    what the UNet's device has free now, `memory.available_bytes`); "in turn" / "together" force it. A UNet whose
+    video chunk the caller already set (`set_video_chunk`) keeps it under "auto"; one without the switch (a host's
+    own UNet) and unguided runs are left alone. The UNet's setting is restored afterwards. Yields the choice."""
+    from .memory import available_bytes, cfg_in_turn, check_cfg_batch, ff_chunk_of, guided_step_bytes
+
+    check_cfg_batch(cfg_batch)
+    unet = model.unet
+    before = getattr(unet, "video_chunk", None)
+    if not denoiser.cfg or not hasattr(unet, "set_video_chunk") or (cfg_batch == "auto" and before is not None):
+        yield before == 1
+        return
+    if cfg_batch == "auto":
+        free = available_bytes(denoiser.unet_device) if free_memory is None else free_memory
+        elem = torch.tensor([], dtype=denoiser.dtype).element_size()
+        need = guided_step_bytes(model.spec, cond.batch * cond.num_frames, cond.height, cond.width, elem,
+                                 ff_chunk_of(model))
+        in_turn = cfg_in_turn("auto", need, free)
+    else:
+        in_turn = cfg_in_turn(cfg_batch, 0, None)
+    unet.set_video_chunk(1 if in_turn else None)
+    try:
+        yield in_turn
+    finally:
+        unet.set_video_chunk(before)
+
+
 @torch.inference_mode()
 def sample(model, cond: Conditioning, guidance: Guidance | None = None, *, sampler: str = "euler",
            schedule: str = "karras", steps: int | None = None, seed: int | None = None,
@@ -219,23 +249,27 @@ def sample(model, cond: Conditioning, guidance: Guidance | None = None, *, sampl
            init_latent: torch.Tensor | None = None, denoise: float = 1.0, callback: ProgressFn | None = None,
            cancel: CancelFn | None = None, autocast_dtype: torch.dtype | None = None,
            sampler_options: dict | None = None, noise_device: str = "cpu",
-           on_denoised: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+           on_denoised: Callable[[torch.Tensor], None] | None = None, cfg_batch: str = "auto",
+           free_memory: int | None = None) -> torch.Tensor:
     """Guided EDM sampling -> latent (b t) 4 h w. `init_latent` + `denoise < 1` is video-to-video.
     `on_denoised` gets each step's x0 prediction (b t) 4 h w, scaled latent, before `callback` (live previews).
 
     `steps` / `seed` None: the variant's reference values (`ModelSpec.steps`, `.seed`). `noise_device` "device"
     draws the initial noise on the UNet's device from a generator seeded with `seed` (reference
     `simple_video_sample.py`: `torch.manual_seed(seed)`, `torch.randn(shape, device=device)`); "cpu" (default) draws
-    it from `generator` (reproducible across machines)."""
+    it from `generator` (reproducible across machines). `cfg_batch` "auto" (default) runs the CFG branches in one
+    batch when the step fits in `free_memory` bytes (default: the device's free memory), one after the other
+    otherwise; "together" / "in turn" force it (`cfg_batching`; the same samples either way)."""
     shape = cond.latent_shape
     if init_latent is not None and tuple(init_latent.shape) != shape:
         raise ValueError(f"init_latent has shape {tuple(init_latent.shape)} but the conditioning asks for {shape} "
                          f"({cond.batch} video(s) x {cond.num_frames} frames at {cond.width}x{cond.height})")
     denoiser = GuidedDenoiser(model, cond, guidance or defaults_for(model.spec), autocast_dtype)
-    return drive(denoiser, model.spec, shape, device=denoiser.unet_device, sampler=sampler, schedule=schedule,
-                 steps=steps, seed=seed, generator=generator, noise=noise, init_latent=init_latent, denoise=denoise,
-                 noise_device=noise_device, callback=callback, cancel=cancel, sampler_options=sampler_options,
-                 on_denoised=on_denoised)
+    with cfg_batching(model, cond, denoiser, cfg_batch, free_memory):
+        return drive(denoiser, model.spec, shape, device=denoiser.unet_device, sampler=sampler, schedule=schedule,
+                     steps=steps, seed=seed, generator=generator, noise=noise, init_latent=init_latent,
+                     denoise=denoise, noise_device=noise_device, callback=callback, cancel=cancel,
+                     sampler_options=sampler_options, on_denoised=on_denoised)
 
 
 # --------------------------------------------------------------------------------------------- decode / encode
@@ -298,7 +332,7 @@ def _placed(module: torch.nn.Module, device: torch.device, offload: bool):
 def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t, overlap, image_decoder,
          callback, cancel, device, offload, autocast_dtype, sampler_options, noise=None,
          ff_chunk_size=DEFAULT_FF_CHUNK, channels_last=True, noise_device="cpu", decode_tile=None,
-         decode_tile_overlap=None):
+         decode_tile_overlap=None, cfg_batch="auto"):
     device = torch.device(device) if device is not None else _module_device(model.unet)
     seed = model.spec.seed if seed is None else seed
     model.unet.set_ff_chunk_size(ff_chunk_size)  # bounded feed-forward memory; identical results
@@ -311,7 +345,7 @@ def _run(model, make_cond, guidance, *, sampler, schedule, steps, seed, decode_t
     with _placed(model.model, device, offload):
         latent = sample(model, cond, guidance, sampler=sampler, schedule=schedule, steps=total, generator=generator,
                         seed=seed, noise=noise, callback=callback, cancel=cancel, autocast_dtype=autocast_dtype,
-                        sampler_options=sampler_options, noise_device=noise_device)
+                        sampler_options=sampler_options, noise_device=noise_device, cfg_batch=cfg_batch)
     with _placed(model.first_stage_model, device, offload):
         return decode(model, latent, cond.num_frames, decode_t=decode_t, overlap=overlap,
                       image_decoder=image_decoder, cancel=cancel, tile=decode_tile, tile_overlap=decode_tile_overlap,
@@ -322,14 +356,16 @@ def check_run(model, image: torch.Tensor | None, values: dict, *, guidance: Guid
               schedule: str, resize_mode: str, device, offload: bool, autocast_dtype: torch.dtype | None,
               ff_chunk_size: int | None, batch: int | None = None, count: int | None = None,
               plan: Callable[[int, int], dict] | None = None, unit: tuple[str, str] = ("frame", "frames"),
-              labels: dict[str, str] | None = None) -> dict:
+              labels: dict[str, str] | None = None, cfg_batch: str = "together") -> dict:
     """Every argument of a whole run in range, and its memory within the device's, before any heavy work
     (issue 12): ValueError naming the argument (validation.RULES), MemoryBudgetError with what would fit.
 
     `image` None: `batch` videos without an input image (text-to-video). The memory check is one img2vid run
     of batch x num_frames frames unless `count` / `plan` / `unit` say otherwise (`memory.check_request_fits`:
-    long videos, interpolation). `labels` name the arguments in messages. Returns the checked values."""
-    from .memory import check_request_fits
+    long videos, interpolation). `labels` name the arguments in messages; `cfg_batch` other than "together" (the
+    default of the callers that always batch) sizes the guided step with its branches in turn, the least that
+    `cfg_batching` can run. Returns the checked values."""
+    from .memory import check_cfg_batch, check_request_fits
 
     spec = model.spec
     labels = labels or {}
@@ -337,6 +373,7 @@ def check_run(model, image: torch.Tensor | None, values: dict, *, guidance: Guid
     check_choice(labels.get("sampler", "sampler"), sampler, sorted(SAMPLERS))
     check_choice(labels.get("schedule", "schedule"), schedule, ("karras", "exponential"))
     check_choice(labels.get("resize_mode", "resize_mode"), resize_mode, RESIZE_MODES)
+    check_cfg_batch(cfg_batch, labels.get("cfg_batch", "cfg_batch"))
     if guidance is not None:
         check_request({"min_scale": guidance.min_scale, "max_scale": guidance.max_scale},
                       {"min_scale": "guidance.min_scale", "max_scale": "guidance.max_scale"})
@@ -351,7 +388,8 @@ def check_run(model, image: torch.Tensor | None, values: dict, *, guidance: Guid
                        width=spec.width if checked.get("width") is None else checked["width"],
                        decode_t=decode_t, device=device if device is not None else _module_device(model.unet),
                        dtype=autocast_dtype, ff_chunk=ff_chunk_size, offload=offload, plan=plan, unit=unit,
-                       labels={k: labels[k] for k in ("frames", "width") if k in labels})
+                       labels={k: labels[k] for k in ("frames", "width") if k in labels},
+                       cfg=cfg_batch == "together")
     return checked
 
 
@@ -365,17 +403,18 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
             sampler_options: dict | None = None, noise: torch.Tensor | None = None,
             ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True,
             noise_device: str = "cpu", decode_tile: int | None = None,
-            decode_tile_overlap: int | None = None) -> torch.Tensor:
+            decode_tile_overlap: int | None = None, cfg_batch: str = "auto") -> torch.Tensor:
     """One image (b 3 h w in [0, 1]) -> video frames b t 3 H W in [0, 1], reference defaults per variant (steps and
     seed None: the variant's `steps` and `seed`). `decode_tile` (latent pixels; None/0: whole frames) decodes in
-    spatial tiles sharing `decode_tile_overlap` latent pixels (default a quarter tile)."""
+    spatial tiles sharing `decode_tile_overlap` latent pixels (default a quarter tile). `cfg_batch`: the CFG
+    branches in one batch or in turn, "auto" by the device's free memory (`cfg_batching`)."""
     check_tiling(decode_tile, decode_tile_overlap,
                  labels={"tile": "decode_tile", "tile_overlap": "decode_tile_overlap"})
     check_run(model, image, dict(num_frames=num_frames, width=width, height=height, fps=fps,
                                  motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, steps=steps, seed=seed,
                                  decode_t=decode_t, overlap=overlap, ff_chunk_size=ff_chunk_size),
               guidance=guidance, sampler=sampler, schedule=schedule, resize_mode=resize_mode, device=device,
-              offload=offload, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_size)
+              offload=offload, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_size, cfg_batch=cfg_batch)
 
     def make_cond(gen):
         return image_conditioning(model, image, num_frames=num_frames, width=width, height=height, fps=fps,
@@ -385,7 +424,7 @@ def img2vid(model, image: torch.Tensor, *, num_frames: int | None = None, width:
                 decode_t=decode_t, overlap=overlap, image_decoder=image_decoder, callback=callback, cancel=cancel,
                 device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=sampler_options,
                 noise=noise, ff_chunk_size=ff_chunk_size, channels_last=channels_last, noise_device=noise_device,
-                decode_tile=decode_tile, decode_tile_overlap=decode_tile_overlap)
+                decode_tile=decode_tile, decode_tile_overlap=decode_tile_overlap, cfg_batch=cfg_batch)
 
 
 def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 10.0,
@@ -397,18 +436,18 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
           offload: bool = False, autocast_dtype: torch.dtype | None = None,
           ff_chunk_size: int | None = DEFAULT_FF_CHUNK, channels_last: bool = True, mask: torch.Tensor | None = None,
           recenter: bool = True, image_frame_ratio: float | None = None, replace_last: bool = True,
-          noise_device: str = "cpu") -> torch.Tensor:
+          noise_device: str = "cpu", cfg_batch: str = "auto") -> torch.Tensor:
     """SV3D: one object image -> `num_frames` views around it (b t 3 H W in [0, 1]), triangle CFG by default.
 
     As the reference script's sv3d branch: an RGBA image (or `mask`, 1 = object) is cropped to the object, centred
     (`image_frame_ratio`) and put on white when `recenter`; with `replace_last` the last view (the input's camera)
-    is replaced by that prepared input image."""
+    is replaced by that prepared input image. `cfg_batch`: as `img2vid`."""
     elev = [elevations] if isinstance(elevations, (int, float)) else elevations
     check_run(model, image, dict(num_frames=num_frames, width=width, height=height, cond_aug=cond_aug, steps=steps,
                                  seed=seed, decode_t=decode_t, overlap=overlap, ff_chunk_size=ff_chunk_size,
                                  elevations=list(elev), azimuths=None if azimuths is None else list(azimuths)),
               guidance=guidance, sampler=sampler, schedule=schedule, resize_mode=resize_mode, device=device,
-              offload=offload, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_size)
+              offload=offload, autocast_dtype=autocast_dtype, ff_chunk_size=ff_chunk_size, cfg_batch=cfg_batch)
     spec = model.spec
     w = spec.width if width is None else width
     h = spec.height if height is None else height
@@ -421,5 +460,6 @@ def orbit(model, image: torch.Tensor, *, elevations: float | Sequence[float] = 1
     frames = _run(model, make_cond, guidance, sampler=sampler, schedule=schedule, steps=steps, seed=seed,
                   decode_t=decode_t, overlap=overlap, image_decoder=False, callback=callback, cancel=cancel,
                   device=device, offload=offload, autocast_dtype=autocast_dtype, sampler_options=None,
-                  ff_chunk_size=ff_chunk_size, channels_last=channels_last, noise_device=noise_device)
+                  ff_chunk_size=ff_chunk_size, channels_last=channels_last, noise_device=noise_device,
+                  cfg_batch=cfg_batch)
     return replace_last_view(frames, ready) if replace_last else frames

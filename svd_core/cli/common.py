@@ -13,6 +13,12 @@ from ..video_io import MAX_FPS, MIN_FPS
 from . import CLIError
 
 SAMPLER_CHOICES = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde")
+CFG_IN_TURN = {"auto": "auto", "on": "in turn", "off": "together"}  # --cfg-in-turn -> pipeline's cfg_batch
+
+
+def cfg_batch(args) -> str:
+    """--cfg-in-turn as the pipeline's `cfg_batch` (svd_core.memory.cfg_in_turn decides "auto")."""
+    return CFG_IN_TURN[getattr(args, "cfg_in_turn", "auto")]
 
 
 def _device(text: str) -> str:
@@ -91,9 +97,11 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp8-weights", action="store_true",
                         help="store the UNet's Linear/Conv weights in float8_e4m3fn (half of fp16), upcast per layer "
                              "to --dtype at compute")
-    parser.add_argument("--cfg-in-turn", action="store_true",
+    parser.add_argument("--cfg-in-turn", nargs="?", const="on", default="auto", choices=CFG_IN_TURN,
                         help="run the guided UNet step's unconditional and conditional branches one after the other "
-                             "(same result, about half the UNet's activation memory)")
+                             "(same result, about half the UNet's activation memory): on (the bare flag), off (one "
+                             "batch), or auto (default: in turn only when one batch would not fit the device's free "
+                             "memory)")
     parser.add_argument("--decode-tile", type=arg_type("decode_tile", "--decode-tile"), default=0,
                         help="decode in spatial tiles of N latent pixels (8N pixels; >= 4), blended where they "
                              "overlap; 0 decodes whole frames")
@@ -159,7 +167,7 @@ def plan_model(args, require=None):
     try:
         check_request_fits(model, frames=frames, height=args.height or spec.height, width=args.width or spec.width,
                            decode_t=args.decode_t or spec.decode_t, device=device, dtype=dtype,
-                           ff_chunk=args.ff_chunk, offload=args.offload,
+                           ff_chunk=args.ff_chunk, offload=args.offload, cfg=cfg_batch(args) == "together",
                            labels={"frames": "--frames", "width": "--width"})
     except MemoryBudgetError as exc:
         raise CLIError(str(exc)) from None
@@ -179,7 +187,6 @@ def load_model(args):
         raise CLIError(f"--checkpoint: {exc}") from None
     if getattr(args, "fp8_weights", False):
         ops.store_fp8(model.unet, compute_dtype=dtype)
-    model.unet.set_video_chunk(1 if getattr(args, "cfg_in_turn", False) else None)
     print(model.load_report.summary(), file=sys.stderr)
     return model, device
 

@@ -6,7 +6,7 @@ import time
 from ..guidance import KINDS
 from ..validation import arg_type
 from . import CLIError
-from .common import add_common, check_options, finish, load_model, plan_model, progress_printer, read_image
+from .common import add_common, cfg_batch, check_options, finish, load_model, plan_model, progress_printer, read_image
 
 
 def add_arguments(parser) -> None:
@@ -46,7 +46,8 @@ def run(args) -> int:
                          seed=args.seed, decode_t=args.decode_t, overlap=args.overlap,
                          image_decoder=args.image_decoder, callback=progress_printer(), device=device,
                          offload=args.offload, ff_chunk_size=args.ff_chunk, noise_device=args.noise_device,
-                         decode_tile=args.decode_tile, decode_tile_overlap=args.decode_tile_overlap)
+                         decode_tile=args.decode_tile, decode_tile_overlap=args.decode_tile_overlap,
+                         cfg_batch=cfg_batch(args))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     fps = args.out_fps or args.fps or model.spec.fps

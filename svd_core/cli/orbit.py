@@ -7,7 +7,7 @@ import argparse
 
 from ..validation import RULES, arg_type
 from . import CLIError
-from .common import add_common, check_options, finish, load_model, plan_model, progress_printer, read_image
+from .common import add_common, cfg_batch, check_options, finish, load_model, plan_model, progress_printer, read_image
 
 
 def _floats(name: str, option: str):
@@ -86,7 +86,7 @@ def run(args) -> int:
                        steps=args.steps, seed=args.seed, decode_t=args.decode_t, overlap=args.overlap,
                        callback=progress_printer(), device=device, offload=args.offload,
                        ff_chunk_size=args.ff_chunk, recenter=args.recenter, image_frame_ratio=args.image_frame_ratio,
-                       replace_last=args.replace_last, noise_device=args.noise_device)
+                       replace_last=args.replace_last, noise_device=args.noise_device, cfg_batch=cfg_batch(args))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     return finish(frames, args, args.out_fps or 7.0, started)
