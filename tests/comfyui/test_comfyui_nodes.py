@@ -246,11 +246,13 @@ def test_runtime_input_error_names_node(comfy):
 # ----------------------------------------------------------------------------------------------- execution
 def test_img2vid_frames_plug_into_native_video_nodes_and_model_is_reused(comfy):
     prompt = img2vid(frames=5, decode_t=2, overlap=1, prefix="svd_suite/native")
+    prompt["7"]["inputs"]["lossless"] = True  # the frames' values are compared with the engine's
     prompt["8"] = {"class_type": "CreateVideo", "inputs": {"images": ["6", 0], "fps": 7.0}}
     prompt["9"] = {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": "svd_suite/native_vid",
                                                          "format": "mp4", "codec": "h264"}}
     entry, _ = run_ok(comfy, prompt)
     assert media_info(saved(comfy, entry)) == (5, 64, 64)
+    assert_frames_match_engine(comfy, saved(comfy, entry), frames=5, decode_t=2, overlap=1)
     video = comfy.output_file(entry["outputs"]["9"]["images"][0])
     assert video.suffix == ".mp4" and media_info(video) == (5, 64, 64)
     # a second run with another seed re-uses the loaded model: ComfyUI reports the loader as cached
@@ -299,9 +301,10 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return np.clip(255.0 * frames.permute(0, 2, 3, 1).numpy(), 0, 255).astype(np.uint8)  # t h w c
 
 
-def engine_img2vid(model_path: Path, image_path: Path, frames: int = 4, decode_t: int = 4):
-    """img2vid()'s graph at its defaults run by svd_core directly (the same calls as the nodes) on the server's model
-    and input image: (model, conditioning, guidance, frames 1 t 3 h w in [0, 1])."""
+def engine_img2vid(model_path: Path, image_path: Path, frames: int = 4, decode_t: int = 4, overlap: int = 0,
+                   steps: int = 2, seed: int = 1):
+    """img2vid()'s graph run by svd_core directly (the same calls as the nodes) on the server's model and input
+    image: (model, conditioning, guidance, frames 1 t 3 h w in [0, 1])."""
     import svd_core
     from PIL import Image
     from svd_core import pipeline as P
@@ -315,8 +318,17 @@ def engine_img2vid(model_path: Path, image_path: Path, frames: int = 4, decode_t
         warnings.filterwarnings("ignore", "generating at")  # 64x64 on a 128x128 model, as the graph does
         cond = P.image_conditioning(model, image, num_frames=frames, width=64, height=64, fps=7,
                                     motion_bucket_id=127, cond_aug=0.02, resize_mode="crop", seed=0)
-        latent = P.sample(model, cond, guidance, sampler="euler", schedule="karras", steps=2, seed=1)
-        return model, cond, guidance, P.decode(model, latent, frames, decode_t=decode_t).clamp(0, 1)
+        latent = P.sample(model, cond, guidance, sampler="euler", schedule="karras", steps=steps, seed=seed)
+        return model, cond, guidance, P.decode(model, latent, frames, decode_t=decode_t, overlap=overlap).clamp(0, 1)
+
+
+def assert_frames_match_engine(comfy, path: Path, **engine_kwargs) -> None:
+    """The lossless WEBP `path` of an img2vid() graph holds the frames svd_core makes from the same checkpoint,
+    image and seeds in the test process (8-bit frames, 255 * x truncated: float noise may move a value by one)."""
+    *_, frames = engine_img2vid(comfy.base / "models" / "checkpoints" / CKPT, comfy.input_dir / IMAGE, **engine_kwargs)
+    diff = np.abs(webp_frames(path).astype(int) - to_uint8(frames[0]).astype(int))
+    print(f"{path.name}: max |graph - engine| {diff.max()} / 255, mean {diff.mean():.4f}")
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
 
 
 def engine_v2v(base: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,6 +397,7 @@ def test_sampler_steps_zero_follow_the_loaded_variant_and_encode_samples_the_pos
     the tiny model's 4); the reference first stage encodes by sampling the posterior (Encode sample_posterior)."""
     prompt = img2vid(steps=0, prefix="svd_suite/steps0")
     prompt["5"]["inputs"]["noise_device"] = "device"
+    prompt["7"]["inputs"]["lossless"] = True
     prompt["10"] = {"class_type": "SVDSuite_Encode", "inputs": {"svd_model": ["1", 0], "frames": ["6", 0],
                                                                  "num_frames": 0, "sample_posterior": True, "seed": 3}}
     prompt["11"] = {"class_type": "PreviewAny", "inputs": {"source": ["10", 0]}}
@@ -392,6 +405,7 @@ def test_sampler_steps_zero_follow_the_loaded_variant_and_encode_samples_the_pos
     maxima = {m["data"]["max"] for m in messages if m["type"] == "progress" and m["data"].get("node") == "5"}
     assert maxima == {4}, maxima
     assert media_info(saved(comfy, entry)) == (4, 64, 64)
+    assert_frames_match_engine(comfy, saved(comfy, entry), steps=4)  # noise "device" is the CPU here
 
 
 def test_diffusers_folder_loader(comfy, object_info):
@@ -504,8 +518,11 @@ def test_interrupt_during_sampling_stops_within_a_step_and_server_keeps_working(
     print(f"interrupt requested at step {seen['at_interrupt']}, last step reported {last} of {steps}")
     assert last <= seen["at_interrupt"] + 2 < steps, (seen, last)  # stopped within a step of the request
     # nothing broken: the next prompt runs normally with the same (cached) model
-    entry, _ = run_ok(comfy, img2vid(steps=2, seed=12, prefix="svd_suite/after_interrupt"))
+    after = img2vid(steps=2, seed=12, prefix="svd_suite/after_interrupt")
+    after["7"]["inputs"]["lossless"] = True
+    entry, _ = run_ok(comfy, after)
     assert media_info(saved(comfy, entry)) == (4, 64, 64)
+    assert_frames_match_engine(comfy, saved(comfy, entry), seed=12)  # the interrupted run left nothing behind
     assert time.monotonic() - t0 < 240
 
 
