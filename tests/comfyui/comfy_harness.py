@@ -165,14 +165,19 @@ def _resolve(ref: str):
     return getattr(importlib.import_module(module), attr)
 
 
+# factories that write exactly the file they are given (deterministic): a second call with the same arguments under
+# another name is a copy of the first one's file (a tiny checkpoint costs seconds to build, a copy a memcpy)
+COPYABLE_FACTORIES = {"tests.comfyui.factories:tiny_checkpoint"}
+
+
 def make_files(entries: list[dict], root: Path) -> list[Path]:
-    """Create the `models` / `inputs` files a workflow's metadata declares (factory(path, **kwargs)); a second entry
-    with the same factory and arguments under another name gets a copy of the first one's file (the factories are
-    deterministic: a tiny checkpoint costs seconds to build, a copy a memcpy)."""
+    """Create the `models` / `inputs` files a workflow's metadata declares (factory(path, **kwargs))."""
     made, by_call = [], {}
     for entry in entries:
         dest = root / entry.get("folder", "") / entry["name"]
         call = (entry["factory"], json.dumps(entry.get("kwargs", {}), sort_keys=True), dest.suffix)
+        if entry["factory"] not in COPYABLE_FACTORIES:
+            call = (id(entry),)  # never shared
         if dest.exists():
             by_call.setdefault(call, dest)
             made.append(dest)

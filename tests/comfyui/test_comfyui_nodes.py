@@ -450,12 +450,32 @@ def test_sv3d_keyframed_orbit(comfy, sv3d_ckpt):
         "7": {"class_type": "SVDSuite_Decode", "inputs": {"svd_model": ["1", 0], "latent": ["6", 0], "decode_t": 5,
                                                            "overlap": 0, "image_decoder": False}},
         "8": {"class_type": "SaveAnimatedWEBP", "inputs": {
-            "images": ["7", 0], "filename_prefix": "svd_suite/orbit_kf", "fps": 10.0, "lossless": False,
+            "images": ["7", 0], "filename_prefix": "svd_suite/orbit_kf", "fps": 10.0, "lossless": True,
             "quality": 80, "method": "default"}},
         "9": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
     }
     entry, _ = run_ok(comfy, prompt)
-    assert media_info(saved(comfy, entry, node="8")) == (5, 64, 64)
+    out = saved(comfy, entry, node="8")
+    assert media_info(out) == (5, 64, 64)
+    # values: the keyframes linear in between (frame 4: 30 degrees up, 270 around), the same svd_core calls
+    import svd_core
+    from PIL import Image
+    from svd_core import pipeline as P
+    from svd_core.guidance import Guidance
+
+    model = svd_core.load(comfy.base / "models" / "checkpoints" / sv3d_ckpt, dtype=torch.float32)
+    rgb = np.asarray(Image.open(comfy.input_dir / IMAGE).convert("RGB"), dtype=np.float32) / 255.0  # as LoadImage
+    with torch.inference_mode():
+        cond = P.orbit_conditioning(model, torch.from_numpy(rgb).permute(2, 0, 1)[None], num_frames=5, width=64,
+                                    height=64, elevations=[0.0, 7.5, 15.0, 22.5, 30.0],
+                                    azimuths=[0.0, 67.5, 135.0, 202.5, 270.0], cond_aug=1e-5, resize_mode="pad",
+                                    seed=0)
+        latent = P.sample(model, cond, Guidance(kind="ramp_hold", min_scale=1.0, max_scale=2.0, ramp=0.25),
+                          sampler="heun", schedule="karras", steps=2, seed=3)
+        frames = P.decode(model, latent, 5, decode_t=5).clamp(0, 1)[0]  # t 3 h w
+    diff = np.abs(webp_frames(out).astype(int) - to_uint8(frames).astype(int))
+    print(f"{out.name}: max |graph - engine| {diff.max()} / 255, mean {diff.mean():.4f}")
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
 
 
 def test_sv3d_multiview_prepares_an_rgba_object_and_replaces_the_last_view(comfy, sv3d_ckpt):
