@@ -465,7 +465,8 @@ def test_sv3d_keyframed_orbit(comfy, sv3d_ckpt):
 
     model = svd_core.load(comfy.base / "models" / "checkpoints" / sv3d_ckpt, dtype=torch.float32)
     rgb = np.asarray(Image.open(comfy.input_dir / IMAGE).convert("RGB"), dtype=np.float32) / 255.0  # as LoadImage
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "generating at")  # 64x64 on a 128x128 model, as the graph does
         cond = P.orbit_conditioning(model, torch.from_numpy(rgb).permute(2, 0, 1)[None], num_frames=5, width=64,
                                     height=64, elevations=[0.0, 7.5, 15.0, 22.5, 30.0],
                                     azimuths=[0.0, 67.5, 135.0, 202.5, 270.0], cond_aug=1e-5, resize_mode="pad",
@@ -604,6 +605,7 @@ def test_cancel_during_training_saves_a_state_the_next_run_resumes(comfy):
 # ----------------------------------------------------------------------------------------------- memory
 def test_free_memory_request_releases_the_cached_model(comfy):
     prompt = img2vid(steps=1, seed=21, prefix="svd_suite/free")
+    prompt["7"]["inputs"]["lossless"] = True
     run_ok(comfy, prompt)
     entry, messages = run_ok(comfy, prompt | {"5": {**prompt["5"], "inputs": {**prompt["5"]["inputs"], "seed": 22}}})
     assert "1" in next(m["data"]["nodes"] for m in messages if m["type"] == "execution_cached")
@@ -617,6 +619,7 @@ def test_free_memory_request_releases_the_cached_model(comfy):
     executed = {m["data"]["node"] for m in messages if m["type"] == "executing" and m["data"]["node"]}
     assert "1" in executed, "the checkpoint loader should have run again after /free"
     assert media_info(saved(comfy, entry)) == (4, 64, 64)
+    assert_frames_match_engine(comfy, saved(comfy, entry), steps=1, seed=21)  # the reloaded model is the file's
 
 
 # ----------------------------------------------------------------------------------------------- install
