@@ -50,15 +50,24 @@ def comfy(tmp_path_factory, workflows):
         if wf.run or wf.browser:
             models += wf.meta.get("models", [])
             inputs += wf.meta.get("inputs", [])
-    make_files(models, base / "models")
-    make_files(inputs, base / "input")
     seed_settings(base)  # GUI user settings: no tutorial / template dialog on the first page load
     server = ComfyServer(base=base, comfy=comfyui_dir())
-    server.start()
+    server.launch()  # ComfyUI imports while this process builds the files (it lists folders on request only)
     try:
+        make_files(models, base / "models")
+        make_files(inputs, base / "input")
+        server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def workflow_runs(comfy):
+    """Each shipped workflow's API run, executed once per session (comfy_harness.WorkflowRuns)."""
+    from comfy_harness import WorkflowRuns
+
+    return WorkflowRuns(comfy)
 
 
 @pytest.fixture(scope="session")

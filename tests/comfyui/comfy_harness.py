@@ -72,10 +72,38 @@ _spec.loader.exec_module(sys.modules["svd_suite"])
 """
 
 
+_WORKER = []  # the session's comfy_fork.ComfyWorker, started on first use
+
+
+def _worker():
+    if not _WORKER:
+        import atexit
+
+        from comfy_fork import ComfyWorker
+
+        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"svd-comfy-worker-{os.getpid()}.log"
+        _WORKER.append(ComfyWorker(comfyui_dir(), REPO, log))
+        atexit.register(_WORKER[0].stop)
+    return _WORKER[0]
+
+
 def run_in_comfyui(body: str, tmp: Path, *args: str, stdin: str | None = None, timeout: float = 600) -> dict:
-    """Run `body` (which ends by printing "RESULT " + json) after `PRELUDE` in a subprocess, ComfyUI's base folder
-    `tmp/base`; returns the parsed result, or fails with the tail of the output."""
+    """Run `body` (which ends by printing "RESULT " + json) after `PRELUDE` in a process of its own, ComfyUI's base
+    folder `tmp/base`: a fork of the session's ComfyUI worker (tests/comfyui/comfy_fork.py: ComfyUI imported once),
+    or with SVD_TEST_FORK=0 a fresh interpreter; returns the parsed result, or fails with the tail of the output."""
     script = tmp / "run.py"
+    if os.environ.get("SVD_TEST_FORK", "1") != "0":
+        script.write_text(body)
+        stdin_path = None
+        if stdin is not None:
+            stdin_path = tmp / "stdin.txt"
+            stdin_path.write_text(stdin)
+        output = tmp / "output.txt"
+        rc = _worker().run(script, tmp / "base", list(args), stdin_path, tmp, output, timeout)
+        text = output.read_text(errors="replace")
+        lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
+        assert rc == 0 and lines, text[-6000:]
+        return json.loads(lines[-1][len("RESULT "):])
     script.write_text(PRELUDE + body)
     proc = subprocess.run([sys.executable, str(script), str(comfyui_dir()), str(REPO), str(tmp / "base"), *args],
                           input=stdin, capture_output=True, text=True, timeout=timeout, cwd=str(tmp))
@@ -137,18 +165,31 @@ def _resolve(ref: str):
     return getattr(importlib.import_module(module), attr)
 
 
+# factories that write exactly the file they are given (deterministic): a second call with the same arguments under
+# another name is a copy of the first one's file (a tiny checkpoint costs seconds to build, a copy a memcpy)
+COPYABLE_FACTORIES = {"tests.comfyui.factories:tiny_checkpoint"}
+
+
 def make_files(entries: list[dict], root: Path) -> list[Path]:
     """Create the `models` / `inputs` files a workflow's metadata declares (factory(path, **kwargs))."""
-    made = []
+    made, by_call = [], {}
     for entry in entries:
         dest = root / entry.get("folder", "") / entry["name"]
+        call = (entry["factory"], json.dumps(entry.get("kwargs", {}), sort_keys=True), dest.suffix)
+        if entry["factory"] not in COPYABLE_FACTORIES:
+            call = (id(entry),)  # never shared
         if dest.exists():
+            by_call.setdefault(call, dest)
             made.append(dest)
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _resolve(entry["factory"])(dest, **entry.get("kwargs", {}))
+        if call in by_call and by_call[call].is_file():
+            shutil.copyfile(by_call[call], dest)
+        else:
+            _resolve(entry["factory"])(dest, **entry.get("kwargs", {}))
         if not dest.exists():
             raise FileNotFoundError(f"factory {entry['factory']} did not write {dest}")
+        by_call.setdefault(call, dest)
         made.append(dest)
     return made
 
@@ -307,6 +348,7 @@ class ComfyServer:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    last_prompt: str | None = None  # the id of the prompt queued last (by us or noted by a test that queued it)
 
     @property
     def url(self) -> str:
@@ -321,6 +363,11 @@ class ComfyServer:
         return self.base / "input"
 
     def start(self, timeout: float = 240) -> "ComfyServer":
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "ComfyServer":
+        """Start the server process without waiting for it (ComfyUI's imports take a while: make the model and
+        input files meanwhile; ComfyUI lists its folders when a request asks, not at start-up), then `wait_ready`."""
         for sub in ("models/checkpoints", "models/diffusers", "input", "output", "temp", "user", "custom_nodes"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         link = self.base / "custom_nodes" / PACK_NAME
@@ -338,6 +385,9 @@ class ComfyServer:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=self.comfy, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, preexec_fn=_die_with_parent)
+        return self
+
+    def wait_ready(self, timeout: float = 240) -> "ComfyServer":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -378,8 +428,10 @@ class ComfyServer:
         return r.json()
 
     def post_prompt(self, prompt: dict, timeout: float = 60) -> requests.Response:
-        return requests.post(self.url + "/prompt", json={"prompt": prompt, "client_id": self.client_id},
-                             timeout=timeout)
+        r = requests.post(self.url + "/prompt", json={"prompt": prompt, "client_id": self.client_id}, timeout=timeout)
+        if r.status_code == 200:
+            self.last_prompt = r.json()["prompt_id"]
+        return r
 
     def queue(self, prompt: dict) -> str:
         r = self.post_prompt(prompt)
@@ -425,9 +477,10 @@ class ComfyServer:
         messages: list[dict] = []
         deadline = time.monotonic() + timeout
         entry, finished = None, False
+        poll = 2.0 if own_client else 0.25  # another client's prompt: only /history tells the end, so ask often
         try:
             while time.monotonic() < deadline:
-                ws.settimeout(max(0.1, min(2.0 if entry is None else 0.5, deadline - time.monotonic())))
+                ws.settimeout(max(0.1, min(poll if entry is None else 0.5, deadline - time.monotonic())))
                 try:
                     raw = ws.recv()
                 except Exception as exc:  # websocket timeout: poll /history, then keep listening
@@ -467,6 +520,39 @@ class ComfyServer:
     def output_file(self, item: dict) -> Path:
         root = {"output": self.output_dir, "temp": self.base / "temp", "input": self.input_dir}[item.get("type", "output")]
         return root / item.get("subfolder", "") / item["filename"]
+
+
+def cached_nodes(entry: dict) -> list[str]:
+    """The node ids ComfyUI's execution cache served for a finished prompt (its `execution_cached` status message)."""
+    return next((data["nodes"] for kind, data in entry["status"].get("messages", []) if kind == "execution_cached"), [])
+
+
+class WorkflowRuns:
+    """Each shipped workflow's test-size prompt executed once per session through the API, on our own websocket:
+    `run(wf)` gives its (/history entry, messages), executing it on first use only. The API test checks that run
+    (outputs, progress); the GUI test calls `latest(wf)` and queues the page's prompt right after it, so ComfyUI's
+    execution cache (which keeps the last prompt's node outputs) serves every node of an identical prompt."""
+
+    def __init__(self, server: ComfyServer):
+        self.server = server
+        self.runs: dict[str, tuple[str, dict, list[dict]]] = {}
+
+    def run(self, wf: Workflow) -> tuple[dict, list[dict]]:
+        if wf.name not in self.runs:
+            ws = self.server.websocket()
+            try:
+                prompt_id = self.server.queue(wf.prompt())
+                entry, messages = self.server.wait(prompt_id, wf.timeout, ws=ws)
+            finally:
+                ws.close()
+            self.runs[wf.name] = (prompt_id, entry, messages)
+        return self.runs[wf.name][1:]
+
+    def latest(self, wf: Workflow) -> tuple[dict, list[dict]]:
+        """`run(wf)`, executed again if another prompt was queued since (only when tests run out of their order)."""
+        if wf.name in self.runs and self.runs[wf.name][0] != self.server.last_prompt:
+            del self.runs[wf.name]
+        return self.run(wf)
 
 
 PREVIEW_IMAGE = 1  # ComfyUI protocol.BinaryEventTypes: the payload is a 4-byte image type (1 JPEG, 2 PNG) + image

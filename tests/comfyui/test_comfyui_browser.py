@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from comfy_harness import REPO, check_outputs, diff_prompts, load_workflows
+from comfy_harness import REPO, cached_nodes, check_outputs, diff_prompts, load_workflows
 
 WORKFLOWS = {wf.name: wf for wf in load_workflows() if wf.browser}
 ARTIFACTS = REPO / "test-artifacts" / "comfyui"
@@ -52,18 +52,35 @@ def test_gui_loads_workflow(gui, name):
     assert not page_errors, page_errors
 
 
+# Queued from the page and executed there in full: the generation workflow (LoadImage's upload widget, the seed's
+# control_after_generate, the sampler's progress and live previews routed to the page, SaveVideo) and an analysis one
+# (SaveImage PNGs of the evaluation nodes); both cheap. Every other workflow is queued from the page right after the
+# session's API run of the same prompt (comfy_harness.WorkflowRuns, checked by test_workflow_runs_in_real_comfyui),
+# so ComfyUI's execution cache serves every node: that proves the server takes the page's queue and that its prompt
+# is the API-tested one (same cache signature: node types, inputs, links, file hashes), without a second execution.
+EXECUTED_FROM_PAGE = {"svd_img2vid", "eval_compare"}
+
+
 @pytest.mark.parametrize("name", sorted(n for n, wf in WORKFLOWS.items() if wf.run))
-def test_gui_queues_workflow(gui, comfy, name):
+def test_gui_queues_workflow(gui, comfy, workflow_runs, name):
     wf = WORKFLOWS[name]
+    api_entry = None if name in EXECUTED_FROM_PAGE else workflow_runs.latest(wf)[0]
     gui.load_ui(wf.ui, f"{name}.json")
     assert gui.set_widgets(wf.meta.get("overrides", {})) == []
     assert not diff_prompts(wf.prompt(), gui.graph_to_prompt())  # test-size values are what gets queued
     answer = gui.queue_from_page()
     assert answer["status"] == 200 and not answer["body"].get("node_errors"), answer
-    entry, _ = comfy.wait(answer["body"]["prompt_id"], wf.timeout, own_client=False)
-    gui.page.wait_for_timeout(500)  # let the page render the result
-    gui.screenshot(ARTIFACTS / f"{name}_queued.png")
+    comfy.last_prompt = answer["body"]["prompt_id"]
+    entry, _ = comfy.wait(comfy.last_prompt, wf.timeout, own_client=False)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    cached = set(cached_nodes(entry))
+    if api_entry is None:  # executed from the page: its outputs were made by this run
+        gui.page.wait_for_timeout(500)  # let the page render the result
+        gui.screenshot(ARTIFACTS / f"{name}_queued.png")
+        assert not {str(c["node"]) for c in wf.meta.get("outputs", [])} & cached, cached
+    else:  # the API run's prompt, node for node: every output served from the cache, the same files
+        assert cached == set(wf.prompt()), sorted(set(wf.prompt()) - cached)
+        assert entry["outputs"] == api_entry["outputs"]
     problems = check_outputs(comfy, wf, entry)
     assert not problems, "\n".join(problems)
 
@@ -105,6 +122,7 @@ def test_gui_shows_live_previews_while_the_pack_samples(gui, comfy):
     }""", sampler)
     answer = gui.queue_from_page()
     assert answer["status"] == 200 and not answer["body"].get("node_errors"), answer
+    comfy.last_prompt = answer["body"]["prompt_id"]
     gui.page.wait_for_function("() => window.__svdPreviews.filter((p) => p.shown).length >= 2", timeout=240_000)
     gui.page.wait_for_timeout(300)  # let the canvas draw the preview
     shot = gui.screenshot(ARTIFACTS / "svd_sampler_live_preview.png")

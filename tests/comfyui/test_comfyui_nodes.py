@@ -246,11 +246,13 @@ def test_runtime_input_error_names_node(comfy):
 # ----------------------------------------------------------------------------------------------- execution
 def test_img2vid_frames_plug_into_native_video_nodes_and_model_is_reused(comfy):
     prompt = img2vid(frames=5, decode_t=2, overlap=1, prefix="svd_suite/native")
+    prompt["7"]["inputs"]["lossless"] = True  # the frames' values are compared with the engine's
     prompt["8"] = {"class_type": "CreateVideo", "inputs": {"images": ["6", 0], "fps": 7.0}}
     prompt["9"] = {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": "svd_suite/native_vid",
                                                          "format": "mp4", "codec": "h264"}}
     entry, _ = run_ok(comfy, prompt)
     assert media_info(saved(comfy, entry)) == (5, 64, 64)
+    assert_frames_match_engine(comfy, saved(comfy, entry), frames=5, decode_t=2, overlap=1)
     video = comfy.output_file(entry["outputs"]["9"]["images"][0])
     assert video.suffix == ".mp4" and media_info(video) == (5, 64, 64)
     # a second run with another seed re-uses the loaded model: ComfyUI reports the loader as cached
@@ -299,9 +301,10 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return np.clip(255.0 * frames.permute(0, 2, 3, 1).numpy(), 0, 255).astype(np.uint8)  # t h w c
 
 
-def engine_img2vid(model_path: Path, image_path: Path, frames: int = 4, decode_t: int = 4):
-    """img2vid()'s graph at its defaults run by svd_core directly (the same calls as the nodes) on the server's model
-    and input image: (model, conditioning, guidance, frames 1 t 3 h w in [0, 1])."""
+def engine_img2vid(model_path: Path, image_path: Path, frames: int = 4, decode_t: int = 4, overlap: int = 0,
+                   steps: int = 2, seed: int = 1):
+    """img2vid()'s graph run by svd_core directly (the same calls as the nodes) on the server's model and input
+    image: (model, conditioning, guidance, frames 1 t 3 h w in [0, 1])."""
     import svd_core
     from PIL import Image
     from svd_core import pipeline as P
@@ -315,8 +318,17 @@ def engine_img2vid(model_path: Path, image_path: Path, frames: int = 4, decode_t
         warnings.filterwarnings("ignore", "generating at")  # 64x64 on a 128x128 model, as the graph does
         cond = P.image_conditioning(model, image, num_frames=frames, width=64, height=64, fps=7,
                                     motion_bucket_id=127, cond_aug=0.02, resize_mode="crop", seed=0)
-        latent = P.sample(model, cond, guidance, sampler="euler", schedule="karras", steps=2, seed=1)
-        return model, cond, guidance, P.decode(model, latent, frames, decode_t=decode_t).clamp(0, 1)
+        latent = P.sample(model, cond, guidance, sampler="euler", schedule="karras", steps=steps, seed=seed)
+        return model, cond, guidance, P.decode(model, latent, frames, decode_t=decode_t, overlap=overlap).clamp(0, 1)
+
+
+def assert_frames_match_engine(comfy, path: Path, **engine_kwargs) -> None:
+    """The lossless WEBP `path` of an img2vid() graph holds the frames svd_core makes from the same checkpoint,
+    image and seeds in the test process (8-bit frames, 255 * x truncated: float noise may move a value by one)."""
+    *_, frames = engine_img2vid(comfy.base / "models" / "checkpoints" / CKPT, comfy.input_dir / IMAGE, **engine_kwargs)
+    diff = np.abs(webp_frames(path).astype(int) - to_uint8(frames[0]).astype(int))
+    print(f"{path.name}: max |graph - engine| {diff.max()} / 255, mean {diff.mean():.4f}")
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
 
 
 def engine_v2v(base: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,6 +397,7 @@ def test_sampler_steps_zero_follow_the_loaded_variant_and_encode_samples_the_pos
     the tiny model's 4); the reference first stage encodes by sampling the posterior (Encode sample_posterior)."""
     prompt = img2vid(steps=0, prefix="svd_suite/steps0")
     prompt["5"]["inputs"]["noise_device"] = "device"
+    prompt["7"]["inputs"]["lossless"] = True
     prompt["10"] = {"class_type": "SVDSuite_Encode", "inputs": {"svd_model": ["1", 0], "frames": ["6", 0],
                                                                  "num_frames": 0, "sample_posterior": True, "seed": 3}}
     prompt["11"] = {"class_type": "PreviewAny", "inputs": {"source": ["10", 0]}}
@@ -392,6 +405,7 @@ def test_sampler_steps_zero_follow_the_loaded_variant_and_encode_samples_the_pos
     maxima = {m["data"]["max"] for m in messages if m["type"] == "progress" and m["data"].get("node") == "5"}
     assert maxima == {4}, maxima
     assert media_info(saved(comfy, entry)) == (4, 64, 64)
+    assert_frames_match_engine(comfy, saved(comfy, entry), steps=4)  # noise "device" is the CPU here
 
 
 def test_diffusers_folder_loader(comfy, object_info):
@@ -436,12 +450,33 @@ def test_sv3d_keyframed_orbit(comfy, sv3d_ckpt):
         "7": {"class_type": "SVDSuite_Decode", "inputs": {"svd_model": ["1", 0], "latent": ["6", 0], "decode_t": 5,
                                                            "overlap": 0, "image_decoder": False}},
         "8": {"class_type": "SaveAnimatedWEBP", "inputs": {
-            "images": ["7", 0], "filename_prefix": "svd_suite/orbit_kf", "fps": 10.0, "lossless": False,
+            "images": ["7", 0], "filename_prefix": "svd_suite/orbit_kf", "fps": 10.0, "lossless": True,
             "quality": 80, "method": "default"}},
         "9": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
     }
     entry, _ = run_ok(comfy, prompt)
-    assert media_info(saved(comfy, entry, node="8")) == (5, 64, 64)
+    out = saved(comfy, entry, node="8")
+    assert media_info(out) == (5, 64, 64)
+    # values: the keyframes linear in between (frame 4: 30 degrees up, 270 around), the same svd_core calls
+    import svd_core
+    from PIL import Image
+    from svd_core import pipeline as P
+    from svd_core.guidance import Guidance
+
+    model = svd_core.load(comfy.base / "models" / "checkpoints" / sv3d_ckpt, dtype=torch.float32)
+    rgb = np.asarray(Image.open(comfy.input_dir / IMAGE).convert("RGB"), dtype=np.float32) / 255.0  # as LoadImage
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "generating at")  # 64x64 on a 128x128 model, as the graph does
+        cond = P.orbit_conditioning(model, torch.from_numpy(rgb).permute(2, 0, 1)[None], num_frames=5, width=64,
+                                    height=64, elevations=[0.0, 7.5, 15.0, 22.5, 30.0],
+                                    azimuths=[0.0, 67.5, 135.0, 202.5, 270.0], cond_aug=1e-5, resize_mode="pad",
+                                    seed=0)
+        latent = P.sample(model, cond, Guidance(kind="ramp_hold", min_scale=1.0, max_scale=2.0, ramp=0.25),
+                          sampler="heun", schedule="karras", steps=2, seed=3)
+        frames = P.decode(model, latent, 5, decode_t=5).clamp(0, 1)[0]  # t 3 h w
+    diff = np.abs(webp_frames(out).astype(int) - to_uint8(frames).astype(int))
+    print(f"{out.name}: max |graph - engine| {diff.max()} / 255, mean {diff.mean():.4f}")
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
 
 
 def test_sv3d_multiview_prepares_an_rgba_object_and_replaces_the_last_view(comfy, sv3d_ckpt):
@@ -504,8 +539,11 @@ def test_interrupt_during_sampling_stops_within_a_step_and_server_keeps_working(
     print(f"interrupt requested at step {seen['at_interrupt']}, last step reported {last} of {steps}")
     assert last <= seen["at_interrupt"] + 2 < steps, (seen, last)  # stopped within a step of the request
     # nothing broken: the next prompt runs normally with the same (cached) model
-    entry, _ = run_ok(comfy, img2vid(steps=2, seed=12, prefix="svd_suite/after_interrupt"))
+    after = img2vid(steps=2, seed=12, prefix="svd_suite/after_interrupt")
+    after["7"]["inputs"]["lossless"] = True
+    entry, _ = run_ok(comfy, after)
     assert media_info(saved(comfy, entry)) == (4, 64, 64)
+    assert_frames_match_engine(comfy, saved(comfy, entry), seed=12)  # the interrupted run left nothing behind
     assert time.monotonic() - t0 < 240
 
 
@@ -567,6 +605,7 @@ def test_cancel_during_training_saves_a_state_the_next_run_resumes(comfy):
 # ----------------------------------------------------------------------------------------------- memory
 def test_free_memory_request_releases_the_cached_model(comfy):
     prompt = img2vid(steps=1, seed=21, prefix="svd_suite/free")
+    prompt["7"]["inputs"]["lossless"] = True
     run_ok(comfy, prompt)
     entry, messages = run_ok(comfy, prompt | {"5": {**prompt["5"], "inputs": {**prompt["5"]["inputs"], "seed": 22}}})
     assert "1" in next(m["data"]["nodes"] for m in messages if m["type"] == "execution_cached")
@@ -580,13 +619,15 @@ def test_free_memory_request_releases_the_cached_model(comfy):
     executed = {m["data"]["node"] for m in messages if m["type"] == "executing" and m["data"]["node"]}
     assert "1" in executed, "the checkpoint loader should have run again after /free"
     assert media_info(saved(comfy, entry)) == (4, 64, 64)
+    assert_frames_match_engine(comfy, saved(comfy, entry), steps=1, seed=21)  # the reloaded model is the file's
 
 
 # ----------------------------------------------------------------------------------------------- install
 NO_EXTRAS_SCRIPT = r"""
-import asyncio, importlib.abc, json, sys
+import asyncio, importlib.abc, json, os, sys
 # the pack's optional extras (pyproject: curation, eval) that a plain ComfyUI does not bring
 BLOCKED = {"scenedetect", "cv2", "easyocr", "ray", "pyarrow", "pandas", "matplotlib", "skvideo", "lpips", "diffusers"}
+BROKEN = ""
 
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -604,25 +645,44 @@ for name in list(sys.modules):
     if name.split(".")[0] in BLOCKED:
         del sys.modules[name]
 sys.meta_path.insert(0, Block())
-ok = asyncio.run(nodes.load_custom_node(PACK))
-print(json.dumps({"ok": ok, "nodes": sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("SVDSuite_"))}))
+PACK_MODULE = PACK.replace(".", "_x_")  # the name ComfyUI's loader gives the pack's package
+results = {}
+for BROKEN in CASES:  # each case imports the pack and its engine afresh, as a fresh ComfyUI would
+    for name in list(sys.modules):
+        if name.split(".")[0] in (PACK_MODULE, "svd_core"):
+            del sys.modules[name]
+    for key in [k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("SVDSuite_")]:
+        del nodes.NODE_CLASS_MAPPINGS[key]
+    ok = asyncio.run(nodes.load_custom_node(PACK))
+    results[BROKEN] = {"ok": ok, "nodes": sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("SVDSuite_"))}
+print(json.dumps(results))
 """
 
 
-@pytest.mark.parametrize("broken", ["", "curation"])
-def test_pack_registers_generation_nodes_without_optional_extras(comfy, broken):
-    """Loaded by ComfyUI's own custom-node loader in a Python where the optional extras cannot be imported
-    (and, second case, where a training-side module fails with an ImportError): generation nodes still register."""
+@pytest.fixture(scope="module")
+def without_extras(comfy):
+    """ComfyUI's own custom-node loader on the pack in one Python where the optional extras cannot be imported, once
+    as is and once with a training-side module failing with an ImportError (the pack and svd_core imported afresh
+    for each case)."""
     import subprocess
     import sys
 
     pack = comfy.base / "custom_nodes" / "svd_suite"
-    script = f"PACK = {str(pack)!r}\nBROKEN = {broken!r}\n" + NO_EXTRAS_SCRIPT
+    script = f"PACK = {str(pack)!r}\nCASES = {['', 'curation']!r}\n" + NO_EXTRAS_SCRIPT
     out = subprocess.run([sys.executable, "-c", script], cwd=comfy.comfy, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["ok"] is True
-    assert set(NODE_IDS) <= set(result["nodes"]), out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("broken", ["", "curation"])
+def test_pack_registers_generation_nodes_without_optional_extras(without_extras, broken):
+    """Loaded by ComfyUI's own custom-node loader in a Python where the optional extras cannot be imported
+    (and, second case, where a training-side module fails with an ImportError): generation nodes still register."""
+    results, log = without_extras
+    assert results[broken]["ok"] is True
+    assert set(NODE_IDS) <= set(results[broken]["nodes"]), log
+    if broken:  # the broken module really was imported afresh: the training-side nodes stayed out
+        assert set(results[broken]["nodes"]) < set(results[""]["nodes"]), log
 
 
 # ----------------------------------------------------------------------------------------------- native types

@@ -6,8 +6,8 @@ import json
 import pytest
 import requests
 
-from comfy_harness import (PACK_NAME, WORKFLOWS, WORKFLOWS_API, Workflow, check_against_object_info, check_outputs,
-                           diff_prompts, load_workflows, ui_to_api)
+from comfy_harness import (PACK_NAME, WORKFLOWS, WORKFLOWS_API, Workflow, cached_nodes, check_against_object_info,
+                           check_outputs, diff_prompts, load_workflows, ui_to_api)
 
 WORKFLOW_LIST = load_workflows()
 BY_NAME = {wf.name: wf for wf in WORKFLOW_LIST}
@@ -97,16 +97,15 @@ def test_api_graph_matches_object_info(name, object_info):
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
-def test_workflow_runs_in_real_comfyui(name, comfy):
+def test_workflow_runs_in_real_comfyui(name, comfy, workflow_runs):
+    """The session's one API execution of the workflow (shared with the GUI test, which re-queues it from the page):
+    it succeeds, writes the outputs its metadata promises and reports per-step progress."""
     wf = BY_NAME[name]
     prompt = wf.prompt()
     sampler_ids = [nid for nid, node in prompt.items() if node["class_type"] == "SVDSuite_Sampler"]
-    ws = comfy.websocket()
-    try:
-        prompt_id = comfy.queue(prompt)
-        entry, messages = comfy.wait(prompt_id, wf.timeout, ws=ws)
-    finally:
-        ws.close()
+    entry, messages = workflow_runs.run(wf)
+    checked = {str(check["node"]) for check in wf.meta.get("outputs", [])}
+    assert not checked & set(cached_nodes(entry)), f"{name}: its outputs came from ComfyUI's cache, not executed"
     status = entry["status"]
     assert status["status_str"] == "success", json.dumps(status, indent=1)[:4000] + "\n" + comfy.log_tail()
     problems = check_outputs(comfy, wf, entry)
