@@ -15,7 +15,7 @@ import torch
 from tests.test_training_support import micro_spec, pan_clips
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow  # per case a 1-process and a 2-process torchrun CLI run (~40 s on 2 quiet cores)
+pytestmark = pytest.mark.slow  # per case a 1-process CLI run and a 2-process torchrun one (~40 s on 2 quiet cores)
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +39,26 @@ def _config(base: Path, name: str, **train) -> Path:
 
 
 def _run(args: list[str], nproc: int) -> str:
+    """The training CLI's output: 2 processes under torchrun, 1 in this process (the same `python -m svd_core train`
+    entry on one thread, as the subprocesses run; it saves a start-up of Python, torch and the engine)."""
+    if nproc == 1:
+        import contextlib
+        import io
+
+        from svd_core.__main__ import main
+
+        out, threads = io.StringIO(), torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with contextlib.redirect_stdout(out):
+                code = main(["train"] + args)
+        finally:
+            torch.set_num_threads(threads)
+        assert code == 0, out.getvalue()[-3000:]
+        return out.getvalue()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(29500 + os.getpid() % 1000), "-m", "svd_core", "train"] + args
-    else:
-        cmd = [sys.executable, "-m", "svd_core", "train"] + args
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(29500 + os.getpid() % 1000), "-m", "svd_core", "train"] + args
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
