@@ -1,11 +1,11 @@
 """Hardened checkpoint loader (issue 12): safetensors headers validated as the `safetensors` library does, spec
 metadata type- and range-checked and sized against the file before anything is built; one CheckpointError naming
-the file, fast, never another exception."""
+the file, before anything is built, never another exception."""
 from __future__ import annotations
 
 import json
 import struct
-import time
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -59,11 +59,30 @@ def micro_ckpt(tmp_path_factory) -> Path:
     return path
 
 
-def refused(path: Path, match: str) -> str:
-    started = time.perf_counter()
-    with pytest.raises(CheckpointError, match=match) as info:
+@contextmanager
+def modules_built():
+    """The names of the torch modules constructed inside the block (a refusal that comes before any build is
+    cheap whatever the spec asks for; a timing bound would be flaky on a busy machine)."""
+    built = []
+    init = torch.nn.Module.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        init(self, *args, **kwargs)
+
+    torch.nn.Module.__init__ = counting_init
+    try:
+        yield built
+    finally:
+        torch.nn.Module.__init__ = init
+
+
+def refused(path: Path, match: str, on_meta_build: bool = False) -> str:
+    """The file is refused with one CheckpointError naming it, before any module is built (a huge spec would
+    otherwise build for minutes); `on_meta_build`: refused by the capped build on the meta device instead."""
+    with modules_built() as built, pytest.raises(CheckpointError, match=match) as info:
         svd_core.load(path, device="meta")
-    assert time.perf_counter() - started < 1.0
+    assert bool(built) == on_meta_build, f"{len(built)} modules built before the refusal, first {built[:3]}"
     assert str(path.name) in str(info.value)
     return str(info.value)
 
@@ -216,7 +235,8 @@ def test_unknown_spec_field_named_with_suggestion(tmp_path, micro_ckpt):
 def test_spec_that_cannot_be_built_is_a_checkpoint_error(tmp_path, micro_ckpt):
     d = spec_dict()
     d["unet"]["num_head_channels"] = 7  # 32 channels do not split into heads of 7
-    refused(with_spec(micro_ckpt, tmp_path / "heads.safetensors", json.dumps(d)), "cannot be built: channels 32")
+    refused(with_spec(micro_ckpt, tmp_path / "heads.safetensors", json.dumps(d)), "cannot be built: channels 32",
+            on_meta_build=True)
     for text in ("[1, 2]", "not json", '{"name": NaN}', "[" * 50 + "]" * 50):
         refused(with_spec(micro_ckpt, tmp_path / "text.safetensors", text), "unreadable model spec")
 
@@ -359,17 +379,15 @@ def fuzz_dir(tmp_path_factory) -> Path:
 def test_header_fuzz_matches_the_safetensors_library(fuzz_dir, mutations):
     """Structured mutations of a valid file (offsets, dtypes, shapes, nesting, fields, lengths, truncation): ours
     is a CheckpointError naming the file, or the same tensors as the library; ours refuses a file the library
-    reads only for a dtype we cannot view or a duplicate key; each case well under a second."""
+    reads only for a dtype we cannot view or a duplicate key."""
     path = fuzz_dir / "fuzz.safetensors"
     path.write_bytes(_mutate(mutations))
-    started = time.perf_counter()
     try:
         reader = SafetensorsFile(path)
         ours = {k: reader.tensor(k).contiguous().view(-1).view(torch.uint8) for k in reader.entries}
     except CheckpointError as exc:
         assert str(path) in str(exc)
         ours, reason = None, str(exc)
-    assert time.perf_counter() - started < 1.0
     lib = _library_view(path)
     if ours is not None:
         outcome = "loaded (library agrees)"
@@ -391,7 +409,7 @@ SPEC_VALUES = st.one_of(st.integers(-3, 40), st.sampled_from([0, 10 ** 7, 2 ** 6
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(sorted(SPEC_LIMITS) + ["unet.layers", "clip.layres", "frames"]), value=SPEC_VALUES)
 def test_spec_metadata_fuzz(fuzz_dir, micro_ckpt, path, value):
-    """Any value in any spec field: a CheckpointError naming the file (in well under a second unless the spec
+    """Any value in any spec field: a CheckpointError naming the file (before any module is built unless the spec
     passes every check and is built on meta), or a model whose spec carries exactly that value."""
     d = spec_dict()
     target = d
@@ -400,14 +418,14 @@ def test_spec_metadata_fuzz(fuzz_dir, micro_ckpt, path, value):
         target = target[key]
     target[parts[-1]] = value
     bad = with_spec(micro_ckpt, fuzz_dir / "spec.safetensors", json.dumps(d))
-    started = time.perf_counter()
     try:
-        model = svd_core.load(bad, device="meta")
+        with modules_built() as modules:
+            model = svd_core.load(bad, device="meta")
     except CheckpointError as exc:
         assert bad.name in str(exc)
         outcome = "refused"
         built = "cannot be built" in str(exc) or "the spec in metadata" not in str(exc)
-        assert time.perf_counter() - started < (5.0 if built else 1.0)
+        assert built or not modules, (str(exc), modules[:3])  # spec checks refuse before any build
     else:
         outcome = "loaded"
         got = model.spec

@@ -89,12 +89,13 @@ class Study:
             raise ValueError(f"{where}: item / check ids must be unique")
         if not self.axes:
             raise ValueError(f"{where}: at least one axis is needed")
-        if len(self.axes) > MAX_AXES or len(set(self.axes)) != len(self.axes):
-            raise ValueError(f"{where}: axes {list(self.axes)!r} must be at most {MAX_AXES} distinct names")
-        for ax in self.axes:
+        for ax in self.axes[:MAX_AXES + 1]:  # names first: a set of them needs hashable strings
             if not isinstance(ax, str) or not _AXIS_RE.fullmatch(ax):
-                raise ValueError(f"{where}: axis {ax!r} must be lower-case letters, digits and '_' (e.g. "
-                                 "'visual_quality')")
+                raise ValueError(f"{where}: axis {str(ax)[:80]!r} must be lower-case letters, digits and '_' "
+                                 "(e.g. 'visual_quality')")
+        if len(self.axes) > MAX_AXES or len(set(self.axes)) != len(self.axes):
+            raise ValueError(f"{where}: axes {list(self.axes)[:MAX_AXES + 1]!r} must be at most {MAX_AXES} "
+                             "distinct names")
         _int_in(self.check_every, 1, 1000, f"{where}: check_every")
         _int_in(self.max_failed_checks, 0, 1000, f"{where}: max_failed_checks")
         if self.organiser_token is not None:
