@@ -42,20 +42,16 @@ from gpu import count_flops, matmul_tflops
 
 
 def alternate(ours, theirs, repeats: int) -> dict:
-    """Median time and max peak memory of `ours` and `theirs`, run alternately after one warm-up each. Memory
-    comes from two runs each under the 64 KiB mmap threshold (each run's own peak); time from `repeats` runs each
-    with the allocator reusing freed buffers (`reusing_allocator`: no page faults a warm process would not pay)."""
-    ours(), theirs()  # warm-up (allocator, oneDNN primitives)
-    mem = {"ours": [], "theirs": []}
-    for _ in range(2):
-        mem["ours"].append(measure_wall(ours)[2])
-        mem["theirs"].append(measure_wall(theirs)[2])
+    """Median time and peak memory of `ours` and `theirs`, run alternately after one warm-up each. Time from
+    `repeats` runs each with the allocator reusing freed buffers (`reusing_allocator`: no page faults a warm
+    process would not pay); memory from one more run each under the 64 KiB mmap threshold (each run's own peak)."""
     res = {"ours": [], "theirs": []}
     with reusing_allocator():
-        ours(), theirs()  # warm the reused heap
+        ours(), theirs()  # warm-up (allocator, oneDNN primitives)
         for _ in range(repeats):
             res["ours"].append(measure_wall(ours))
             res["theirs"].append(measure_wall(theirs))
+    mem = {"ours": [measure_wall(ours)[2]], "theirs": [measure_wall(theirs)[2]]}
     threads = torch.get_num_threads()
     out = {}
     for k in ("ours", "theirs"):

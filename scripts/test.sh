@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q --durations=25 "$@"
+# two workers (pytest-xdist): test files spread over them, the ComfyUI-facing tests together (tests/conftest.py)
+exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup --durations=25 "$@"

@@ -5,12 +5,20 @@
   its own input files writes them into `comfy.input_dir` under names unique to it.
 - Tiny random models in the real key layout (svd_core.testing), built once per session and variant/seed by
   `tiny_models` and handed out as private deep copies (a test may train, patch or move its model).
+- Two workers (pytest-xdist, `scripts/test.sh`: `-n 2 --dist loadgroup`): each test file runs whole on one worker
+  (its module fixtures are built once), and every test that uses the ComfyUI server, or imports ComfyUI through
+  `comfy_harness.run_in_comfyui`, on the same worker, so a session still starts one server and one ComfyUI
+  worker. Each worker computes on one thread (two workers on two cores: no oversubscription).
 """
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch is imported: its thread pools read this once
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
@@ -28,6 +36,17 @@ BASE_INPUTS = [
     {"name": "svd_suite_test.png", "factory": "tests.comfyui.factories:test_image",
      "kwargs": {"width": 160, "height": 96}},
 ]
+
+
+COMFYUI_FILES = ("test_native.py", "test_node_paths.py", "test_eval_nodes.py")  # they use run_in_comfyui
+
+
+def pytest_collection_modifyitems(config, items):
+    """xdist groups (used by `--dist loadgroup`): the ComfyUI-facing tests share one, every other file is its own."""
+    for item in items:
+        path = Path(str(item.fspath))
+        comfy = "comfy" in getattr(item, "fixturenames", ()) or path.name in COMFYUI_FILES
+        item.add_marker(pytest.mark.xdist_group("comfyui" if comfy else path.stem))
 
 
 # ------------------------------------------------------------------------------------------------ ComfyUI server
