@@ -37,28 +37,24 @@ from pathlib import Path
 
 import torch
 
-from _memory import ensure_mmap_threshold, measure_wall, reusing_allocator
+from _memory import ensure_mmap_threshold, measure_wall
 from gpu import count_flops, matmul_tflops
 
 
 def alternate(ours, theirs, repeats: int) -> dict:
-    """Median time and peak memory of `ours` and `theirs`, run alternately after one warm-up each. Time from
-    `repeats` runs each with the allocator reusing freed buffers (`reusing_allocator`: no page faults a warm
-    process would not pay); memory from one more run each under the 64 KiB mmap threshold (each run's own peak)."""
+    """Median time and max peak memory of `ours` and `theirs`, run alternately after one warm-up each."""
+    ours(), theirs()  # warm-up (allocator, oneDNN primitives)
     res = {"ours": [], "theirs": []}
-    with reusing_allocator():
-        ours(), theirs()  # warm-up (allocator, oneDNN primitives)
-        for _ in range(repeats):
-            res["ours"].append(measure_wall(ours))
-            res["theirs"].append(measure_wall(theirs))
-    mem = {"ours": [measure_wall(ours)[2]], "theirs": [measure_wall(theirs)[2]]}
+    for _ in range(repeats):
+        res["ours"].append(measure_wall(ours))
+        res["theirs"].append(measure_wall(theirs))
     threads = torch.get_num_threads()
     out = {}
     for k in ("ours", "theirs"):
         wall, cpu = (statistics.median(r[i] for r in res[k]) for i in (0, 1))
         out[f"wall_{k}"], out[f"cpu_{k}"] = wall, cpu
         out[f"time_{k}"] = cpu if threads == 1 else wall
-        out[f"mem_{k}"] = max(mem[k])
+        out[f"mem_{k}"] = max(r[2] for r in res[k])
     out["time_ratio"] = out["time_ours"] / out["time_theirs"]
     out["cpu_ratio"] = out["cpu_ours"] / out["cpu_theirs"]
     out["mem_ratio"] = out["mem_ours"] / max(out["mem_theirs"], 1.0)  # (RSS moves in pages: 1 MiB floor)
