@@ -293,7 +293,7 @@ def memory_required(model, frames: int, height: int, width: int, dtype: torch.dt
     spec = model.spec
     own = stage_weights(model)
     resident = own if options.offload else {s: sum(own.values()) for s in STAGES}
-    latents = LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
+    latents = latent_bytes(frames, height, width)
     in_turn = cfg_in_turn(options.cfg_batch, guided_step_bytes(spec, frames, height, width, elem, options.ff_chunk),
                           None if free is None else free - resident["unet"])
     unet = _unet_peak(spec, frames, height, width, elem, options.ff_chunk, cfg=not in_turn)
@@ -318,6 +318,11 @@ UNET_MAPS, UNET_MAPS_UNCHUNKED, FF_ROW_WIDTHS = 18.0, 23.0, 3 * 8
 DECODE_MAPS_PER_FRAME, DECODE_MAPS_FIXED = 3.3, 3.5
 VIDEO_COPIES_F32 = 5  # decoded video: float conversion, [0, 1] rescale, clamp, uint8 staging (pipeline.decode)
 LATENT_COPIES = 16  # noise, x, denoised, sampler history, concat latent, ... (b t) 4 h w float32 each
+
+
+def latent_bytes(frames: int, height: int, width: int) -> int:
+    """The sampler's float32 latents (`LATENT_COPIES` of (b t) 4 h/8 w/8) for `frames` frames in all videos."""
+    return LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
 SLACK = 256 * 2 ** 20  # embeddings, CLIP at 224 px, allocator rounding: fixed, small next to the rest
 
 
@@ -358,8 +363,7 @@ def guided_step_bytes(spec, frames: int, height: int, width: int, elem: int, ff_
     """Closed-form upper bound of one guided UNet step's activations plus the sampler's latents, for `frames`
     frames (all videos) at `height` x `width`, `elem` bytes per element: both CFG branches in one batch, or with
     `in_turn` one at a time (what `cfg_in_turn` weighs against the free memory)."""
-    latents = LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
-    return _unet_peak(spec, frames, height, width, elem, ff_chunk, cfg=not in_turn) + latents
+    return _unet_peak(spec, frames, height, width, elem, ff_chunk, cfg=not in_turn) + latent_bytes(frames, height, width)
 
 
 def _decode_peak(spec, frames: int, height: int, width: int, elem: int, decode_t: int) -> int:
@@ -406,7 +410,7 @@ def estimate_request(model, *, frames: int, height: int, width: int, decode_t: i
     elem = torch.tensor([], dtype=dtype).element_size()
     spec = model.spec
     unet_frames = frames if unet_frames is None else min(unet_frames, frames)
-    latents = LATENT_COPIES * frames * 4 * (height // 8) * (width // 8) * 4
+    latents = latent_bytes(frames, height, width)
     sampling = _unet_peak(spec, unet_frames, height, width, elem, ff_chunk, cfg) + latents + kept_bytes
     decoding = 0
     if decode:
