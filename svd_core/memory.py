@@ -363,7 +363,8 @@ def guided_step_bytes(spec, frames: int, height: int, width: int, elem: int, ff_
     """Closed-form upper bound of one guided UNet step's activations plus the sampler's latents, for `frames`
     frames (all videos) at `height` x `width`, `elem` bytes per element: both CFG branches in one batch, or with
     `in_turn` one at a time (what `cfg_in_turn` weighs against the free memory)."""
-    return _unet_peak(spec, frames, height, width, elem, ff_chunk, cfg=not in_turn) + latent_bytes(frames, height, width)
+    unet = _unet_peak(spec, frames, height, width, elem, ff_chunk, cfg=not in_turn)
+    return unet + latent_bytes(frames, height, width)
 
 
 def _decode_peak(spec, frames: int, height: int, width: int, elem: int, decode_t: int) -> int:
