@@ -198,46 +198,71 @@ def _by_rows(time_stack: ResBlock, x: torch.Tensor) -> bool:
             and time_stack.emb_layers is None and isinstance(time_stack.skip_connection, nn.Identity))
 
 
-def _group_norm_stats(x: torch.Tensor, norm: nn.GroupNorm, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (scale, shift) with norm(x) = x * scale + shift for x "b c t h w", the group statistics summed
-    in float64 over slices of `rows` rows (no full-size temporary). Shapes b c 1 1 1."""
+def _channel_sums(x: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, sum of squares) of each channel of x "b c t h w" per video, float64 "b c", read `pixels` pixels at a
+    time in x's own layout (no transposing copy; one slice-sized buffer for the squares).
+
+    Channels-last-3d (how the decoder runs): every pixel's channels are contiguous, so "b (t h w) c" is a view
+    and each slice is a row block summed down its columns; otherwise "b c (t h w)" is summed along its rows."""
+    b, c = x.shape[:2]
+    last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    flat = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c) if last else x.reshape(b, c, -1)  # b P c / b c P
+    axis = 1 if last else 2
+    s1 = torch.zeros(b, c, dtype=torch.float64, device=x.device)
+    s2 = torch.zeros_like(s1)
+    square = None
+    for start in range(0, flat.shape[axis], pixels):
+        piece = flat.narrow(axis, start, min(pixels, flat.shape[axis] - start))
+        if square is None or square.shape != piece.shape:
+            square = torch.empty(piece.shape, dtype=torch.float32, device=x.device)
+        torch.mul(piece, piece, out=square)  # float32 squares of float32 / half inputs
+        s1 += piece.sum(axis, dtype=torch.float32)
+        s2 += square.sum(axis)
+    return s1, s2
+
+
+def _group_norm_stats(x: torch.Tensor, norm: nn.GroupNorm, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) with norm(x) = x * scale + shift for x "b c t h w": per-channel sums in float32
+    over slices of `pixels` pixels (`_channel_sums`), gathered into the group statistics in float64. Shapes
+    b c 1 1 1, float32."""
     b, c = x.shape[:2]
     g = norm.num_groups
-    s1 = torch.zeros(b, g, dtype=torch.float64, device=x.device)
-    s2 = torch.zeros_like(s1)
-    for r in range(0, x.shape[3], rows):
-        piece = x[:, :, :, r:r + rows].float().reshape(b, g, -1)  # b c t rh w -> b g (c/g t rh w)
-        s1 += piece.sum(-1, dtype=torch.float64)
-        s2 += piece.square().sum(-1, dtype=torch.float64)
+    s1, s2 = _channel_sums(x, pixels)
     count = x.numel() // (b * g)
-    mean = s1 / count
-    rstd = torch.rsqrt((s2 / count - mean * mean).clamp_min(0) + norm.eps)  # b g
+    mean = s1.view(b, g, -1).sum(-1) / count  # b c -> b g
+    rstd = torch.rsqrt((s2.view(b, g, -1).sum(-1) / count - mean * mean).clamp_min(0) + norm.eps)  # b g
     per_channel = lambda t: t.repeat_interleave(c // g, dim=1)  # noqa: E731 - b g -> b c
     scale = per_channel(rstd) * norm.weight.double()
     shift = norm.bias.double() - per_channel(mean) * scale
     return scale.float()[:, :, None, None, None], shift.float()[:, :, None, None, None]
 
 
+def _norm_silu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """silu(x * scale + shift) as a fresh tensor in x's dtype and layout (normalised in float32, `GroupNorm32`)."""
+    h = torch.addcmul(shift, x, scale)  # float32 (scale / shift are), laid out like x
+    return F.silu(h if h.dtype == x.dtype else h.to(x.dtype), inplace=True)
+
+
 def _add_time_stack_by_rows(time_stack: ResBlock, x: torch.Tensor, alpha: torch.Tensor) -> None:
     """x += alpha * time_stack.residual(x), in place, slice of rows by slice of rows (see TEMPORAL_ROWS_PIXELS):
     the group norms with whole-map statistics, normalised in float32 like `GroupNorm32`; then SiLU and the
     (3, 1, 1) convolution on each slice. The intermediate map between the two convolutions is the only other
-    full-size tensor."""
+    full-size tensor; it takes x's layout (channels-last-3d in the decoder), so no pass transposes memory."""
     norm1, _, conv1 = time_stack.in_layers
     norm2, conv2 = time_stack.out_layers[0], time_stack.out_layers[-1]
     rows = max(1, TEMPORAL_ROWS_PIXELS // (x.shape[2] * x.shape[4]))
-    scale, shift = _group_norm_stats(x, norm1, rows)
+    pixels = rows * x.shape[2] * x.shape[4]  # a slice of rows at a time
+    scale, shift = _group_norm_stats(x, norm1, pixels)
     mid = None
     for r in range(0, x.shape[3], rows):
-        h = F.silu((x[:, :, :, r:r + rows].float() * scale + shift).to(x.dtype), inplace=True)
-        h = conv1(h)  # b c t rh w: mixes frames only
+        h = conv1(_norm_silu(x[:, :, :, r:r + rows], scale, shift))  # b c t rh w: mixes frames only
         if mid is None:
-            mid = torch.empty(x.shape, dtype=h.dtype, device=h.device)
+            mid = torch.empty_like(x, dtype=h.dtype)  # x's strides (preserve_format)
         mid[:, :, :, r:r + rows] = h
         del h
-    scale, shift = _group_norm_stats(mid, norm2, rows)
+    scale, shift = _group_norm_stats(mid, norm2, pixels)
     for r in range(0, x.shape[3], rows):
-        h = F.silu((mid[:, :, :, r:r + rows].float() * scale + shift).to(x.dtype), inplace=True)
+        h = _norm_silu(mid[:, :, :, r:r + rows], scale, shift)
         x[:, :, :, r:r + rows].addcmul_(conv2(h), alpha)  # b c t rh w: this slice of x + a h_t
 
 

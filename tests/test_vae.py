@@ -374,14 +374,25 @@ def test_spatially_tiled_decode(temporal_pair):
         decode_video(ours, z, 2, tile=8, tile_ramp="box")
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @torch.no_grad()
-def test_temporal_half_by_rows_matches_whole_map(temporal_pair, monkeypatch):
+def test_temporal_half_by_rows_matches_whole_map(temporal_pair, monkeypatch, channels_last):
     """The decoder blocks' temporal half on slices of rows (group-norm statistics gathered first) is the
-    whole-map computation up to float rounding; so is the upsampling folded into the next block's frame slices
-    (checked against diffusers by test_temporal_decode_matches_diffusers)."""
+    whole-map computation up to float rounding, in both memory formats (the statistics and the map between the
+    two convolutions follow the layout); so is the upsampling folded into the next block's frame slices (checked
+    against diffusers by test_temporal_decode_matches_diffusers)."""
     import svd_core.vae as vae
+    from svd_core.layers import set_channels_last
 
     ours, _ = temporal_pair
+    set_channels_last(ours, channels_last)
+    try:
+        _by_rows_vs_whole(vae, ours, monkeypatch)
+    finally:
+        set_channels_last(ours, False)  # the fixture is shared
+
+
+def _by_rows_vs_whole(vae, ours, monkeypatch):
     z = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(9))
     monkeypatch.setattr(vae, "TEMPORAL_ROWS_PIXELS", 10 ** 12)  # never by rows
     whole = decode_video(ours, z, FRAMES, clamp=False)
