@@ -19,9 +19,13 @@ its wall time.
     python bench/bench_vs_diffusers.py --pipeline --threads 1,2 --repeats 5
 
 Time: with 1 thread the process's CPU time (robust to other load on a shared machine); with more, wall time
-(CPU time then also counts the worker threads spinning at barriers); both are in the JSON. Peak memory on CPU is
-the resident high-water mark (VmHWM), reset before every run through /proc/self/clear_refs, minus the resident
-size when the run started: the extra memory the forward needed.
+(CPU time then also counts the worker threads spinning at barriers); both are in the JSON. The forwards run under
+the default allocator, as users run them (with glibc's mmap threshold pinned low every large buffer is a fresh
+mapping and page faults, up to half of a feed-forward's time here, would dominate both engines' timings).
+Peak memory of a forward: the largest sum of tensor storages alive at once during one call
+(`svd_core.memory.activation_peak`, the CPU counterpart of CUDA's max_memory_allocated: exact, deterministic,
+independent of the allocator and of other load), the output included; kernel workspaces come on top for both.
+The whole-pipeline mode measures peak RSS instead, each engine in its own child process.
 """
 from __future__ import annotations
 
@@ -37,12 +41,15 @@ from pathlib import Path
 
 import torch
 
-from _memory import ensure_mmap_threshold, measure_wall
+from _memory import measure_wall
 from gpu import count_flops, matmul_tflops
 
 
 def alternate(ours, theirs, repeats: int) -> dict:
-    """Median time and max peak memory of `ours` and `theirs`, run alternately after one warm-up each."""
+    """Median time of `ours` and `theirs`, run alternately after one warm-up each, and each one's peak tensor
+    memory (MiB, `activation_peak`, measured in one more call)."""
+    from svd_core.memory import activation_peak
+
     ours(), theirs()  # warm-up (allocator, oneDNN primitives)
     res = {"ours": [], "theirs": []}
     for _ in range(repeats):
@@ -50,14 +57,14 @@ def alternate(ours, theirs, repeats: int) -> dict:
         res["theirs"].append(measure_wall(theirs))
     threads = torch.get_num_threads()
     out = {}
-    for k in ("ours", "theirs"):
+    for k, fn in (("ours", ours), ("theirs", theirs)):
         wall, cpu = (statistics.median(r[i] for r in res[k]) for i in (0, 1))
         out[f"wall_{k}"], out[f"cpu_{k}"] = wall, cpu
         out[f"time_{k}"] = cpu if threads == 1 else wall
-        out[f"mem_{k}"] = max(r[2] for r in res[k])
+        out[f"mem_{k}"] = activation_peak(fn) / 2 ** 20
     out["time_ratio"] = out["time_ours"] / out["time_theirs"]
     out["cpu_ratio"] = out["cpu_ours"] / out["cpu_theirs"]
-    out["mem_ratio"] = out["mem_ours"] / max(out["mem_theirs"], 1.0)  # (RSS moves in pages: 1 MiB floor)
+    out["mem_ratio"] = out["mem_ours"] / out["mem_theirs"]
     return out
 
 
@@ -276,11 +283,23 @@ def pipeline(threads: int, repeats: int, frames: int, steps: int, size: int, dec
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    import os
+
     cfg = dict(frames=frames, height=size, width=size, steps=steps, decode_t=decode_t)
+    # glibc reads this at start-up: the spawned children return large freed buffers to the OS at once, so their
+    # peak RSS is what the run held, not what the allocator kept
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     res = {}
-    for engine in ("svd_core", "diffusers"):
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-            res[engine] = ex.submit(_pipeline_child, engine, threads, cfg, repeats, seed).result()
+    try:
+        for engine in ("svd_core", "diffusers"):
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+                res[engine] = ex.submit(_pipeline_child, engine, threads, cfg, repeats, seed).result()
+    finally:
+        if saved is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
     diff = float(abs(res["svd_core"].pop("video") - res["diffusers"].pop("video")).max())
     return {"threads": threads, "config": cfg, "max_abs_diff": diff, "ours": res["svd_core"],
             "diffusers": res["diffusers"],
@@ -331,6 +350,7 @@ def bench_size(args, channels: int, frames: int) -> list[dict]:
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
         runs = make_runs(model, ref_unet, ref_vae, dtype, frames, args.latent)
+        runs = {part: runs[part] for part in args.parts}
         flops = {part: {"ours": count_flops(o), "theirs": count_flops(t)} for part, (o, t) in runs.items()}
         off = ablations(model)
         with off["single-key cross-attention"](), off["fused upsample conv"]():  # the known difference
@@ -365,7 +385,7 @@ def entry_lines(e: dict) -> list[str]:
            f"{e['matmul_gflops']:.1f} GFLOP/s"]
     for part, r in e["parts"].items():
         out.append(f"  {part:<10} time {r['time_ours']:.3f}s vs {r['time_theirs']:.3f}s -> ratio {r['time_ratio']:.2f}"
-                   f" (cpu {r['cpu_ratio']:.2f});  peak extra memory {r['mem_ours']:.0f} vs {r['mem_theirs']:.0f} MiB"
+                   f" (cpu {r['cpu_ratio']:.2f});  peak tensor memory {r['mem_ours']:.1f} vs {r['mem_theirs']:.1f} MiB"
                    f" -> ratio {r['mem_ratio']:.2f};  {r['flops_ours'] / 1e9:.2f} vs {r['flops_theirs'] / 1e9:.2f} "
                    f"GFLOP at {r['gflops_ours']:.1f} vs {r['gflops_theirs']:.1f} GFLOP/s "
                    f"({100 * r['gflops_ours'] / e['matmul_gflops']:.0f}% vs "
@@ -393,7 +413,6 @@ def pipeline_lines(p: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ensure_mmap_threshold()
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="64x8,128x14", help="comma list of MODEL_CHANNELSxFRAMES")
     ap.add_argument("--latent", type=int, default=32)
@@ -401,6 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--threads", default="1,2", help="comma list of torch thread counts (both engines)")
+    ap.add_argument("--parts", default="unet,vae_decode", help="comma list of forwards to time: unet, vae_decode")
     ap.add_argument("--peak-seconds", type=float, default=1.0, help="how long the matmul peak is measured")
     ap.add_argument("--profile", action="store_true", help="torch.profiler top ops of both engines")
     ap.add_argument("--ablate", action="store_true", help="ours with each fast path off vs on")
@@ -415,9 +435,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     try:
         args.threads = [int(n) for n in args.threads.split(",")]
+        args.parts = args.parts.split(",")
+        if not args.parts or not set(args.parts) <= {"unet", "vae_decode"}:
+            raise ValueError
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     except ValueError:
-        ap.error(f"--threads {args.threads!r} / --sizes {args.sizes!r}: expected e.g. 1,2 and 64x8,128x14")
+        ap.error(f"--threads {args.threads!r} / --sizes {args.sizes!r} / --parts {args.parts!r}: expected e.g. 1,2 "
+                 "and 64x8,128x14 and unet,vae_decode")
     if args.plan_only:
         print(full_size_plan())
         return {}

@@ -36,11 +36,14 @@ class LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self._sweep()  # storages freed since the last op (their addresses may be reused now)
         out = func(*args, **(kwargs or {}))
+        # an output aliasing an operand that is not a tracked activation (a view of a weight, of the forward's
+        # input) holds no new bytes
+        operands = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
                 key = storage._cdata
-                if key not in self._live:  # a view or an in-place result reuses a known storage
+                if key not in self._live and key not in operands:  # a view or an in-place result reuses a known storage
                     self._live[key] = (StorageWeakRef(storage), storage.nbytes())
                     self.current += storage.nbytes()
         self.peak = max(self.peak, self.current)

@@ -51,6 +51,9 @@ def test_forward_bench_smallest_size(tmp_path, monkeypatch, capsys):
             assert r["flops_ours_plain"] == pytest.approx(r["flops_theirs"], rel=1e-3)
             assert 0 < r["flops_ours"] < r["flops_theirs"]
             assert r["time_ratio"] == pytest.approx(r["time_ours"] / r["time_theirs"])
+            # peak tensor memory (activation_peak; at this toy size per-call weight folds weigh more than activations)
+            assert r["mem_ours"] > 0 and r["mem_theirs"] > 0
+            assert r["mem_ratio"] == pytest.approx(r["mem_ours"] / r["mem_theirs"])
         # the folded upsample conv computes 16 of the 36 taps per upsampling conv: a large share of the decode
         assert vae["flops_ours"] < 0.95 * vae["flops_theirs"]
         assert {a["switch"] for a in e["ablation"]} >= {"channels-last convs", "fused upsample conv",

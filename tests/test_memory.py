@@ -28,6 +28,17 @@ def test_live_bytes_counts_outputs_frees_views_and_in_place_ops():
     assert activation_peak(lambda: torch.empty(10, 10, device="meta") + 1) == 800
 
 
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_live_bytes_ignores_views_of_weights_and_inputs(device):
+    """A view of a tensor that existed before the forward (a weight, the forward's input) holds no new bytes, on
+    the meta device (the full-size plans) as on real tensors (the bench); a copy of it does."""
+    weight = torch.nn.Parameter(torch.randn(1000, 1000, device=device), requires_grad=False)
+    x = torch.randn(1000, 1000, device=device)
+    assert activation_peak(lambda: (weight.t(), weight.squeeze(-1), weight.to(weight.dtype), x[:10])) == 0
+    assert activation_peak(lambda: weight.t().contiguous()) == MB
+    assert activation_peak(lambda: torch.nn.functional.linear(x, weight)) == MB
+
+
 def test_cfg_in_turn_is_chosen_by_the_free_memory():
     """The one decision of the CFG batching (issue 16 item 3), as ComfyUI's sampler batches cond and uncond:
     "auto" keeps the branches together when the step's estimate fits the free memory (or the free memory is
