@@ -209,13 +209,14 @@ def ablations(model) -> dict:
             (attention.CrossAttention, "one_key_each", staticmethod(lambda x, context: False)),
             (attention.VideoTransformerBlock, "_cross", plain_cross)),
         "VAE per-frame slicing": lambda: _patched((vae, "SPATIAL_CHUNK_PIXELS", 1 << 40)),
+        "VAE temporal half by rows": lambda: _patched((vae, "TEMPORAL_ROWS_PIXELS", 1 << 40)),
         "SDPA flash (vs math)": lambda: sdpa_kernel([SDPBackend.MATH]),
         "ff chunk 1024 (vs default)": lambda: ff_chunk(1024),
     }
 
 
 UNET_ONLY = ("single-key cross-attention", "ff chunk 1024 (vs default)")
-VAE_ONLY = ("VAE per-frame slicing",)
+VAE_ONLY = ("VAE per-frame slicing", "VAE temporal half by rows")
 
 
 def ablate(model, runs: dict, repeats: int) -> list[dict]:

@@ -39,8 +39,10 @@ LOGVAR_RANGE = (-30.0, 20.0)
 
 # Without autograd, per-frame (spatial) layers run on slices of at most this many pixels (frames x h x w) and write
 # into one output: their maths is per frame, so the result does not depend on it, and only a slice of each
-# intermediate is alive at a time. The temporal layers always see every frame at once.
-SPATIAL_CHUNK_PIXELS = 256 * 256
+# intermediate is alive at a time. The temporal layers always see every frame at once. From 128x64 pixels up a
+# slice is one frame: convs on a frame of that size are as fast as on a batch (bench/bench_vs_diffusers.py: 64x8
+# bfloat16 decode of 8x8 latents, peak 22.0 MiB at 256 * 256 pixels, 12.0 at this size; diffusers 32.0).
+SPATIAL_CHUNK_PIXELS = 128 * 64
 
 
 def per_frame(fn, x: torch.Tensor, module: nn.Module, scale: int = 1) -> torch.Tensor:
