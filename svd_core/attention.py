@@ -149,7 +149,7 @@ class VideoTransformerBlock(nn.Module):
         x = rearrange(x, "(b t) s c -> (b s) t c", t=timesteps)  # attend along time, per location
         ff_in = lambda t: self.ff_in(self.norm_in(t))  # noqa: E731
         h = _run_chunked(ff_in, x, self.ff_chunk_size, self)
-        x = add_into(h, x) if self.is_res else h
+        x, h = (add_into(h, x) if self.is_res else h), None  # (no second name keeps it alive past attn1)
         x = add_into(self.attn1(self.norm1(x)), x)
         x = self._cross(x, context, s)
         h = _run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size, self)

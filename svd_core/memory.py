@@ -35,12 +35,15 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self._sweep()  # storages freed since the last op (their addresses may be reused now)
+        # an output aliasing an input allocates nothing: a view of a weight or of an input made before the
+        # mode began (`weight.unbind()`, a no-op `.to`) is not an activation
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
                 key = storage._cdata
-                if key not in self._live:  # a view or an in-place result reuses a known storage
+                if key not in self._live and key not in inputs:  # a view or in-place result reuses a storage
                     self._live[key] = (StorageWeakRef(storage), storage.nbytes())
                     self.current += storage.nbytes()
         self.peak = max(self.peak, self.current)

@@ -16,13 +16,26 @@ class TimestepEmbedSequential(nn.ModuleList):
 
     def forward(self, x, emb, context, num_frames, image_only_indicator, time_context=None):
         for layer in self:
-            if isinstance(layer, VideoResBlock):
-                x = layer(x, emb, num_frames, image_only_indicator)
-            elif isinstance(layer, SpatialVideoTransformer):
-                x = layer(x, context, num_frames, image_only_indicator, time_context)
-            else:
-                x = layer(x)
+            x = self._layer(layer, x, emb, context, num_frames, image_only_indicator, time_context)
         return x
+
+    def forward_owned(self, parts: list, emb, context, num_frames, image_only_indicator, time_context=None):
+        """`forward(torch.cat(parts, 1), ...)` that takes ownership of `parts` (a decoder level's input and its
+        skip, referenced nowhere else: the caller drops its names): the list is emptied once concatenated and the
+        concatenation is freed once the first layer has consumed it, so neither outlives its use (inference)."""
+        x = torch.cat(parts, dim=1)  # b (c_h + c_skip) h w
+        parts.clear()
+        for layer in self:
+            x = self._layer(layer, x, emb, context, num_frames, image_only_indicator, time_context)
+        return x
+
+    @staticmethod
+    def _layer(layer, x, emb, context, num_frames, image_only_indicator, time_context):
+        if isinstance(layer, VideoResBlock):
+            return layer(x, emb, num_frames, image_only_indicator)
+        if isinstance(layer, SpatialVideoTransformer):
+            return layer(x, context, num_frames, image_only_indicator, time_context)
+        return layer(x)
 
 
 class VideoUNet(nn.Module):
@@ -114,7 +127,8 @@ class VideoUNet(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.spec.model_channels).to(x.dtype))
         emb = emb + self.label_emb(y.to(emb.dtype))
         args = (emb, context, num_video_frames, image_only_indicator, time_context)
-        if self.gradient_checkpointing and self.training:  # recompute each block's activations in backward
+        checkpointing = self.gradient_checkpointing and self.training
+        if checkpointing:  # recompute each block's activations in backward
             def run(module, h):
                 return checkpoint(module, h, *args, use_reentrant=False)
         else:
@@ -127,7 +141,13 @@ class VideoUNet(nn.Module):
             hs.append(h)
         h = apply_control(run(self.middle_block, h), residuals, "middle", 0)
         for index, module in enumerate(self.output_blocks):
-            h = run(module, torch.cat([h, apply_control(hs.pop(), residuals, "output", index)], dim=1))
+            skip = apply_control(hs.pop(), residuals, "output", index)
+            if checkpointing:
+                h = run(module, torch.cat([h, skip], dim=1))
+                continue
+            # hand h and the skip over: the block frees them (and their concatenation) once consumed
+            parts, h, skip = [h, skip], None, None
+            h = module.forward_owned(parts, *args)
         return self.out(h.to(x.dtype))
 
     def _forward_by_videos(self, x, timesteps, context, y, num_frames, image_only_indicator, time_context, control):
