@@ -11,8 +11,17 @@ from .ops import layer_class, resolve
 
 
 # Feed-forwards run this many token rows at a time by default (inference): the GEGLU's 8x-wide intermediate is
-# the UNet's largest tensor (2.2 GiB at SVD-XT's first level), and row slices of it are as fast on CPU.
-DEFAULT_FF_CHUNK = 8192
+# the UNet's largest tensor (2.2 GiB at SVD-XT's first level), and row slices of it are as fast on CPU (64x8 CFG
+# forward, 1 thread: 8192 and 2048 rows take the same time). Self-attentions run on whole sequences of about as
+# many rows (at least one), so their q, k, v never span the batch.
+DEFAULT_FF_CHUNK = 2048
+
+
+def _starts(total: int, step: int, meta: bool) -> range | tuple[int, ...]:
+    """Slice starts over `total` rows; on the meta device (memory planning: shapes only, the slices' working
+    sets are alike) only the first and the last slice run."""
+    starts = range(0, total, step)
+    return (starts[0], starts[-1]) if meta and len(starts) > 2 else starts
 
 
 def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None, module: nn.Module | None = None,
@@ -31,7 +40,7 @@ def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None, module: nn.Module 
         return x.add_(fn(x)) if residual else fn(x)
     flat = x.view(rows, x.shape[2])  # b n c -> (b n) c: every token is independent in a feed-forward
     out = None
-    for start in range(0, rows, chunk_size):
+    for start in _starts(rows, chunk_size, x.is_meta):
         y = fn(flat[None, start:start + chunk_size])[0]  # 1 rows c -> rows c
         if residual:
             flat[start:start + y.shape[0]] += y
@@ -42,6 +51,22 @@ def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None, module: nn.Module 
     if residual:
         return x
     return out.reshape(x.shape[0], x.shape[1], out.shape[-1])
+
+
+def _attend_in_slices(fn, x: torch.Tensor, chunk_size: int | None, module: nn.Module) -> torch.Tensor:
+    """`x + fn(x)` for a `fn` that mixes tokens only within each sequence (a pre-norm attention branch).
+
+    Without a graph, `fn` runs on max(1, chunk_size // tokens) sequences at a time and each slice's result is added
+    into x itself (x must be a fresh intermediate of the caller's): the branch's q, k, v and output exist for one
+    slice only. Same sums as the whole batch at once."""
+    if records(x, *module.parameters()):
+        return add_into(fn(x), x)
+    per = max(1, chunk_size // x.shape[1]) if chunk_size else x.shape[0]  # sequences per slice
+    if per >= x.shape[0]:
+        return x.add_(fn(x))
+    for start in _starts(x.shape[0], per, x.is_meta):
+        x[start:start + per] += fn(x[start:start + per])
+    return x
 
 
 class CrossAttention(nn.Module):
@@ -134,7 +159,7 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # without a graph the residuals accumulate into x (the caller's fresh proj_in output: the caller keeps
         # its name on it, so a sum in a new buffer would leave it alive); with one, into the branch output
-        x = add_to(x, self.attn1(x, norm=self.norm1))
+        x = _attend_in_slices(lambda t: self.attn1(t, norm=self.norm1), x, self.ff_chunk_size, self)
         if self.attn2.one_key_each(x, context):
             cross = self.attn2.single_key(context)  # b 1 c: the same for every query, so norm2 is not needed
         else:
@@ -176,7 +201,7 @@ class VideoTransformerBlock(nn.Module):
         x = _time_major(x, emb, timesteps)  # attend along time, per location
         ff_in = lambda t: self.ff_in(self.norm_in(t))  # noqa: E731
         x = _run_chunked(ff_in, x, self.ff_chunk_size, self, residual=self.is_res)  # x: fresh, ours
-        x = add_into(self.attn1(x, norm=self.norm1), x)
+        x = _attend_in_slices(lambda t: self.attn1(t, norm=self.norm1), x, self.ff_chunk_size, self)
         x = self._cross(x, context, s)
         return _run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size, self, residual=self.is_res)
 

@@ -100,8 +100,9 @@ class VideoUNet(nn.Module):
         self.video_chunk = videos or None
 
     def set_ff_chunk_size(self, chunk_size: int | None) -> None:
-        """Run transformer feed-forwards on slices of `chunk_size` rows (inference): lower peak memory, same result.
-        None or 0 runs them whole; the default is `attention.DEFAULT_FF_CHUNK`."""
+        """Run transformer feed-forwards on slices of `chunk_size` rows, and self-attentions on slices of whole
+        sequences of about as many rows (inference): lower peak memory, same result. None or 0 runs them whole;
+        the default is `attention.DEFAULT_FF_CHUNK`."""
         for m in self.modules():
             if hasattr(m, "ff_chunk_size"):
                 m.ff_chunk_size = chunk_size
