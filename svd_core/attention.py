@@ -224,12 +224,13 @@ def _time_major(x: torch.Tensor, emb: torch.Tensor | None, timesteps: int) -> to
     b = bt // timesteps
     if emb is None:
         return rearrange(x, "(b t) s c -> (b s) t c", t=timesteps)
-    if records(x, emb):
+    if records(x, emb) or x.dtype != emb.dtype or torch.compiler.is_compiling():  # (a compiler fuses it anyway)
         return rearrange(x + emb, "(b t) s c -> (b s) t c", t=timesteps)
-    out = torch.empty(b * s, timesteps, c, dtype=torch.result_type(x, emb), device=x.device)
+    out = torch.empty(b * s, timesteps, c, dtype=x.dtype, device=x.device)
     xv = x.view(b, timesteps, s, c).transpose(1, 2)  # (b t) s c -> b s t c (a view)
     ev = emb.view(b, timesteps, 1, c).transpose(1, 2)  # (b t) 1 c -> b 1 t c
-    return torch.add(xv, ev, out=out.view(b, s, timesteps, c)).view(b * s, timesteps, c)
+    torch.add(xv, ev, out=out.view(b, s, timesteps, c))  # (b s) t c seen as b s t c
+    return out
 
 
 class SpatialVideoTransformer(nn.Module):
