@@ -283,11 +283,11 @@ class SpatialVideoTransformer(nn.Module):
         bt, s, c = x.shape
         b = bt // num_frames
         x_mix = x_mix.view(b, s, num_frames, c).transpose(1, 2)  # (b s) t c -> b t s c (a view)
-        alpha = self.time_mixer.alpha(image_only_indicator).to(x.dtype).view(b, num_frames, 1, 1)  # b t 1 1
+        alpha = self.time_mixer.alpha(image_only_indicator).view(b, num_frames, 1, 1)  # b t 1 1, float32
         xv = x.view(b, num_frames, s, c)
         if records(x, x_mix, alpha):
-            return torch.lerp(x_mix, xv, alpha).reshape(bt, s, c)
-        return xv.lerp_(x_mix, 1.0 - alpha).view(bt, s, c)
+            return torch.lerp(x_mix, xv, alpha.to(x.dtype)).reshape(bt, s, c)
+        return xv.lerp_(x_mix, (1.0 - alpha).to(x.dtype)).view(bt, s, c)
 
 
 def attention_heads(channels: int, num_head_channels: int) -> tuple[int, int]:

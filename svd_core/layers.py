@@ -263,9 +263,7 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = N
         return y if out is None else out.copy_(y)
     n, _, h, w = x.shape
     o = conv.out_channels
-    weight = conv.weight if conv.weight.dtype == torch.float32 else conv.weight.float()  # (no alias of a weight
-    # in an op's output: a memory tracker would count the parameter as a fresh activation)
-    kernels = [k for rows in _fold_taps(weight, 2) for k in _fold_taps(rows, 3)]  # (a, b) order
+    kernels = [k for rows in _fold_taps(conv.weight.float(), 2) for k in _fold_taps(rows, 3)]  # (a, b) order
     weight = torch.cat(kernels, 0).to(conv.weight.dtype)  # (a b o) i 2 2
     weight = weight.contiguous(memory_format=memory_format_of(conv.weight))
     bias = None if conv.bias is None else conv.bias.repeat(4)
