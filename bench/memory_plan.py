@@ -40,7 +40,8 @@ def configurations(tile: int, tile_overlap: int, short_t: int, budget: float = 8
     fp16 weights) or `fp8_budget` (fp8 UNet weights) `unit`s."""
     off, together = MemoryOptions(offload=True), MemoryOptions(cfg_batch="together")
     return [
-        ("default: all weights resident (ff chunk 8192, decode_t 14, CFG branches in one batch)", together, None),
+        (f"default: all weights resident (ff chunk {together.ff_chunk}, decode_t {together.decode_t}, CFG branches "
+         "in one batch)", together, None),
         ("per-stage offload (only the running stage resident)", replace(off, cfg_batch="together"), None),
         ("offload + fp8 UNet weights", replace(off, fp8=True, cfg_batch="together"), None),
         ("offload, feed-forward chunking off", replace(off, ff_chunk=None, cfg_batch="together"), None),

@@ -11,26 +11,62 @@ from .ops import layer_class, resolve
 
 
 # Feed-forwards run this many token rows at a time by default (inference): the GEGLU's 8x-wide intermediate is
-# the UNet's largest tensor (2.2 GiB at SVD-XT's first level), and row slices of it are as fast on CPU.
-DEFAULT_FF_CHUNK = 8192
+# the UNet's largest tensor (2.2 GiB at SVD-XT's first level), and row slices of it are as fast on CPU (64x8 CFG
+# forward, 1 thread: 8192 and 2048 rows take the same time). Self-attentions run on whole sequences of about as
+# many rows (at least one), so their q, k, v never span the batch.
+DEFAULT_FF_CHUNK = 2048
 
 
-def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None, module: nn.Module | None = None) -> torch.Tensor:
-    """Apply a token-wise `fn` to `chunk_size` tokens at a time (bounded peak memory; identical maths).
+def _starts(total: int, step: int, meta: bool) -> range | tuple[int, ...]:
+    """Slice starts over `total` rows; on the meta device (memory planning: shapes only, the slices' working
+    sets are alike) only the first and the last slice run."""
+    starts = range(0, total, step)
+    return (starts[0], starts[-1]) if meta and len(starts) > 2 else starts
+
+
+def _run_chunked(fn, x: torch.Tensor, chunk_size: int | None, module: nn.Module | None = None,
+                 residual: bool = False) -> torch.Tensor:
+    """Apply a token-wise `fn` to `chunk_size` tokens at a time (bounded peak memory; identical maths);
+    `residual`: `x + fn(x)`.
 
     Only when no graph is recorded through `x` or `module`'s parameters (a graph keeps every slice's
-    intermediates alive anyway); slices are written into one preallocated output."""
+    intermediates alive anyway); slices are written into one preallocated output, or with `residual` added into
+    x itself (x must then be a fresh intermediate of the caller's: each slice is read before it is overwritten,
+    and no full-size output exists)."""
     rows = x.shape[0] * x.shape[1]
-    if not chunk_size or rows <= chunk_size or records(x, *(module.parameters() if module else ())):
-        return fn(x)
-    flat = x.reshape(rows, x.shape[2])  # b n c -> (b n) c: every token is independent in a feed-forward
+    if records(x, *(module.parameters() if module else ())):
+        return add_into(fn(x), x) if residual else fn(x)
+    if not chunk_size or rows <= chunk_size:
+        return x.add_(fn(x)) if residual else fn(x)
+    flat = x.view(rows, x.shape[2])  # b n c -> (b n) c: every token is independent in a feed-forward
     out = None
-    for start in range(0, rows, chunk_size):
+    for start in _starts(rows, chunk_size, x.is_meta):
         y = fn(flat[None, start:start + chunk_size])[0]  # 1 rows c -> rows c
+        if residual:
+            flat[start:start + y.shape[0]] += y
+            continue
         if out is None:
             out = y.new_empty((rows, y.shape[-1]))
         out[start:start + y.shape[0]] = y
+    if residual:
+        return x
     return out.reshape(x.shape[0], x.shape[1], out.shape[-1])
+
+
+def _attend_in_slices(fn, x: torch.Tensor, chunk_size: int | None, module: nn.Module) -> torch.Tensor:
+    """`x + fn(x)` for a `fn` that mixes tokens only within each sequence (a pre-norm attention branch).
+
+    Without a graph, `fn` runs on max(1, chunk_size // tokens) sequences at a time and each slice's result is added
+    into x itself (x must be a fresh intermediate of the caller's): the branch's q, k, v and output exist for one
+    slice only. Same sums as the whole batch at once."""
+    if records(x, *module.parameters()):
+        return add_into(fn(x), x)
+    per = max(1, chunk_size // x.shape[1]) if chunk_size else x.shape[0]  # sequences per slice
+    if per >= x.shape[0]:
+        return x.add_(fn(x))
+    for start in _starts(x.shape[0], per, x.is_meta):
+        x[start:start + per] += fn(x[start:start + per])
+    return x
 
 
 class CrossAttention(nn.Module):
@@ -58,15 +94,21 @@ class CrossAttention(nn.Module):
         """Cross-attention where every sequence of `x` has a context of exactly one token."""
         return context is not None and context is not x and context.shape[1] == 1 and context.shape[0] == x.shape[0]
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                norm: nn.Module | None = None) -> torch.Tensor:
+        """`norm`: applied to x first (the block's pre-norm), here so that the normalised copy is freed once
+        projected; each intermediate is dropped as soon as the next one exists."""
         if self.one_key_each(x, context):
             # skips the q/k projections and the attention kernel (same result bit for bit)
             return self.single_key(context).expand(-1, x.shape[1], -1)  # b 1 c -> b n c
+        x = x if norm is None else norm(x)
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        x = context = None
         # b n (h d) -> b h n d: heads become a batch axis, tokens mix inside each head only
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
+        q = k = v = None
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.to_out(out)
 
@@ -115,14 +157,15 @@ class BasicTransformerBlock(nn.Module):
         self.ff_chunk_size: int | None = DEFAULT_FF_CHUNK
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        # residuals accumulate into each branch's fresh output (a Linear's backward never reads its output)
-        x = add_into(self.attn1(self.norm1(x)), x)
+        # without a graph the residuals accumulate into x (the caller's fresh proj_in output: the caller keeps
+        # its name on it, so a sum in a new buffer would leave it alive); with one, into the branch output
+        x = _attend_in_slices(lambda t: self.attn1(t, norm=self.norm1), x, self.ff_chunk_size, self)
         if self.attn2.one_key_each(x, context):
             cross = self.attn2.single_key(context)  # b 1 c: the same for every query, so norm2 is not needed
         else:
-            cross = self.attn2(self.norm2(x), context=context)
+            cross = self.attn2(x, context=context, norm=self.norm2)
         x = add_to(x, cross)  # norm2's backward may read x: in place only without a graph
-        return add_into(_run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size, self), x)
+        return _run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size, self, residual=True)
 
 
 class VideoTransformerBlock(nn.Module):
@@ -143,18 +186,24 @@ class VideoTransformerBlock(nn.Module):
         self.is_res = inner == dim
         self.ff_chunk_size: int | None = DEFAULT_FF_CHUNK
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, timesteps: int) -> torch.Tensor:
-        """x: (b t) s c; context: (b s) n c, or b n c when shared by all locations of a video."""
-        bt, s, c = x.shape
-        x = rearrange(x, "(b t) s c -> (b s) t c", t=timesteps)  # attend along time, per location
+    def forward(self, x: torch.Tensor, context: torch.Tensor, timesteps: int,
+                emb: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b t) s c; context: (b s) n c, or b n c when shared by all locations of a video; emb: (b t) 1 c,
+        added to x on the way in (the frame position embedding of `SpatialVideoTransformer`)."""
+        s = x.shape[1]
+        return rearrange(self.time_major(x, context, timesteps, emb), "(b s) t c -> (b t) s c", s=s)
+
+    def time_major(self, x: torch.Tensor, context: torch.Tensor, timesteps: int,
+                   emb: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` with the result left "(b s) t c" (frames innermost), for a caller that reads it through a
+        view instead of copying it back."""
+        s = x.shape[1]
+        x = _time_major(x, emb, timesteps)  # attend along time, per location
         ff_in = lambda t: self.ff_in(self.norm_in(t))  # noqa: E731
-        h = _run_chunked(ff_in, x, self.ff_chunk_size, self)
-        x = add_into(h, x) if self.is_res else h
-        x = add_into(self.attn1(self.norm1(x)), x)
+        x = _run_chunked(ff_in, x, self.ff_chunk_size, self, residual=self.is_res)  # x: fresh, ours
+        x = _attend_in_slices(lambda t: self.attn1(t, norm=self.norm1), x, self.ff_chunk_size, self)
         x = self._cross(x, context, s)
-        h = _run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size, self)
-        x = add_into(h, x) if self.is_res else h
-        return rearrange(x, "(b s) t c -> (b t) s c", s=s)
+        return _run_chunked(lambda t: self.ff(self.norm3(t)), x, self.ff_chunk_size, self, residual=self.is_res)
 
     def _cross(self, x: torch.Tensor, context: torch.Tensor, s: int) -> torch.Tensor:
         """x + attn2(norm2(x), context) on "(b s) t c"."""
@@ -165,7 +214,23 @@ class VideoTransformerBlock(nn.Module):
                 xv = x.unflatten(0, (-1, s))  # (b s) t c -> b s t c (a view)
                 return add_to(xv, out).flatten(0, 1)
             context = repeat(context, "b n c -> (b s) n c", s=s)
-        return self.attn2(self.norm2(x), context=context) + x
+        return self.attn2(x, context=context, norm=self.norm2) + x
+
+
+def _time_major(x: torch.Tensor, emb: torch.Tensor | None, timesteps: int) -> torch.Tensor:
+    """(b t) s c (+ emb, (b t) 1 c) -> (b s) t c. Without a graph, the sum is written straight into the permuted
+    layout (one pass, one buffer, instead of a sum and its rearranged copy)."""
+    bt, s, c = x.shape
+    b = bt // timesteps
+    if emb is None:
+        return rearrange(x, "(b t) s c -> (b s) t c", t=timesteps)
+    if records(x, emb) or x.dtype != emb.dtype or torch.compiler.is_compiling():  # (a compiler fuses it anyway)
+        return rearrange(x + emb, "(b t) s c -> (b s) t c", t=timesteps)
+    out = torch.empty(b * s, timesteps, c, dtype=x.dtype, device=x.device)
+    xv = x.view(b, timesteps, s, c).transpose(1, 2)  # (b t) s c -> b s t c (a view)
+    ev = emb.view(b, timesteps, 1, c).transpose(1, 2)  # (b t) 1 c -> b 1 t c
+    torch.add(xv, ev, out=out.view(b, s, timesteps, c))  # (b s) t c seen as b s t c
+    return out
 
 
 class SpatialVideoTransformer(nn.Module):
@@ -201,13 +266,28 @@ class SpatialVideoTransformer(nn.Module):
         emb = self.time_pos_embed(t_emb)[:, None, :]  # (b t) 1 c
         for block, mix_block in zip(self.transformer_blocks, self.time_stack):
             x = block(x, context=context)
-            x_mix = mix_block(x + emb, context=time_context, timesteps=num_frames)
-            x = self.time_mixer(x, x_mix, image_only_indicator)
+            x_mix = mix_block.time_major(x, time_context, num_frames, emb)  # (b s) t c
+            x = self._blend(x, x_mix, image_only_indicator, num_frames)
         x = self.proj_out(x)
         x = rearrange(x, "bt (h w) c -> bt c h w", h=h, w=w)  # a channels-last view
         if not x_in.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous()  # keep an NCHW network NCHW (the next group norm is slow on channels-last)
         return add_into(x, x_in)
+
+    def _blend(self, x: torch.Tensor, x_mix: torch.Tensor, image_only_indicator: torch.Tensor,
+               num_frames: int) -> torch.Tensor:
+        """`time_mixer(x, x_mix)` for x: (b t) s c and x_mix: (b s) t c, read through a (b t) s c view.
+
+        Without a graph, a x + (1 - a) x_mix = x + (1 - a)(x_mix - x) is written into x (the spatial block's
+        fresh output): no copy of x_mix back to (b t) s c and no third buffer."""
+        bt, s, c = x.shape
+        b = bt // num_frames
+        x_mix = x_mix.view(b, s, num_frames, c).transpose(1, 2)  # (b s) t c -> b t s c (a view)
+        alpha = self.time_mixer.alpha(image_only_indicator).view(b, num_frames, 1, 1)  # b t 1 1, float32
+        xv = x.view(b, num_frames, s, c)
+        if records(x, x_mix, alpha):
+            return torch.lerp(x_mix, xv, alpha.to(x.dtype)).reshape(bt, s, c)
+        return xv.lerp_(x_mix, (1.0 - alpha).to(x.dtype)).view(bt, s, c)
 
 
 def attention_heads(channels: int, num_head_channels: int) -> tuple[int, int]:

@@ -17,6 +17,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .attention import DEFAULT_FF_CHUNK
+
 GiB = 2 ** 30
 
 
@@ -35,15 +37,15 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self._sweep()  # storages freed since the last op (their addresses may be reused now)
+        # an output aliasing an input allocates nothing: a view of a weight or of an input made before the
+        # mode began (`weight.unbind()`, a no-op `.to`) is not an activation
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
-        # an output aliasing an operand that is not a tracked activation (a view of a weight, of the forward's
-        # input) holds no new bytes
-        operands = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
                 key = storage._cdata
-                if key not in self._live and key not in operands:  # a view or an in-place result reuses a known storage
+                if key not in self._live and key not in inputs:  # a view or in-place result reuses a storage
                     self._live[key] = (StorageWeakRef(storage), storage.nbytes())
                     self.current += storage.nbytes()
         self.peak = max(self.peak, self.current)
@@ -128,7 +130,7 @@ class MemoryOptions:
 
     offload: bool = False
     fp8: bool = False
-    ff_chunk: int | None = 8192
+    ff_chunk: int | None = DEFAULT_FF_CHUNK
     cfg_batch: str = "auto"
     decode_t: int = 14
     decode_tile: int | None = None
@@ -313,11 +315,12 @@ def memory_required(model, frames: int, height: int, width: int, dtype: torch.dt
 # ------------------------------------------------------------------------------------ request bounds (issue 12)
 # A closed-form upper bound of one generation's memory, calibrated against the meta-device accounting above
 # (tests/test_cli_safety.py checks it stays above `activation_peak` and near it). With C the UNet's first-level
-# channels, n = (H/8)(W/8) latent tokens and e the element size, one guided step peaks at about 18 level-0 maps
-# of the 2T-frame batch (23 without feed-forward chunking: svd_xt 25 x 576x1024 measures 17.9 / 22.9) plus the
-# chunk's GEGLU working set (8 x the widest level per row); a temporal-decoder window of w frames peaks at 3.3 w
+# channels, n = (H/8)(W/8) latent tokens and e the element size, one guided step peaks at 9 level-0 maps of the
+# 2T-frame batch (the first level-0 decoder ResBlock: its 3C-channel input, that input normalised, two skips, the
+# conv output), 15 without feed-forward / attention chunking (svd_xt 25 x 576x1024 measures 9.00 / 15.00), plus
+# the chunk's GEGLU working set (8 x the widest level per row); a temporal-decoder window of w frames peaks at 3.3 w
 # full-resolution 128-channel maps plus 3.5 of one frame (svd_xt: 3.23 w; 320x576, w=2: 4.9 w).
-UNET_MAPS, UNET_MAPS_UNCHUNKED, FF_ROW_WIDTHS = 18.0, 23.0, 3 * 8
+UNET_MAPS, UNET_MAPS_UNCHUNKED, FF_ROW_WIDTHS = 9.5, 15.5, 3 * 8
 DECODE_MAPS_PER_FRAME, DECODE_MAPS_FIXED = 3.3, 3.5
 VIDEO_COPIES_F32 = 5  # decoded video: float conversion, [0, 1] rescale, clamp, uint8 staging (pipeline.decode)
 LATENT_COPIES = 16  # noise, x, denoised, sampler history, concat latent, ... (b t) 4 h w float32 each
@@ -399,7 +402,7 @@ def ff_chunk_of(model) -> int | None:
 
 
 def estimate_request(model, *, frames: int, height: int, width: int, decode_t: int, device="cpu",
-                     dtype: torch.dtype | None = None, ff_chunk: int | None = 8192, offload: bool = False,
+                     dtype: torch.dtype | None = None, ff_chunk: int | None = DEFAULT_FF_CHUNK, offload: bool = False,
                      cfg: bool = True, unet_frames: int | None = None, decode: bool = True,
                      kept_bytes: int = 0) -> RequestEstimate:
     """Upper bound of the memory one img2vid / orbit run needs on `device` (closed form, no allocation).
@@ -471,7 +474,7 @@ def largest_that_fits(estimate_for: Callable[[int], RequestEstimate], available:
 
 
 def check_request_fits(model, *, frames: int, height: int, width: int, decode_t: int, device="cpu",
-                       dtype: torch.dtype | None = None, ff_chunk: int | None = 8192, offload: bool = False,
+                       dtype: torch.dtype | None = None, ff_chunk: int | None = DEFAULT_FF_CHUNK, offload: bool = False,
                        cfg: bool = True, labels: dict[str, str] | None = None, available: int | None = None,
                        plan: Callable[[int, int], dict] | None = None,
                        unit: tuple[str, str] = ("frame", "frames")) -> RequestEstimate:

@@ -16,13 +16,26 @@ class TimestepEmbedSequential(nn.ModuleList):
 
     def forward(self, x, emb, context, num_frames, image_only_indicator, time_context=None):
         for layer in self:
-            if isinstance(layer, VideoResBlock):
-                x = layer(x, emb, num_frames, image_only_indicator)
-            elif isinstance(layer, SpatialVideoTransformer):
-                x = layer(x, context, num_frames, image_only_indicator, time_context)
-            else:
-                x = layer(x)
+            x = self._layer(layer, x, emb, context, num_frames, image_only_indicator, time_context)
         return x
+
+    def forward_owned(self, parts: list, emb, context, num_frames, image_only_indicator, time_context=None):
+        """`forward(torch.cat(parts, 1), ...)` that takes ownership of `parts` (a decoder level's input and its
+        skip, referenced nowhere else: the caller drops its names): the list is emptied once concatenated and the
+        concatenation is freed once the first layer has consumed it, so neither outlives its use (inference)."""
+        x = torch.cat(parts, dim=1)  # b (c_h + c_skip) h w
+        parts.clear()
+        for layer in self:
+            x = self._layer(layer, x, emb, context, num_frames, image_only_indicator, time_context)
+        return x
+
+    @staticmethod
+    def _layer(layer, x, emb, context, num_frames, image_only_indicator, time_context):
+        if isinstance(layer, VideoResBlock):
+            return layer(x, emb, num_frames, image_only_indicator)
+        if isinstance(layer, SpatialVideoTransformer):
+            return layer(x, context, num_frames, image_only_indicator, time_context)
+        return layer(x)
 
 
 class VideoUNet(nn.Module):
@@ -87,8 +100,9 @@ class VideoUNet(nn.Module):
         self.video_chunk = videos or None
 
     def set_ff_chunk_size(self, chunk_size: int | None) -> None:
-        """Run transformer feed-forwards on slices of `chunk_size` rows (inference): lower peak memory, same result.
-        None or 0 runs them whole; the default is `attention.DEFAULT_FF_CHUNK`."""
+        """Run transformer feed-forwards on slices of `chunk_size` rows, and self-attentions on slices of whole
+        sequences of about as many rows (inference): lower peak memory, same result. None or 0 runs them whole;
+        the default is `attention.DEFAULT_FF_CHUNK`."""
         for m in self.modules():
             if hasattr(m, "ff_chunk_size"):
                 m.ff_chunk_size = chunk_size
@@ -114,7 +128,8 @@ class VideoUNet(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.spec.model_channels).to(x.dtype))
         emb = emb + self.label_emb(y.to(emb.dtype))
         args = (emb, context, num_video_frames, image_only_indicator, time_context)
-        if self.gradient_checkpointing and self.training:  # recompute each block's activations in backward
+        checkpointing = self.gradient_checkpointing and self.training
+        if checkpointing:  # recompute each block's activations in backward
             def run(module, h):
                 return checkpoint(module, h, *args, use_reentrant=False)
         else:
@@ -127,7 +142,13 @@ class VideoUNet(nn.Module):
             hs.append(h)
         h = apply_control(run(self.middle_block, h), residuals, "middle", 0)
         for index, module in enumerate(self.output_blocks):
-            h = run(module, torch.cat([h, apply_control(hs.pop(), residuals, "output", index)], dim=1))
+            skip = apply_control(hs.pop(), residuals, "output", index)
+            if checkpointing:
+                h = run(module, torch.cat([h, skip], dim=1))
+                continue
+            # hand h and the skip over: the block frees them (and their concatenation) once consumed
+            parts, h, skip = [h, skip], None, None
+            h = module.forward_owned(parts, *args)
         return self.out(h.to(x.dtype))
 
     def _forward_by_videos(self, x, timesteps, context, y, num_frames, image_only_indicator, time_context, control):
