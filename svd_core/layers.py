@@ -264,10 +264,9 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = N
     n, _, h, w = x.shape
     o = conv.out_channels
     kernels = [k for rows in _fold_taps(conv.weight.float(), 2) for k in _fold_taps(rows, 3)]  # (a, b) order
-    weight = torch.empty((4 * o,) + tuple(kernels[0].shape[1:]), dtype=conv.weight.dtype, device=x.device,
-                         memory_format=memory_format_of(conv.weight))  # in the conv's layout: one copy, not two
-    torch.cat(kernels, 0, out=weight)  # (a b o) i 2 2
+    weight = torch.cat(kernels, 0).to(conv.weight.dtype)  # (a b o) i 2 2
     del kernels
+    weight = weight.contiguous(memory_format=memory_format_of(conv.weight))
     bias = None if conv.bias is None else conv.bias.repeat(4)
     y = F.conv2d(x, weight, bias, padding=1)  # n (a b o) (h+1) (w+1): window (r, s) reads rows r-1, r
     if out is None:

@@ -52,8 +52,8 @@ def per_frame(fn, x: torch.Tensor, module: nn.Module, scale: int = 1) -> torch.T
     `fn(x_slice, out=out_slice)` writes a slice's result straight into the output (its last op takes `out=`)."""
     n, _, h, w = x.shape
     step = max(1, SPATIAL_CHUNK_PIXELS // (h * w * scale * scale))
-    if n <= step or records(x, *module.parameters()):
-        return fn(x)
+    if n <= step or records(x, *module.parameters()) or torch.compiler.is_compiling():
+        return fn(x)  # (a compiler plans the buffers itself, and cannot trace `out=` into a slice)
     first = fn(x[:step])  # step c' h' w': the first slice tells the output's channels, size and dtype
     out = torch.empty((n,) + first.shape[1:], dtype=first.dtype, device=first.device,
                       memory_format=memory_format_of(x))
