@@ -223,7 +223,8 @@ def _time_major(x: torch.Tensor, emb: torch.Tensor | None, timesteps: int) -> to
     bt, s, c = x.shape
     b = bt // timesteps
     if emb is None:
-        return rearrange(x, "(b t) s c -> (b s) t c", t=timesteps)
+        y = rearrange(x, "(b t) s c -> (b s) t c", t=timesteps)
+        return y.clone() if timesteps == 1 or s == 1 else y  # a view then: the block adds into its own copy
     if records(x, emb) or x.dtype != emb.dtype or torch.compiler.is_compiling():  # (a compiler fuses it anyway)
         return rearrange(x + emb, "(b t) s c -> (b s) t c", t=timesteps)
     out = torch.empty(b * s, timesteps, c, dtype=x.dtype, device=x.device)

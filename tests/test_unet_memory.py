@@ -58,3 +58,18 @@ def test_unet_peak_is_at_most_half_of_diffusers_with_the_same_output(dtype, late
     assert expected.abs().mean() > 0.1  # a meaningful output, not zeros
     assert err < tol * max(1.0, expected.abs().max().item())
     assert peaks["ours"] <= 0.5 * peaks["theirs"]
+
+
+@pytest.mark.parametrize("frames, tokens", [(1, 5), (3, 1), (3, 5)])
+@torch.no_grad()
+def test_temporal_block_never_writes_into_its_input(frames, tokens):
+    """The in-place residual paths add into the block's own time-major copy: with one frame or one location the
+    rearrange is a view of the caller's tensor, which must stay untouched."""
+    from svd_core.attention import VideoTransformerBlock
+
+    torch.manual_seed(0)
+    block = VideoTransformerBlock(64, 2, 32, 64).eval()
+    x = torch.randn(2 * frames, tokens, 64)
+    before = x.clone()
+    out = block(x, torch.randn(2, 1, 64), frames)
+    assert torch.equal(x, before) and not torch.equal(out, before)
