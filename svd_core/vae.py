@@ -217,7 +217,10 @@ def _channel_sums(x: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Ten
         piece = flat.narrow(axis, start, min(pixels, flat.shape[axis] - start))
         if square is None or square.shape != piece.shape:
             square = torch.empty(piece.shape, dtype=torch.float32, device=x.device)
-        torch.mul(piece, piece, out=square)  # float32 squares of float32 / half inputs
+        if piece.dtype == torch.float32:
+            torch.mul(piece, piece, out=square)
+        else:  # half inputs: widen first, so the squares are float32 products, not rounded half ones
+            square.copy_(piece).square_()
         s1 += piece.sum(axis, dtype=torch.float32)
         s2 += square.sum(axis)
     return s1, s2
