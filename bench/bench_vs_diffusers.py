@@ -210,12 +210,15 @@ def ablations(model) -> dict:
             (attention.VideoTransformerBlock, "_cross", plain_cross)),
         "VAE per-frame slicing": lambda: _patched((vae, "SPATIAL_CHUNK_PIXELS", 1 << 40)),
         "VAE temporal half by rows": lambda: _patched((vae, "TEMPORAL_ROWS_PIXELS", 1 << 40)),
+        "GEGLU as two Linears": lambda: _patched((attention, "GEGLU_SPLIT", False)),
+        "group norm by channel sums (small channels-last maps)": lambda: _patched(
+            (layers, "CHANNELS_LAST_NORM_PIXELS", 0)),
         "SDPA flash (vs math)": lambda: sdpa_kernel([SDPBackend.MATH]),
         "ff chunk 1024 (vs default)": lambda: ff_chunk(1024),
     }
 
 
-UNET_ONLY = ("single-key cross-attention", "ff chunk 1024 (vs default)")
+UNET_ONLY = ("single-key cross-attention", "ff chunk 1024 (vs default)", "GEGLU as two Linears")
 VAE_ONLY = ("VAE per-frame slicing", "VAE temporal half by rows")
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .ops import casts_weights, layer_class, resolve
+from .ops import bypassable, layer_class, resolve
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -30,11 +30,96 @@ class GroupNorm32(nn.GroupNorm):
     _cast_by_ops = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = canonical_strides(x)
         if self._cast_by_ops:
-            return super().forward(canonical_strides(x))
+            return super().forward(x)
+        if _small_channels_last(x, self.num_groups) and self.affine and not records(x, self.weight, self.bias) \
+                and not torch.compiler.is_compiling():
+            # the squares' float32 slice buffer no larger than x: the peak stays x + the output, as in the kernel
+            pixels = -(-x[0, 0].numel() * x.element_size() // 4)
+            scale, shift = group_norm_affine(x, self, pixels)
+            return _normalize(x, scale, shift)
         weight = None if self.weight is None else self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.group_norm(canonical_strides(x), self.num_groups, weight, bias, self.eps)
+        return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+
+
+# PyTorch's channels-last group-norm kernel reduces each pixel's group of C / G channels one pixel at a time below
+# this many pixels per sample (its `feature_map_threshold`), not vectorised when a group has few channels. There,
+# per-channel sums down the pixel axis are several times faster (1 thread, float32 / bfloat16 ms, kernel -> sums:
+# 16x128x16x16 10.5 -> 0.9 / 10.9 -> 1.4; 16x320x16x16 14.2 -> 4.4 / 15.4 -> 5.5; 16x64x8x8 1.7 -> 0.4 / 2.1 ->
+# 0.5); from 16 channels a group (16x512x16x16: 7.4 -> 7.4 / 4.0 -> 12.0) or this many pixels the kernel is fast.
+CHANNELS_LAST_NORM_PIXELS = 1024
+CHANNELS_LAST_NORM_GROUP = 16
+
+
+def _small_channels_last(x: torch.Tensor, groups: int) -> bool:
+    """A channels-last map (4-D or 5-D) with fewer than CHANNELS_LAST_NORM_PIXELS pixels per sample and fewer than
+    CHANNELS_LAST_NORM_GROUP channels a group: where PyTorch's kernel is slow."""
+    if x.ndim not in (4, 5) or x.is_contiguous() or x.shape[1] // groups >= CHANNELS_LAST_NORM_GROUP:
+        return False
+    fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+    return x.is_contiguous(memory_format=fmt) and x[0, 0].numel() < CHANNELS_LAST_NORM_PIXELS
+
+
+def _normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x * scale + shift computed in float32 (scale / shift are), as a fresh tensor in x's dtype and layout.
+
+    A half x is normalised a slice of its third axis at a time, each float32 slice rounded into the output: the
+    float32 temporary stays under a quarter of x's bytes (an `out=` in x's dtype would need none, but that
+    mixed-dtype kernel is 6x slower on CPU)."""
+    if x.dtype == torch.float32:
+        return torch.addcmul(shift, x, scale)
+    out = torch.empty_like(x)
+    step = max(1, x.shape[2] * x.element_size() // 16)
+    for start in range(0, x.shape[2], step):
+        piece = x.narrow(2, start, min(step, x.shape[2] - start))
+        out.narrow(2, start, piece.shape[2]).copy_(torch.addcmul(shift, piece, scale))
+    return out
+
+
+def channel_sums(x: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, sum of squares) of each channel of x "b c ..." per sample, float64 "b c", read `pixels` pixels at a
+    time in x's own layout (no transposing copy; one slice-sized float32 buffer for the squares).
+
+    Channels-last (how the convs run): every pixel's channels are contiguous, so "b (...) c" is a view and each
+    slice is a row block summed down its columns; otherwise "b c (...)" is summed along its rows."""
+    b, c = x.shape[:2]
+    last = not x.is_contiguous() and x.ndim in (4, 5) and x.is_contiguous(
+        memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+    flat = x.movedim(1, -1).reshape(b, -1, c) if last else x.reshape(b, c, -1)  # b P c / b c P
+    axis = 1 if last else 2
+    s1 = torch.zeros(b, c, dtype=torch.float64, device=x.device)
+    s2 = torch.zeros_like(s1)
+    square = None
+    for start in range(0, flat.shape[axis], pixels):
+        piece = flat.narrow(axis, start, min(pixels, flat.shape[axis] - start))
+        if square is None or square.shape != piece.shape:
+            square = torch.empty(piece.shape, dtype=torch.float32, device=x.device)
+        if piece.dtype == torch.float32:
+            torch.mul(piece, piece, out=square)
+        else:  # half inputs: widen first, so the squares are float32 products, not rounded half ones
+            square.copy_(piece).square_()
+        s1 += piece.sum(axis, dtype=torch.float32)
+        s2 += square.sum(axis)
+    return s1, s2
+
+
+def group_norm_affine(x: torch.Tensor, norm: nn.GroupNorm, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) with norm(x) = x * scale + shift for x "b c ...": per-channel sums in float32
+    over slices of `pixels` pixels (`channel_sums`), gathered into the group statistics in float64 (the float32
+    statistics `GroupNorm32` promises). Shapes b c 1 ..., float32, to broadcast over x."""
+    b, c = x.shape[:2]
+    g = norm.num_groups
+    s1, s2 = channel_sums(x, pixels)
+    count = x.numel() // (b * g)
+    mean = s1.view(b, g, -1).sum(-1) / count  # b c -> b g
+    rstd = torch.rsqrt((s2.view(b, g, -1).sum(-1) / count - mean * mean).clamp_min(0) + norm.eps)  # b g
+    per_channel = lambda t: t.repeat_interleave(c // g, dim=1)  # noqa: E731 - b g -> b c
+    scale = per_channel(rstd) * norm.weight.double()
+    shift = norm.bias.double() - per_channel(mean) * scale
+    trailing = (1,) * (x.ndim - 2)
+    return scale.float().view(b, c, *trailing), shift.float().view(b, c, *trailing)
 
 
 def canonical_strides(x: torch.Tensor) -> torch.Tensor:
@@ -251,12 +336,12 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = N
     folded kernels run as one conv with 4x the output channels and padding 1, and phase (a, b) is its (h, w)
     window at offset (a, b), written to out[..., a::2, b::2]. 16 instead of 36 multiply-adds per source pixel and
     channel pair, and the 4x-size upsampled input never exists. Same sums in another order. `out`: write the
-    result there (a slice of a larger output). A conv of a host's operations (`ops.casts_weights`) runs as
+    result there (a slice of a larger output). A conv that is not `ops.bypassable` (a host's cast, a hook) runs as
     itself on the upsampled input (its weights are read through its own forward)."""
     # half-precision kernels are so fast that the four phase copies only pay off on large images (measured on
     # CPU: 15-20% faster from 64x64 sources, slower at 16x16); float32 gains 1.6-1.7x at every size
     small_half = x.dtype != torch.float32 and x.shape[-2] * x.shape[-1] < 64 * 64
-    if records(x, conv.weight, conv.bias) or casts_weights(conv) or small_half or conv.kernel_size != (3, 3) \
+    if records(x, conv.weight, conv.bias) or not bypassable(conv) or small_half or conv.kernel_size != (3, 3) \
             or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 \
             or conv.padding_mode != "zeros" or x.ndim != 4:
         y = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

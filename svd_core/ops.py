@@ -66,6 +66,12 @@ def casts_weights(module: nn.Module) -> bool:
     return not type(module).__module__.startswith("torch.nn")
 
 
+def bypassable(module: nn.Module) -> bool:
+    """True when a fast path may read `module`'s weights itself instead of calling it: it does not cast them
+    (`casts_weights`) and no forward hook is attached (an unmerged LoRA adds its low-rank term in one)."""
+    return not (casts_weights(module) or module._forward_hooks or module._forward_pre_hooks)
+
+
 def _cast(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     """`t` on `like`'s device in `like`'s dtype (a per-call copy for fp8 / offloaded weights)."""
     if t is None:
@@ -151,5 +157,5 @@ def weight_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-__all__ = ["LAYER_NAMES", "FP8_DTYPES", "resolve", "is_native", "layer_class", "casts_weights", "CastWeights",
-           "cast", "store_fp8", "compute_dtype", "weight_bytes"]
+__all__ = ["LAYER_NAMES", "FP8_DTYPES", "resolve", "is_native", "layer_class", "casts_weights", "bypassable",
+           "CastWeights", "cast", "store_fp8", "compute_dtype", "weight_bytes"]

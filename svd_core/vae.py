@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import (GroupNorm32, ResBlock, add_into, add_to, like_weight, memory_format_of, records,
-                     silu_after_norm, upsample_conv)
-from .ops import casts_weights, layer_class, resolve
+from .layers import (GroupNorm32, ResBlock, add_into, add_to, group_norm_affine, like_weight, memory_format_of,
+                     records, silu_after_norm, upsample_conv)
+from .ops import bypassable, layer_class, resolve
 from .variants import VAESpec
 
 __all__ = [
@@ -188,7 +188,7 @@ class VideoResBlock(ResnetBlock):
 
 # Without autograd, the temporal half of a decoder block on more than this many frame-pixels (t x h x w) runs on
 # slices of rows: its (3, 1, 1) convolutions mix frames, never pixels, so only the group norms need the whole map,
-# and their statistics are gathered first (`_group_norm_stats`). The block's input and one more map stay alive
+# and their statistics are gathered first (`layers.group_norm_affine`). The block's input and one more map stay alive
 # instead of three (SVD-XT decode_t 14 at 1024x576: the decoder's peak goes from 3.2 to about 2 full-size maps).
 TEMPORAL_ROWS_PIXELS = 14 * 32 * 1024
 
@@ -196,50 +196,8 @@ TEMPORAL_ROWS_PIXELS = 14 * 32 * 1024
 def _by_rows(time_stack: ResBlock, x: torch.Tensor) -> bool:
     norms = (time_stack.in_layers[0], time_stack.out_layers[0])
     return (x.ndim == 5 and x.shape[2] * x.shape[3] * x.shape[4] > TEMPORAL_ROWS_PIXELS and x.shape[3] > 1
-            and not records(x, *time_stack.parameters()) and not any(casts_weights(n) for n in norms)
+            and not records(x, *time_stack.parameters()) and all(bypassable(n) for n in norms)
             and time_stack.emb_layers is None and isinstance(time_stack.skip_connection, nn.Identity))
-
-
-def _channel_sums(x: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum, sum of squares) of each channel of x "b c t h w" per video, float64 "b c", read `pixels` pixels at a
-    time in x's own layout (no transposing copy; one slice-sized buffer for the squares).
-
-    Channels-last-3d (how the decoder runs): every pixel's channels are contiguous, so "b (t h w) c" is a view
-    and each slice is a row block summed down its columns; otherwise "b c (t h w)" is summed along its rows."""
-    b, c = x.shape[:2]
-    last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
-    flat = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c) if last else x.reshape(b, c, -1)  # b P c / b c P
-    axis = 1 if last else 2
-    s1 = torch.zeros(b, c, dtype=torch.float64, device=x.device)
-    s2 = torch.zeros_like(s1)
-    square = None
-    for start in range(0, flat.shape[axis], pixels):
-        piece = flat.narrow(axis, start, min(pixels, flat.shape[axis] - start))
-        if square is None or square.shape != piece.shape:
-            square = torch.empty(piece.shape, dtype=torch.float32, device=x.device)
-        if piece.dtype == torch.float32:
-            torch.mul(piece, piece, out=square)
-        else:  # half inputs: widen first, so the squares are float32 products, not rounded half ones
-            square.copy_(piece).square_()
-        s1 += piece.sum(axis, dtype=torch.float32)
-        s2 += square.sum(axis)
-    return s1, s2
-
-
-def _group_norm_stats(x: torch.Tensor, norm: nn.GroupNorm, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (scale, shift) with norm(x) = x * scale + shift for x "b c t h w": per-channel sums in float32
-    over slices of `pixels` pixels (`_channel_sums`), gathered into the group statistics in float64. Shapes
-    b c 1 1 1, float32."""
-    b, c = x.shape[:2]
-    g = norm.num_groups
-    s1, s2 = _channel_sums(x, pixels)
-    count = x.numel() // (b * g)
-    mean = s1.view(b, g, -1).sum(-1) / count  # b c -> b g
-    rstd = torch.rsqrt((s2.view(b, g, -1).sum(-1) / count - mean * mean).clamp_min(0) + norm.eps)  # b g
-    per_channel = lambda t: t.repeat_interleave(c // g, dim=1)  # noqa: E731 - b g -> b c
-    scale = per_channel(rstd) * norm.weight.double()
-    shift = norm.bias.double() - per_channel(mean) * scale
-    return scale.float()[:, :, None, None, None], shift.float()[:, :, None, None, None]
 
 
 def _norm_silu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -257,7 +215,7 @@ def _add_time_stack_by_rows(time_stack: ResBlock, x: torch.Tensor, alpha: torch.
     norm2, conv2 = time_stack.out_layers[0], time_stack.out_layers[-1]
     rows = max(1, TEMPORAL_ROWS_PIXELS // (x.shape[2] * x.shape[4]))
     pixels = rows * x.shape[2] * x.shape[4]  # a slice of rows at a time
-    scale, shift = _group_norm_stats(x, norm1, pixels)
+    scale, shift = group_norm_affine(x, norm1, pixels)
     mid = None
     for r in range(0, x.shape[3], rows):
         h = conv1(_norm_silu(x[:, :, :, r:r + rows], scale, shift))  # b c t rh w: mixes frames only
@@ -265,7 +223,7 @@ def _add_time_stack_by_rows(time_stack: ResBlock, x: torch.Tensor, alpha: torch.
             mid = torch.empty_like(x, dtype=h.dtype)  # x's strides (preserve_format)
         mid[:, :, :, r:r + rows] = h
         del h
-    scale, shift = _group_norm_stats(mid, norm2, pixels)
+    scale, shift = group_norm_affine(mid, norm2, pixels)
     for r in range(0, x.shape[3], rows):
         h = _norm_silu(mid[:, :, :, r:r + rows], scale, shift)
         x[:, :, :, r:r + rows].addcmul_(conv2(h), alpha)  # b c t rh w: this slice of x + a h_t

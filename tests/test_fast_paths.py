@@ -103,6 +103,37 @@ def test_single_frame_conv_output_keeps_channels_last_through_group_norm():
     assert canonical_strides(plain) is plain  # NCHW tensors pass through
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(6, 64, 8, 12), (2, 128, 3, 8, 8)])
+def test_group_norm_on_small_channels_last_maps_uses_channel_sums(monkeypatch, shape, dtype):
+    """Below CHANNELS_LAST_NORM_PIXELS a channels-last GroupNorm32 runs on per-channel sums, not PyTorch's kernel:
+    the same normalisation (as close to float64 as the kernel), the same layout, the input untouched."""
+    import svd_core.layers as layers
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = (torch.randn(shape) * 3 + 1.5).to(dtype).contiguous(memory_format=fmt)
+    before = x.clone()
+    norm = layers.GroupNorm32(32, shape[1]).to(dtype)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    exact = F.group_norm(x.double(), 32, norm.weight.double(), norm.bias.double(), norm.eps)
+    kernel_calls, kernel = [], F.group_norm
+    monkeypatch.setattr(layers.F, "group_norm", lambda *a, **k: kernel_calls.append(1) or kernel(*a, **k))
+    with torch.inference_mode():
+        fast = norm(x)
+        assert not kernel_calls  # the sums path ran
+        monkeypatch.setattr(layers, "CHANNELS_LAST_NORM_PIXELS", 0)
+        native = norm(x)
+        assert kernel_calls
+    assert fast.dtype == dtype and fast.is_contiguous(memory_format=fmt) and torch.equal(x, before)
+    err, err_kernel = ((y.double() - exact).abs().max().item() for y in (fast, native))
+    assert err <= max(1.01 * err_kernel, 1e-5), (err, err_kernel)
+    with torch.enable_grad():  # a graph-recording forward takes the kernel, whatever the map's size
+        monkeypatch.setattr(layers, "CHANNELS_LAST_NORM_PIXELS", 1 << 30)
+        assert torch.equal(norm(x), native)
+
+
 def test_geglu_and_feed_forward_slices_equal_the_plain_path():
     torch.manual_seed(0)
     geglu = GEGLU(16, 32)
@@ -115,6 +146,23 @@ def test_geglu_and_feed_forward_slices_equal_the_plain_path():
         sliced = _run_chunked(geglu, x, 7)  # 30 rows in slices of 7: crosses the batch boundary
     assert torch.allclose(fast, plain, atol=1e-6) and torch.allclose(sliced, whole, atol=1e-6)
     assert sliced.shape == (3, 10, 32)
+    assert fast.is_contiguous()  # the two halves as two Linears: each in its own buffer (GEGLU_SPLIT)
+
+
+def test_geglu_fast_path_keeps_a_forward_hook_on_its_projection():
+    """An unmerged LoRA adds its term in a forward hook on `proj`: the split path must not read around it."""
+    torch.manual_seed(0)
+    geglu = GEGLU(16, 32)
+    x = torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        base = geglu(x)
+        handle = geglu.proj.register_forward_hook(lambda _m, _inp, out: out + 1.0)
+        hooked = geglu(x)
+        handle.remove()
+    with torch.enable_grad():
+        geglu.proj.register_forward_hook(lambda _m, _inp, out: out + 1.0)
+        expected = geglu(x)  # the plain path calls the module
+    assert torch.allclose(hooked, expected, atol=1e-6) and (hooked - base).abs().max() > 0.1
 
 
 def test_res_block_residual_plus_skip_is_forward():
