@@ -50,7 +50,8 @@ def alternate(ours, theirs, repeats: int) -> dict:
     memory (MiB, `activation_peak`, measured in one more call)."""
     from svd_core.memory import activation_peak
 
-    ours(), theirs()  # warm-up (allocator, oneDNN primitives)
+    with torch.inference_mode():  # as the timed calls run (measure_wall); a grad-mode warm-up took our
+        ours(), theirs()  # graph-safe paths and built diffusers' whole autograd graph (GiB of RSS)
     res = {"ours": [], "theirs": []}
     for _ in range(repeats):
         res["ours"].append(measure_wall(ours))

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .layers import AlphaBlender, GroupNorm32, add_into, add_to, records, reusable, timestep_embedding
+from .layers import AlphaBlender, GroupNorm32, add_into, add_to, records, timestep_embedding
 from .ops import bypassable, layer_class, resolve
 
 

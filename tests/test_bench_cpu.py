@@ -34,6 +34,24 @@ def run_bench(tmp_path, monkeypatch, capsys, *args) -> tuple[dict, str]:
     return json.loads(out.read_text()), capsys.readouterr().out
 
 
+def test_alternate_runs_every_call_under_inference_mode(monkeypatch):
+    """Warm-up, timed and memory calls alike: in grad mode diffusers' modules (parameters requiring grad) would
+    build their whole autograd graph, and ours would take its graph-safe paths instead of the fast ones."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    bench = importlib.import_module("bench_vs_diffusers")
+    modes = {"ours": [], "theirs": []}
+
+    def engine(name):
+        def call():
+            modes[name].append(torch.is_inference_mode_enabled())
+            return torch.ones(4)
+        return call
+
+    r = bench.alternate(engine("ours"), engine("theirs"), repeats=2)
+    assert modes["ours"] == modes["theirs"] == [True] * 4  # 1 warm-up + 2 timed + 1 activation_peak
+    assert r["mem_ours"] == r["mem_theirs"] > 0
+
+
 @pytest.mark.slow
 def test_forward_bench_smallest_size(tmp_path, monkeypatch, capsys):
     report, stdout = run_bench(tmp_path, monkeypatch, capsys, "--sizes", "32x2", "--latent", "8", "--vae-ch", "32",

@@ -147,22 +147,13 @@ def test_geglu_and_feed_forward_slices_equal_the_plain_path():
     assert torch.allclose(fast, plain, atol=1e-6) and torch.allclose(sliced, whole, atol=1e-6)
     assert sliced.shape == (3, 10, 32)
     assert fast.is_contiguous()  # the two halves as two Linears: each in its own buffer (GEGLU_SPLIT)
-
-
-def test_geglu_fast_path_keeps_a_forward_hook_on_its_projection():
-    """An unmerged LoRA adds its term in a forward hook on `proj`: the split path must not read around it."""
-    torch.manual_seed(0)
-    geglu = GEGLU(16, 32)
-    x = torch.randn(2, 5, 16)
+    # an unmerged LoRA adds its term in a forward hook on `proj`: the split path must not read around it
+    geglu.proj.register_forward_hook(lambda _m, _inp, out: out + 1.0)
     with torch.inference_mode():
-        base = geglu(x)
-        handle = geglu.proj.register_forward_hook(lambda _m, _inp, out: out + 1.0)
         hooked = geglu(x)
-        handle.remove()
     with torch.enable_grad():
-        geglu.proj.register_forward_hook(lambda _m, _inp, out: out + 1.0)
         expected = geglu(x)  # the plain path calls the module
-    assert torch.allclose(hooked, expected, atol=1e-6) and (hooked - base).abs().max() > 0.1
+    assert torch.allclose(hooked, expected, atol=1e-6) and (hooked - fast).abs().max() > 0.1
 
 
 def test_res_block_residual_plus_skip_is_forward():
