@@ -54,9 +54,11 @@ CHANNELS_LAST_NORM_GROUP = 16
 
 
 def _small_channels_last(x: torch.Tensor, groups: int) -> bool:
-    """A channels-last map (4-D or 5-D) with fewer than CHANNELS_LAST_NORM_PIXELS pixels per sample and fewer than
-    CHANNELS_LAST_NORM_GROUP channels a group: where PyTorch's kernel is slow."""
-    if x.ndim not in (4, 5) or x.is_contiguous() or x.shape[1] // groups >= CHANNELS_LAST_NORM_GROUP:
+    """A channels-last CPU map (4-D or 5-D) with fewer than CHANNELS_LAST_NORM_PIXELS pixels per sample and fewer
+    than CHANNELS_LAST_NORM_GROUP channels a group: where PyTorch's CPU kernel is slow (measured on CPU only; other
+    devices keep their own kernel)."""
+    if x.device.type != "cpu" or x.ndim not in (4, 5) or x.numel() == 0 or x.is_contiguous() \
+            or x.shape[1] // groups >= CHANNELS_LAST_NORM_GROUP:
         return False
     fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
     return x.is_contiguous(memory_format=fmt) and x[0, 0].numel() < CHANNELS_LAST_NORM_PIXELS
