@@ -67,16 +67,18 @@ def _small_channels_last(x: torch.Tensor, groups: int) -> bool:
 def _normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """x * scale + shift computed in float32 (scale / shift are), as a fresh tensor in x's dtype and layout.
 
-    A half x is normalised a slice of its third axis at a time, each float32 slice rounded into the output: the
-    float32 temporary stays under a quarter of x's bytes (an `out=` in x's dtype would need none, but that
-    mixed-dtype kernel is 6x slower on CPU)."""
+    A half x is normalised a slice of rows (its h axis) at a time, each float32 slice rounded into the output: the
+    float32 temporary stays within a quarter of x's bytes from 8 rows up (an `out=` in x's dtype would need none,
+    but that mixed-dtype kernel is 6x slower on CPU)."""
     if x.dtype == torch.float32:
         return torch.addcmul(shift, x, scale)
     out = torch.empty_like(x)
-    step = max(1, x.shape[2] * x.element_size() // 16)
-    for start in range(0, x.shape[2], step):
-        piece = x.narrow(2, start, min(step, x.shape[2] - start))
-        out.narrow(2, start, piece.shape[2]).copy_(torch.addcmul(shift, piece, scale))
+    axis = x.ndim - 2  # h of "n c h w" and of "b c t h w"
+    rows = x.shape[axis]
+    step = max(1, rows * x.element_size() // 16)
+    for start in range(0, rows, step):
+        piece = x.narrow(axis, start, min(step, rows - start))
+        out.narrow(axis, start, piece.shape[axis]).copy_(torch.addcmul(shift, piece, scale))
     return out
 
 
