@@ -38,7 +38,7 @@ class GroupNorm32(nn.GroupNorm):
             # the squares' float32 slice buffer no larger than x: the peak stays x + the output, as in the kernel
             pixels = -(-x[0, 0].numel() * x.element_size() // 4)
             scale, shift = group_norm_affine(x, self, pixels)
-            return _normalize(x, scale, shift)
+            return normalize_affine(x, scale, shift)
         weight = None if self.weight is None else self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.group_norm(x, self.num_groups, weight, bias, self.eps)
@@ -53,18 +53,22 @@ CHANNELS_LAST_NORM_PIXELS = 1024
 CHANNELS_LAST_NORM_GROUP = 16
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-D / 5-D tensor laid out channels-last (-3d), not merely ambiguous (a plain contiguous tensor is not)."""
+    if x.ndim not in (4, 5) or x.is_contiguous():
+        return False
+    return x.is_contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+
+
 def _small_channels_last(x: torch.Tensor, groups: int) -> bool:
     """A channels-last CPU map (4-D or 5-D) with fewer than CHANNELS_LAST_NORM_PIXELS pixels per sample and fewer
     than CHANNELS_LAST_NORM_GROUP channels a group: where PyTorch's CPU kernel is slow (measured on CPU only; other
     devices keep their own kernel)."""
-    if x.device.type != "cpu" or x.ndim not in (4, 5) or x.numel() == 0 or x.is_contiguous() \
-            or x.shape[1] // groups >= CHANNELS_LAST_NORM_GROUP:
-        return False
-    fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
-    return x.is_contiguous(memory_format=fmt) and x[0, 0].numel() < CHANNELS_LAST_NORM_PIXELS
+    return (x.device.type == "cpu" and x.numel() > 0 and is_channels_last(x)
+            and x.shape[1] // groups < CHANNELS_LAST_NORM_GROUP and x[0, 0].numel() < CHANNELS_LAST_NORM_PIXELS)
 
 
-def _normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def normalize_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """x * scale + shift computed in float32 (scale / shift are), as a fresh tensor in x's dtype and layout.
 
     A half x is normalised a slice of rows (its h axis) at a time, each float32 slice rounded into the output: the
@@ -89,8 +93,7 @@ def channel_sums(x: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tens
     Channels-last (how the convs run): every pixel's channels are contiguous, so "b (...) c" is a view and each
     slice is a row block summed down its columns; otherwise "b c (...)" is summed along its rows."""
     b, c = x.shape[:2]
-    last = not x.is_contiguous() and x.ndim in (4, 5) and x.is_contiguous(
-        memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+    last = is_channels_last(x)
     flat = x.movedim(1, -1).reshape(b, -1, c) if last else x.reshape(b, c, -1)  # b P c / b c P
     axis = 1 if last else 2
     s1 = torch.zeros(b, c, dtype=torch.float64, device=x.device)
@@ -133,10 +136,7 @@ def canonical_strides(x: torch.Tensor) -> torch.Tensor:
     layout, copies its input to NCHW and returns NCHW, and the next channels-last conv copies it back.
     (as_strided keeps x's storage offset when given none: no `storage_offset()` call, which torch.compile cannot
     trace.)"""
-    if x.ndim not in (4, 5) or x.is_contiguous() or x.requires_grad:  # (as_strided's backward is a scatter)
-        return x
-    fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
-    if not x.is_contiguous(memory_format=fmt):
+    if x.requires_grad or not is_channels_last(x):  # (as_strided's backward is a scatter)
         return x
     c, spatial = x.shape[1], x.shape[2:]
     strides = [c] * len(spatial)  # innermost spatial axis steps over the channels
@@ -176,7 +176,7 @@ def add_to(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor | None = N
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     """`channels_last` for a 4-D tensor laid out channels-last (not merely ambiguous), else `contiguous_format`."""
-    if t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+    if t.ndim == 4 and is_channels_last(t):
         return torch.channels_last
     return torch.contiguous_format
 

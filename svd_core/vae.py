@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from .layers import (GroupNorm32, ResBlock, add_into, add_to, group_norm_affine, like_weight, memory_format_of,
-                     records, silu_after_norm, upsample_conv)
+                     normalize_affine, records, silu_after_norm, upsample_conv)
 from .ops import bypassable, layer_class, resolve
 from .variants import VAESpec
 
@@ -202,8 +202,7 @@ def _by_rows(time_stack: ResBlock, x: torch.Tensor) -> bool:
 
 def _norm_silu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """silu(x * scale + shift) as a fresh tensor in x's dtype and layout (normalised in float32, `GroupNorm32`)."""
-    h = torch.addcmul(shift, x, scale)  # float32 (scale / shift are), laid out like x
-    return F.silu(h if h.dtype == x.dtype else h.to(x.dtype), inplace=True)
+    return F.silu(normalize_affine(x, scale, shift), inplace=True)
 
 
 def _add_time_stack_by_rows(time_stack: ResBlock, x: torch.Tensor, alpha: torch.Tensor) -> None:
